@@ -1,0 +1,226 @@
+"""Training configuration: YAML validated by pydantic, failing early with the bad key named."""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from softprompt.errors import ConfigError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TaskConfig(_Strict):
+    """What to learn and from which data."""
+
+    type: Literal["classification", "lm", "suffix"] = "classification"
+    data: str
+    text_field: str = "text"
+    text_b_field: str | None = None
+    label_field: str = "label"
+    template: str = "{text}"
+    verbalizer: dict[str, str] | None = None
+    loss: Literal["verbalizer", "vocab"] = "verbalizer"
+    max_length: int = Field(256, gt=8)
+    dev_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    hf_config: str | None = None
+    hf_splits: dict[str, str] = Field(
+        default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"}
+    )
+    max_examples: int | None = Field(None, gt=0)
+
+    @field_validator("verbalizer", mode="before")
+    @classmethod
+    def _labels_as_strings(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {str(label): word for label, word in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _classification_needs_verbalizer(self) -> TaskConfig:
+        if self.type == "classification":
+            if not self.verbalizer:
+                raise ValueError("a classification task needs a verbalizer (label: word)")
+            empty = [label for label, word in self.verbalizer.items() if not word.strip()]
+            if empty:
+                raise ValueError(f"verbalizer words must not be empty (labels: {empty})")
+        return self
+
+
+class PromptConfig(_Strict):
+    """The soft prompt's size and initialisation."""
+
+    length: int = Field(16, ge=1, le=4096)
+    init: Literal["random", "text", "vocab", "file"] = "random"
+    seed: int = 0
+    text: str | None = None
+    file: str | None = None
+
+
+class TrainSettings(_Strict):
+    """Optimisation, evaluation and checkpointing."""
+
+    steps: int = Field(200, ge=1)
+    batch_size: int = Field(8, ge=1)
+    micro_batch_size: int | None = Field(None, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+    lr: float = Field(0.3, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "linear", "cosine"] = "cosine"
+    warmup: int | float = Field(0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    eval_every: int = Field(50, ge=1)
+    checkpoint_every: int = Field(50, ge=1)
+    best_metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"
+    early_stopping_patience: int | None = Field(None, ge=1)
+    max_eval_examples: int | None = Field(None, ge=1)
+    seed: int = 42
+    device: str = "auto"
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_aliases(cls, value: object) -> object:
+        aliases = {"float32": "fp32", "bfloat16": "bf16", "fp16": "fp16"}
+        return aliases.get(value, value) if isinstance(value, str) else value
+
+    @field_validator("warmup")
+    @classmethod
+    def _warmup_kind(cls, value: int | float) -> int | float:
+        if isinstance(value, float) and value > 1.0:
+            raise ValueError("a fractional warmup must be between 0 and 1 (or give whole steps)")
+        return value
+
+    @model_validator(mode="after")
+    def _batches_add_up(self) -> TrainSettings:
+        micro = self.micro_batch_size or self.batch_size
+        if micro > self.batch_size or self.batch_size % micro:
+            raise ValueError(
+                f"batch_size ({self.batch_size}) must be a multiple of micro_batch_size ({micro})"
+            )
+        if isinstance(self.warmup, int) and self.warmup > self.steps:
+            raise ValueError(f"warmup ({self.warmup} steps) is longer than steps ({self.steps})")
+        return self
+
+    @property
+    def micro_batch(self) -> int:
+        return self.micro_batch_size or self.batch_size
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.batch_size // self.micro_batch
+
+    @property
+    def warmup_steps(self) -> int:
+        """Warmup in whole optimizer steps: a fraction becomes round(fraction * steps)."""
+        if isinstance(self.warmup, float):
+            return int(round(self.warmup * self.steps))
+        return int(self.warmup)
+
+
+class TrainConfig(_Strict):
+    """A whole training run."""
+
+    method: Literal["prompt", "prefix"] = "prompt"
+    models: list[str] = Field(default_factory=lambda: ["smollm2-135m"], min_length=1)
+    model_weights: list[float] | None = None
+    task: TaskConfig
+    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    train: TrainSettings = Field(default_factory=TrainSettings)
+
+    @model_validator(mode="after")
+    def _weights_match_models(self) -> TrainConfig:
+        if self.model_weights is not None:
+            if len(self.model_weights) != len(self.models):
+                raise ValueError(
+                    f"model_weights has {len(self.model_weights)} entries for "
+                    f"{len(self.models)} models"
+                )
+            if any(w < 0 for w in self.model_weights) or sum(self.model_weights) <= 0:
+                raise ValueError("model_weights must be non-negative and not all zero")
+        return self
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply `a.b=value` overrides (values parsed as YAML) to a nested config dict."""
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        node = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (or start empty), apply overrides, validate."""
+    raw: dict = {}
+    if path is not None:
+        source = Path(path)
+        if not source.is_file():
+            raise ConfigError(f"config file not found: {source}")
+        try:
+            raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise ConfigError(f"config {source}{where}: not valid YAML") from exc
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config {source}: the top level must be a mapping of keys")
+    raw = apply_overrides(raw, overrides or [])
+    return validate_config(raw, source=str(path) if path else "config")
+
+
+def validate_config(raw: dict, source: str = "config") -> TrainConfig:
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {describe_error(exc)}") from exc
+
+
+def describe_error(exc: ValidationError) -> str:
+    """The first validation problem as one line, naming the key and suggesting a fix."""
+    error = exc.errors()[0]
+    loc = [str(part) for part in error["loc"]]
+    key = ".".join(loc) or "(top level)"
+    if error["type"] == "extra_forbidden":
+        known = _known_keys(loc[:-1])
+        close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
+        hint = f" (did you mean {'.'.join(loc[:-1] + [close[0]])!r}?)" if close else ""
+        return f"unknown key {key!r}{hint}; known keys here: {', '.join(known)}"
+    if error["type"] == "missing":
+        return f"missing required key {key!r}"
+    message = error["msg"].removeprefix("Value error, ")
+    return f"{key}: {message} (got {error.get('input')!r})" if loc else message
+
+
+def _known_keys(section: list[str]) -> list[str]:
+    model: type[BaseModel] = TrainConfig
+    for part in section:
+        annotation = model.model_fields.get(part)
+        if annotation is None or not isinstance(annotation.annotation, type):
+            return []
+        model = annotation.annotation
+    return list(model.model_fields)
+
+
+def config_to_dict(config: TrainConfig) -> dict:
+    return config.model_dump(mode="json")

@@ -1,0 +1,34 @@
+"""Errors a user can cause and fix: each carries a one-line message and an exit code.
+
+The CLI prints these as `error: <message>` without a traceback; anything else is a bug.
+"""
+
+from __future__ import annotations
+
+
+class SoftpromptError(Exception):
+    """A failure the user can act on. Exit code 1 (runtime failure) unless a subclass says."""
+
+    exit_code = 1
+
+
+class UsageError(SoftpromptError):
+    """Wrong arguments, config keys or values. Exit code 2."""
+
+    exit_code = 2
+
+
+class ConfigError(UsageError):
+    """An invalid training configuration."""
+
+
+class DataError(SoftpromptError):
+    """A data file or data set that cannot be read as asked."""
+
+
+class ModelError(SoftpromptError):
+    """A model that cannot be found, loaded or used as asked."""
+
+
+class PromptFileError(SoftpromptError):
+    """A prompt artifact that is corrupt or does not fit the model."""

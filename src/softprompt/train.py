@@ -1,0 +1,459 @@
+"""One training loop for a soft prompt on one or several frozen models.
+
+The loss is the (weighted) mean of the per-model losses; each model's backward runs before the
+next model's forward so only one model's activations are alive at a time. Everything needed to
+continue a run lives in `TrainState` and is checkpointed in one safetensors file.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from softprompt.backbones import Backbone, load_backbone
+from softprompt.config import TrainConfig, config_to_dict
+from softprompt.data import load_split
+from softprompt.errors import ConfigError, SoftpromptError
+from softprompt.evaluate import evaluate_task
+from softprompt.prompts import (
+    SoftPrompt,
+    init_embedding,
+    model_record,
+    read_safetensors,
+    save_prompt,
+    write_safetensors_atomic,
+)
+from softprompt.tasks import ClassificationTask, build_task, data_spec, encode_examples
+
+CHECKPOINT_DIR = "checkpoints"
+KEEP_CHECKPOINTS = 2
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"train.device: unknown device {name!r}") from exc
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
+    """Learning-rate multiplier for optimizer step `step` (0-based): linear warmup, then decay."""
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = (step - warmup) / max(1, total - warmup)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+
+@dataclass
+class ModelSlot:
+    """One frozen model of a run with its task and encoded splits."""
+
+    backbone: Backbone
+    task: object
+    train: list
+    dev: list
+    weight: float
+
+
+@dataclass
+class TrainState:
+    """Everything that changes during training; a checkpoint is exactly this."""
+
+    prompt: torch.nn.Parameter
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    step: int = 0
+    best_value: float | None = None
+    best_step: int | None = None
+    evals_without_improvement: int = 0
+    history: list[dict] = field(default_factory=list)
+
+
+def _batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
+    """The training examples of optimizer step `step`: consecutive slices of per-epoch seeded
+    permutations, so the data position is a function of the step alone (exact resume)."""
+    orders: dict[int, torch.Tensor] = {}
+    indices = []
+    for position in range(step * batch_size, (step + 1) * batch_size):
+        epoch, offset = divmod(position, n)
+        if epoch not in orders:
+            orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
+        indices.append(int(orders[epoch][offset]))
+    return indices
+
+
+class Trainer:
+    """Trains one soft prompt for a config; `run()` returns the summary dict."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        out_dir: str | Path,
+        *,
+        backbones: list[Backbone] | None = None,
+        progress: bool = True,
+    ) -> None:
+        if config.method != "prompt":
+            raise ConfigError(
+                f"method {config.method!r} is not available yet in this version; use 'prompt'"
+            )
+        self.config = config
+        self.settings = config.train
+        self.out_dir = Path(out_dir)
+        self.progress = progress
+        self.device = resolve_device(self.settings.device)
+        self.dtype = "bfloat16" if self.settings.precision == "bf16" else "float32"
+        self.backbones = backbones or [
+            load_backbone(spec, dtype=self.dtype, device=self.device) for spec in config.models
+        ]
+        self._check_hidden_sizes()
+        self.slots = self._build_slots()
+
+    def _check_hidden_sizes(self) -> None:
+        sizes = {b.name: b.hidden_size for b in self.backbones}
+        if len(set(sizes.values())) > 1:
+            listed = ", ".join(f"{name} ({size})" for name, size in sizes.items())
+            raise ConfigError(
+                f"models have different hidden sizes: {listed}; joint training needs one size "
+                "(cross-architecture prompts are a separate feature)"
+            )
+
+    def _build_slots(self) -> list[ModelSlot]:
+        spec = data_spec(self.config.task)
+        train_examples = load_split(spec, "train")
+        dev_examples = load_split(spec, "dev")
+        if self.settings.max_eval_examples:
+            dev_examples = dev_examples[: self.settings.max_eval_examples]
+        weights = self.config.model_weights or [1.0] * len(self.backbones)
+        total = sum(weights)
+        slots = []
+        for backbone, weight in zip(self.backbones, weights):
+            task = build_task(self.config.task, backbone, self.config.prompt.length)
+            slots.append(
+                ModelSlot(
+                    backbone=backbone,
+                    task=task,
+                    train=encode_examples(task, train_examples),
+                    dev=encode_examples(task, dev_examples),
+                    weight=weight / total,
+                )
+            )
+        return slots
+
+    # --- state -------------------------------------------------------------------------------
+
+    def _fresh_state(self) -> TrainState:
+        prompt_cfg = self.config.prompt
+        embedding = init_embedding(
+            prompt_cfg.length,
+            self.backbones[0],
+            prompt_cfg.init,
+            seed=prompt_cfg.seed,
+            text=prompt_cfg.text,
+            file=prompt_cfg.file,
+        )
+        self.initial_embedding = embedding.clone()
+        prompt = torch.nn.Parameter(embedding.to(self.device))
+        optimizer = torch.optim.AdamW(
+            [prompt], lr=self.settings.lr, weight_decay=self.settings.weight_decay
+        )
+        total, warmup, schedule = (
+            self.settings.steps,
+            self.settings.warmup_steps,
+            self.settings.schedule,
+        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: lr_factor(step, total, warmup, schedule)
+        )
+        return TrainState(prompt=prompt, optimizer=optimizer, scheduler=scheduler)
+
+    def soft_prompt(self, embedding: torch.Tensor, training: dict | None = None) -> SoftPrompt:
+        task = self.config.task.model_dump(mode="json")
+        return SoftPrompt(
+            embedding=embedding.detach().float().cpu(),
+            models=[model_record(b) for b in self.backbones],
+            task=task,
+            init=self.config.prompt.model_dump(mode="json"),
+            training=training or {},
+        )
+
+    def save_checkpoint(self, state: TrainState) -> Path:
+        """Write the whole training state atomically; keep the newest few checkpoints."""
+        folder = self.out_dir / CHECKPOINT_DIR
+        folder.mkdir(parents=True, exist_ok=True)
+        tensors = {"prompt": state.prompt.detach().cpu().contiguous()}
+        adam = state.optimizer.state.get(state.prompt, {})
+        for key in ("exp_avg", "exp_avg_sq", "step"):
+            if key in adam:
+                tensors[f"optimizer.{key}"] = torch.as_tensor(adam[key]).detach().cpu().contiguous()
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {
+            "step": state.step,
+            "best_value": state.best_value,
+            "best_step": state.best_step,
+            "evals_without_improvement": state.evals_without_improvement,
+            "scheduler": {"last_epoch": state.scheduler.last_epoch},
+            "history": state.history,
+        }
+        path = folder / f"step-{state.step:08d}.safetensors"
+        write_safetensors_atomic(tensors, {"state": json.dumps(meta)}, path)
+        for old in sorted(folder.glob("step-*.safetensors"))[:-KEEP_CHECKPOINTS]:
+            old.unlink()
+        return path
+
+    def load_checkpoint(self, state: TrainState) -> Path | None:
+        """Restore the newest readable checkpoint into `state`; skip corrupt ones."""
+        folder = self.out_dir / CHECKPOINT_DIR
+        for path in sorted(folder.glob("step-*.safetensors"), reverse=True):
+            try:
+                tensors, meta = read_safetensors(path)
+                saved = json.loads(meta["state"])
+            except (SoftpromptError, KeyError, json.JSONDecodeError):
+                _warn(f"checkpoint {path} is unreadable; trying an older one")
+                continue
+            with torch.no_grad():
+                state.prompt.copy_(tensors["prompt"].to(self.device))
+            if "optimizer.exp_avg" in tensors:
+                state.optimizer.state[state.prompt] = {
+                    key: tensors[f"optimizer.{key}"].to(self.device)
+                    if key != "step"
+                    else tensors["optimizer.step"]
+                    for key in ("step", "exp_avg", "exp_avg_sq")
+                }
+            torch.set_rng_state(tensors["rng.torch"])
+            state.step = saved["step"]
+            state.best_value = saved["best_value"]
+            state.best_step = saved["best_step"]
+            state.evals_without_improvement = saved["evals_without_improvement"]
+            state.history = saved["history"]
+            state.scheduler.last_epoch = saved["scheduler"]["last_epoch"]
+            state.scheduler._last_lr = [  # noqa: SLF001 - keep the reported lr in step
+                group["initial_lr"] * state.scheduler.lr_lambdas[0](state.scheduler.last_epoch)
+                for group in state.optimizer.param_groups
+            ]
+            for group, lr in zip(state.optimizer.param_groups, state.scheduler._last_lr):
+                group["lr"] = lr
+            return path
+        return None
+
+    # --- the loop ----------------------------------------------------------------------------
+
+    def train_step(self, state: TrainState) -> float:
+        """One optimizer step over exactly `batch_size` examples (micro-batches accumulated)."""
+        settings = self.settings
+        indices = _batch_indices(
+            state.step, settings.batch_size, len(self.slots[0].train), settings.seed
+        )
+        total_loss = 0.0
+        for slot in self.slots:
+            items = [slot.train[i % len(slot.train)] for i in indices]
+            denominator = self._loss_denominator(slot, items)
+            for start in range(0, len(items), settings.micro_batch):
+                micro = items[start : start + settings.micro_batch]
+                loss = self._micro_loss(slot, state.prompt, micro) * (slot.weight / denominator)
+                loss.backward()
+                total_loss += float(loss.detach())
+        if settings.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([state.prompt], settings.max_grad_norm)
+        state.optimizer.step()
+        state.scheduler.step()
+        state.optimizer.zero_grad(set_to_none=True)
+        state.step += 1
+        return total_loss
+
+    def _loss_denominator(self, slot: ModelSlot, items: list) -> float:
+        if isinstance(slot.task, ClassificationTask):
+            return float(len(items))
+        return float(sum(len(w) - 1 for w in items))
+
+    def _micro_loss(self, slot: ModelSlot, prompt: torch.Tensor, micro: list) -> torch.Tensor:
+        """Summed loss of a micro-batch (divided by the whole batch's size by the caller)."""
+        task = slot.task
+        if isinstance(task, ClassificationTask):
+            batch = task.collate(micro)
+            return task.losses(task.class_scores(prompt, batch), batch.labels).sum()
+        nll, _ = task.token_losses(prompt, task.collate(micro))
+        return nll
+
+    def evaluate_dev(self, prompt: torch.Tensor) -> dict:
+        """Dev metrics per model and their mean."""
+        per_model = {}
+        for slot in self.slots:
+            per_model[slot.backbone.name] = evaluate_task(
+                slot.task, prompt, slot.dev, self.settings.eval_batch_size
+            )
+        keys = [k for k in next(iter(per_model.values())) if k not in ("examples", "tokens")]
+        mean = {k: sum(m[k] for m in per_model.values()) / len(per_model) for k in keys}
+        return {"mean": mean, "models": per_model}
+
+    def _best_key(self) -> str:
+        if isinstance(self.slots[0].task, ClassificationTask):
+            return self.settings.best_metric
+        return "loss"
+
+    def _is_better(self, value: float, best: float | None) -> bool:
+        if best is None:
+            return True
+        return value < best if self._best_key() == "loss" else value > best
+
+    def run(self, resume: bool = False) -> dict:
+        """Train to the end (or early stop) and write the run directory; returns the summary."""
+        settings = self.settings
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        torch.manual_seed(settings.seed)
+        state = self._fresh_state()
+        resumed_from = self.load_checkpoint(state) if resume else None
+        if resume and resumed_from is None:
+            _warn(f"no checkpoint in {self.out_dir}; starting from step 0")
+        (self.out_dir / "config.yaml").write_text(
+            yaml.safe_dump(config_to_dict(self.config), sort_keys=False, allow_unicode=True)
+        )
+        metrics_path = self.out_dir / "metrics.jsonl"
+        if not resume and metrics_path.exists():
+            metrics_path.unlink()
+        best_key = self._best_key()
+        stopped_early = False
+        started = time.perf_counter()
+        first_step = state.step
+        last_dev = None
+        with _progress_bar(self.progress, settings.steps, state.step) as bar, metrics_path.open(
+            "a", encoding="utf-8"
+        ) as metrics:
+            while state.step < settings.steps:
+                loss = self.train_step(state)
+                if not math.isfinite(loss):
+                    raise SoftpromptError(
+                        f"training loss became {loss} at step {state.step}; lower train.lr or "
+                        f"use precision fp32 (the last good prompt is in {self.out_dir})"
+                    )
+                record = {"event": "train", "step": state.step, "loss": loss}
+                record["lr"] = state.scheduler.get_last_lr()[0]
+                metrics.write(json.dumps(record) + "\n")
+                bar.update(loss=loss, step=state.step)
+                if state.step % settings.eval_every == 0 or state.step == settings.steps:
+                    last_dev = self.evaluate_dev(state.prompt.detach())
+                    value = last_dev["mean"][best_key]
+                    improved = self._is_better(value, state.best_value)
+                    metrics.write(json.dumps({"event": "eval", "step": state.step, "dev": last_dev}) + "\n")
+                    state.history.append({"step": state.step, "dev": last_dev["mean"]})
+                    bar.update(dev=last_dev["mean"], step=state.step)
+                    if improved:
+                        state.best_value, state.best_step = value, state.step
+                        state.evals_without_improvement = 0
+                        save_prompt(
+                            self.soft_prompt(state.prompt, {"step": state.step, "dev": last_dev}),
+                            self.out_dir / "prompt.safetensors",
+                        )
+                    else:
+                        state.evals_without_improvement += 1
+                    patience = settings.early_stopping_patience
+                    if patience and state.evals_without_improvement >= patience:
+                        stopped_early = True
+                if state.step % settings.checkpoint_every == 0 or stopped_early:
+                    self.save_checkpoint(state)
+                metrics.flush()
+                if stopped_early:
+                    break
+        seconds = time.perf_counter() - started
+        self.save_checkpoint(state)
+        save_prompt(self.soft_prompt(state.prompt, {"step": state.step}), self.out_dir / "last.safetensors")
+        steps_run = state.step - first_step
+        summary = {
+            "run_dir": str(self.out_dir),
+            "prompt_path": str(self.out_dir / "prompt.safetensors"),
+            "models": [b.name for b in self.backbones],
+            "steps": state.step,
+            "stopped_early": stopped_early,
+            "best_metric": best_key,
+            "best_value": state.best_value,
+            "best_step": state.best_step,
+            "dev": last_dev,
+            "best_dev": next(
+                (h["dev"] for h in state.history if h["step"] == state.best_step), None
+            ),
+            "train_seconds": seconds,
+            "train_samples_per_second": steps_run * settings.batch_size / seconds if seconds else 0.0,
+            "resumed_from": str(resumed_from) if resumed_from else None,
+        }
+        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        return summary
+
+
+def _warn(message: str) -> None:
+    from rich.console import Console
+
+    Console(stderr=True).print(f"[yellow]warning:[/] {message}")
+
+
+class _progress_bar:
+    """A rich progress bar on stderr with live loss and dev metrics (or nothing if disabled)."""
+
+    def __init__(self, enabled: bool, total: int, completed: int) -> None:
+        self.enabled = enabled
+        self.total, self.completed = total, completed
+        self.fields = {"loss": "", "dev": ""}
+
+    def __enter__(self) -> _progress_bar:
+        if self.enabled:
+            from rich.console import Console
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("[bold]train"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[loss]} {task.fields[dev]}"),
+                console=Console(stderr=True),
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task(
+                "train", total=self.total, completed=self.completed, **self.fields
+            )
+        return self
+
+    def update(self, step: int, loss: float | None = None, dev: dict | None = None) -> None:
+        if not self.enabled:
+            return
+        if loss is not None:
+            self.fields["loss"] = f"loss {loss:.4f}"
+        if dev is not None:
+            shown = {k: v for k, v in dev.items() if k in ("accuracy", "loss", "perplexity")}
+            self.fields["dev"] = "dev " + " ".join(f"{k} {v:.3f}" for k, v in shown.items())
+        self._progress.update(self._task, completed=step, **self.fields)
+
+    def __exit__(self, *exc) -> None:
+        if self.enabled:
+            self._progress.__exit__(*exc)
+
+
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    backbones: list[Backbone] | None = None,
+) -> dict:
+    """Train a soft prompt as configured; writes the run directory and returns its summary."""
+    return Trainer(config, out_dir, backbones=backbones, progress=progress).run(resume=resume)
