@@ -56,7 +56,7 @@ def _package_dir(module: str) -> Path | None:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         return None
-    return Path(list(spec.submodule_search_locations)[0])
+    return Path(next(iter(spec.submodule_search_locations)))
 
 
 def _smollm2_gguf(workdir: Path) -> Path:
@@ -217,6 +217,9 @@ def load_backbone(
         raise UsageError(f"unknown model kind {kind!r}; use one of {', '.join(KIND_CHOICES)}")
     source, extra = resolve_spec(spec, trust_remote_code=trust_remote_code)
     from transformers import AutoConfig, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     try:
         config = AutoConfig.from_pretrained(source, **extra)
@@ -282,8 +285,10 @@ def _resolve_hub_id(spec: str) -> str:
             "hub is reachable and pass its local directory"
         )
     try:
-        return snapshot_download(spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"])
-    except Exception as exc:  # noqa: BLE001 - any hub failure means the same to the user
+        return snapshot_download(
+            spec, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]
+        )
+    except Exception as exc:  # any hub failure means the same to the user
         raise ModelError(
             f"model {spec!r} is not a bundled alias ({', '.join(BUNDLED)}) or local path, and the "
             f"hub could not provide it (offline or unknown id: {_first_line(exc)})"

@@ -122,7 +122,7 @@ class TrainSettings(_Strict):
     def warmup_steps(self) -> int:
         """Warmup in whole optimizer steps: a fraction becomes round(fraction * steps)."""
         if isinstance(self.warmup, float):
-            return int(round(self.warmup * self.steps))
+            return round(self.warmup * self.steps)
         return int(self.warmup)
 
 
@@ -204,7 +204,7 @@ def describe_error(exc: ValidationError) -> str:
     if error["type"] == "extra_forbidden":
         known = _known_keys(loc[:-1])
         close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
-        hint = f" (did you mean {'.'.join(loc[:-1] + [close[0]])!r}?)" if close else ""
+        hint = f" (did you mean {'.'.join([*loc[:-1], close[0]])!r}?)" if close else ""
         return f"unknown key {key!r}{hint}; known keys here: {', '.join(known)}"
     if error["type"] == "missing":
         return f"missing required key {key!r}"

@@ -14,7 +14,11 @@ from pathlib import Path
 from softprompt.errors import DataError
 
 SPLITS = ("train", "dev", "test")
-SPLIT_ALIASES = {"train": ("train",), "dev": ("dev", "validation", "valid", "val"), "test": ("test",)}
+SPLIT_ALIASES = {
+    "train": ("train",),
+    "dev": ("dev", "validation", "valid", "val"),
+    "test": ("test",),
+}
 SUFFIXES = (".jsonl", ".csv", ".txt")
 
 
@@ -40,7 +44,11 @@ class DataSpec:
     test_fraction: float = 0.1
     split_seed: int = 0
     hf_config: str | None = None
-    hf_splits: tuple[tuple[str, str], ...] = (("train", "train"), ("dev", "validation"), ("test", "test"))
+    hf_splits: tuple[tuple[str, str], ...] = (
+        ("train", "train"),
+        ("dev", "validation"),
+        ("test", "test"),
+    )
     max_examples: int | None = None
 
 
@@ -73,15 +81,17 @@ def _load_local(spec: DataSpec, split: str) -> list[Example]:
         )
     if path.is_file():
         return _seeded_split(read_file(path, spec), spec, split)
-    raise DataError(f"data not found: {spec.source} (a folder, a .jsonl/.csv/.txt file, or hf:NAME)")
+    raise DataError(
+        f"data not found: {spec.source} (a folder, a .jsonl/.csv/.txt file, or hf:NAME)"
+    )
 
 
 def _seeded_split(examples: list[Example], spec: DataSpec, split: str) -> list[Example]:
     """Split one file into train/dev/test by the configured fractions, reproducibly."""
     order = list(range(len(examples)))
     random.Random(spec.split_seed).shuffle(order)
-    n_dev = int(round(len(order) * spec.dev_fraction))
-    n_test = int(round(len(order) * spec.test_fraction))
+    n_dev = round(len(order) * spec.dev_fraction)
+    n_test = round(len(order) * spec.test_fraction)
     parts = {
         "dev": order[:n_dev],
         "test": order[n_dev : n_dev + n_test],

@@ -3,11 +3,25 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
+from pydantic import ValidationError
 from sklearn.metrics import f1_score
 
-from softprompt.tasks import ClassificationTask, EncodedExample, LanguageModelingTask
+from softprompt.backbones import DEFAULT_MODEL, Backbone, load_backbone
+from softprompt.config import TaskConfig, describe_error, load_config
+from softprompt.data import Example, load_split
+from softprompt.errors import UsageError
+from softprompt.prompts import SoftPrompt, load_prompt
+from softprompt.tasks import (
+    ClassificationTask,
+    EncodedExample,
+    LanguageModelingTask,
+    build_task,
+    data_spec,
+    encode_examples,
+)
 
 
 def _length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
@@ -85,3 +99,115 @@ def evaluate_task(task, prompt: torch.Tensor | None, encoded: list, batch_size: 
     if isinstance(task, ClassificationTask):
         return evaluate_classification(task, prompt, encoded, batch_size)
     return evaluate_lm(task, prompt, encoded, batch_size)
+
+
+def _as_prompt(prompt) -> SoftPrompt | None:
+    if prompt is None or isinstance(prompt, SoftPrompt):
+        return prompt
+    return load_prompt(prompt)
+
+
+def _as_backbone(model, dtype: str) -> Backbone:
+    return model if isinstance(model, Backbone) else load_backbone(model, dtype=dtype)
+
+
+def resolve_task(
+    prompt: SoftPrompt | None,
+    data: str | None = None,
+    *,
+    config: str | Path | None = None,
+    **overrides,
+) -> TaskConfig:
+    """The task to evaluate on: the prompt's recorded task, then a config file's task section,
+    then explicit overrides (template=..., verbalizer=..., data=...), later ones winning."""
+    raw: dict = dict(prompt.task) if prompt is not None and prompt.task else {}
+    if config is not None:
+        raw.update(load_config(config).task.model_dump(exclude_unset=True))
+    raw.update({k: v for k, v in overrides.items() if v is not None})
+    if data is not None:
+        raw["data"] = data
+    raw.setdefault("data", "")
+    try:
+        return TaskConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise UsageError(f"task: {describe_error(exc)}") from exc
+
+
+def evaluate(
+    prompt: str | Path | SoftPrompt | None,
+    model: str | Backbone = DEFAULT_MODEL,
+    data: str | None = None,
+    *,
+    split: str = "test",
+    config: str | Path | None = None,
+    template: str | None = None,
+    verbalizer: dict[str, str] | None = None,
+    batch_size: int = 32,
+    dtype: str = "float32",
+) -> dict:
+    """Metrics of a prompt (or, with `prompt=None`, the bare model zero-shot) on a data split.
+
+    The template and verbalizer come from the prompt's metadata unless given.
+    """
+    soft = _as_prompt(prompt)
+    task_config = resolve_task(soft, data, config=config, template=template, verbalizer=verbalizer)
+    if not task_config.data:
+        raise UsageError("no data given: pass --data (a folder, a file or hf:NAME)")
+    backbone = _as_backbone(model, dtype)
+    if soft is not None:
+        soft.check_fits(backbone.hidden_size, backbone.name, source=str(prompt))
+    length = soft.length if soft is not None else 0
+    task = build_task(task_config, backbone, length)
+    examples = load_split(data_spec(task_config), split)
+    encoded = encode_examples(task, examples)
+    metrics = evaluate_task(task, soft.embedding if soft else None, encoded, batch_size)
+    trained_on = [m.get("name") for m in soft.models] if soft is not None else []
+    return {
+        "model": backbone.name,
+        "prompt": str(prompt) if soft is not None else None,
+        "trained_on_model": backbone.name in trained_on,
+        "split": split,
+        "data": task_config.data,
+        **metrics,
+    }
+
+
+@torch.no_grad()
+def predict(
+    prompt: str | Path | SoftPrompt | None,
+    texts: list[str],
+    model: str | Backbone = DEFAULT_MODEL,
+    *,
+    config: str | Path | None = None,
+    template: str | None = None,
+    verbalizer: dict[str, str] | None = None,
+    text_b: list[str] | None = None,
+    dtype: str = "float32",
+) -> list[dict]:
+    """The predicted label and the probability of every label, for each text."""
+    soft = _as_prompt(prompt)
+    task_config = resolve_task(soft, config=config, template=template, verbalizer=verbalizer)
+    if task_config.type != "classification":
+        raise UsageError("predict needs a classification task (template and verbalizer)")
+    backbone = _as_backbone(model, dtype)
+    if soft is not None:
+        soft.check_fits(backbone.hidden_size, backbone.name, source=str(prompt))
+    task = build_task(task_config, backbone, soft.length if soft is not None else 0)
+    pairs = text_b or [None] * len(texts)
+    encoded = [
+        task.encode(Example(text=t, text_b=b, where="--text"), with_label=False)
+        for t, b in zip(texts, pairs)
+    ]
+    scores = classification_scores(task, soft.embedding if soft else None, encoded)
+    probabilities = torch.softmax(scores, dim=-1)
+    results = []
+    for text, row in zip(texts, probabilities):
+        best = int(row.argmax())
+        results.append(
+            {
+                "text": text,
+                "label": task.labels[best],
+                "probabilities": {label: float(p) for label, p in zip(task.labels, row)},
+            }
+        )
+    return results

@@ -215,7 +215,9 @@ class ClassificationTask:
         one-token verbalizer case with `full_vocab=False`, the label words' raw logits."""
         if full_vocab is None:
             full_vocab = self.loss_kind == "vocab"
-        hidden, offset = prompted_hidden(self.backbone, prompt, batch.input_ids, batch.attention_mask)
+        hidden, offset = prompted_hidden(
+            self.backbone, prompt, batch.input_ids, batch.attention_mask
+        )
         device = hidden.device
         rows = torch.arange(hidden.shape[0], device=device)
         if batch.shared:
@@ -287,7 +289,10 @@ class LanguageModelingTask:
         """Windows of at most `window` tokens covering every document; none is dropped."""
         windows = []
         for example in examples:
-            ids = self.specials_before + self.tokenizer(example.text, add_special_tokens=False).input_ids
+            ids = (
+                self.specials_before
+                + self.tokenizer(example.text, add_special_tokens=False).input_ids
+            )
             for start in range(0, len(ids), self.window):
                 chunk = ids[start : start + self.window]
                 if len(chunk) >= 2:
@@ -307,7 +312,9 @@ class LanguageModelingTask:
 
     def token_losses(self, prompt: torch.Tensor | None, batch: LMBatch) -> tuple[torch.Tensor, int]:
         """Summed next-token NLL over the text (first token excluded) and the token count."""
-        hidden, offset = prompted_hidden(self.backbone, prompt, batch.input_ids, batch.attention_mask)
+        hidden, offset = prompted_hidden(
+            self.backbone, prompt, batch.input_ids, batch.attention_mask
+        )
         device = hidden.device
         targets = batch.input_ids[:, 1:].to(device)
         valid = batch.attention_mask[:, 1:].to(device).bool()

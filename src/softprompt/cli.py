@@ -1,0 +1,331 @@
+"""The `softprompt` command line. Every command has `--json` for machine-readable stdout;
+progress and messages go to stderr. User mistakes print one line and exit 2 (usage) or 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import click
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from softprompt.errors import SoftpromptError, UsageError
+
+app = typer.Typer(
+    name="softprompt",
+    help="Train, use and inspect soft prompts for frozen language models.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
+ModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model", "-m", help="Model spec: bundled alias, local dir, .gguf file or hub id."
+    ),
+]
+DtypeOpt = Annotated[str, typer.Option(help="Model weights dtype: float32 or bfloat16.")]
+TemplateOpt = Annotated[
+    str | None, typer.Option(help="Template with {text} (default: from the prompt's metadata).")
+]
+VerbalizerOpt = Annotated[
+    str | None,
+    typer.Option(help='Verbalizer as JSON, e.g. \'{"negative": " bad", "positive": " good"}\'.'),
+]
+ConfigOpt = Annotated[
+    Path | None,
+    typer.Option("--config", help="Take the task (template, verbalizer) from a config."),
+]
+
+
+def _emit(data: object, as_json: bool, render) -> None:
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+    else:
+        render(data)
+
+
+def _verbalizer(text: str | None) -> dict[str, str] | None:
+    if text is None:
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"--verbalizer is not valid JSON ({exc.msg})") from exc
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise UsageError('--verbalizer must be a JSON object of label: word, e.g. {"a": " yes"}')
+    return {str(k): v for k, v in value.items()}
+
+
+def _default_model(prompt_path: Path | None, model: str | None) -> str:
+    """The given model, else the first model the prompt was trained on, else the default."""
+    from softprompt.backbones import DEFAULT_MODEL
+    from softprompt.prompts import load_prompt
+
+    if model:
+        return model
+    if prompt_path is not None:
+        models = load_prompt(prompt_path).models
+        if models and models[0].get("name"):
+            return str(models[0]["name"])
+    return DEFAULT_MODEL
+
+
+@app.callback()
+def _root(
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    if debug:
+        os.environ["SOFTPROMPT_DEBUG"] = "1"
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Argument(help="Training config (YAML).")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: --set train.lr=0.1")
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this directory from its checkpoint.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a soft prompt; writes prompt.safetensors (best), metrics.jsonl and summary.json."""
+    from softprompt.config import load_config
+    from softprompt.train import train as run_training
+
+    if resume is not None and out_dir is not None and resume != out_dir:
+        raise UsageError("give either --out or --resume (the run directory to continue), not both")
+    cfg = load_config(config, set_ or [])
+    run_dir = resume or out_dir or Path("runs") / f"{config.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    summary = run_training(cfg, run_dir, resume=resume is not None, progress=not quiet)
+
+    def render(s: dict) -> None:
+        best = s["best_dev"] or {}
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items())
+        out.print(f"best dev ({s['best_metric']}) at step {s['best_step']}: {shown}")
+        out.print(f"{s['train_samples_per_second']:.1f} samples/s; prompt: {s['prompt_path']}")
+
+    _emit(summary, as_json, render)
+
+
+@app.command()
+def evaluate(
+    prompt: Annotated[
+        Path | None, typer.Argument(help="Prompt .safetensors; leave out for zero-shot.")
+    ] = None,
+    model: ModelOpt = None,
+    data: Annotated[str | None, typer.Option(help="Folder, file or hf:NAME.")] = None,
+    split: Annotated[str, typer.Option(help="train, dev or test.")] = "test",
+    config: ConfigOpt = None,
+    template: TemplateOpt = None,
+    verbalizer: VerbalizerOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Loss, accuracy and macro-F1 of a prompt (or the bare model) on a data split."""
+    from softprompt.evaluate import evaluate as run_evaluation
+
+    result = run_evaluation(
+        prompt,
+        _default_model(prompt, model),
+        data,
+        split=split,
+        config=config,
+        template=template,
+        verbalizer=_verbalizer(verbalizer),
+        batch_size=batch_size,
+        dtype=dtype,
+    )
+
+    def render(r: dict) -> None:
+        table = Table(title=f"{r['prompt'] or 'zero-shot'} on {r['model']} ({r['split']})")
+        for key in ("loss", "accuracy", "macro_f1", "perplexity", "examples", "tokens"):
+            if key in r:
+                table.add_row(key, f"{r[key]:.4f}" if isinstance(r[key], float) else str(r[key]))
+        out.print(table)
+
+    _emit(result, as_json, render)
+
+
+@app.command()
+def predict(
+    prompt: Annotated[Path | None, typer.Argument(help="Prompt .safetensors (or none).")] = None,
+    text: Annotated[
+        list[str] | None, typer.Option("--text", "-t", help="Text to classify.")
+    ] = None,
+    model: ModelOpt = None,
+    config: ConfigOpt = None,
+    template: TemplateOpt = None,
+    verbalizer: VerbalizerOpt = None,
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """The label and the probability of each label for one or more texts."""
+    from softprompt.evaluate import predict as run_prediction
+
+    if not text:
+        raise UsageError("give at least one --text to classify")
+    results = run_prediction(
+        prompt,
+        text,
+        _default_model(prompt, model),
+        config=config,
+        template=template,
+        verbalizer=_verbalizer(verbalizer),
+        dtype=dtype,
+    )
+
+    def render(rows: list[dict]) -> None:
+        for row in rows:
+            probs = "  ".join(f"{k} {v:.3f}" for k, v in row["probabilities"].items())
+            out.print(f"[bold]{row['label']}[/]  ({probs})  {row['text']}")
+
+    _emit(results, as_json, render)
+
+
+@app.command()
+def generate(
+    prompt: Annotated[Path | None, typer.Argument(help="Prompt .safetensors (or none).")] = None,
+    text: Annotated[
+        list[str] | None, typer.Option("--text", "-t", help="Text to continue.")
+    ] = None,
+    model: ModelOpt = None,
+    greedy: Annotated[bool, typer.Option(help="Greedy decoding instead of sampling.")] = False,
+    temperature: float = 1.0,
+    top_k: Annotated[int | None, typer.Option()] = None,
+    top_p: Annotated[float | None, typer.Option()] = None,
+    max_new_tokens: int = 40,
+    seed: int = 0,
+    compare: Annotated[bool, typer.Option(help="Also generate without the prompt.")] = False,
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Continue texts as given (no template) with the prompt; --compare shows the bare model too."""
+    from softprompt.backbones import load_backbone
+    from softprompt.generate import SamplingOptions
+    from softprompt.generate import generate as run_generation
+    from softprompt.prompts import load_prompt
+
+    if not text:
+        raise UsageError("give at least one --text to continue")
+    if compare and prompt is None:
+        raise UsageError("--compare needs a PROMPT to compare against the bare model")
+    options = SamplingOptions(max_new_tokens, greedy, temperature, top_k, top_p, seed)
+    options.check()
+    backbone = load_backbone(_default_model(prompt, model), dtype=dtype)
+    soft = load_prompt(prompt) if prompt is not None else None
+    if soft is not None:
+        soft.check_fits(backbone.hidden_size, backbone.name, source=str(prompt))
+    with_prompt = run_generation(backbone, text, soft.embedding if soft else None, options)
+    bare = run_generation(backbone, text, None, options) if compare else None
+    rows = [
+        {
+            "text": t,
+            "with_prompt" if soft else "generated": g,
+            **({"without_prompt": b} if bare else {}),
+        }
+        for t, g, b in zip(text, with_prompt, bare or [None] * len(text))
+    ]
+
+    def render(items: list[dict]) -> None:
+        if compare:
+            table = Table("text", "with prompt", "without prompt", show_lines=True)
+            for item in items:
+                table.add_row(item["text"], item["with_prompt"], item["without_prompt"])
+            out.print(table)
+            return
+        for item in items:
+            out.print(f"[bold]{item['text']}[/]{next(v for k, v in item.items() if k != 'text')}")
+
+    _emit(rows, as_json, render)
+
+
+@app.command()
+def models(
+    prepare: Annotated[
+        bool, typer.Option(help="Convert every installed bundled model into the cache now.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """List the bundled model aliases, their package, and whether they are cached."""
+    from softprompt.backbones import ensure_bundled, list_models
+
+    if prepare:
+        for row in list_models():
+            if row["installed"] and not row["cached"]:
+                ensure_bundled(row["alias"])
+    rows = list_models()
+
+    def render(items: list[dict]) -> None:
+        table = Table("alias", "model", "package", "installed", "cache")
+        for r in items:
+            cache = f"{r['cache_bytes'] / 2**20:.0f} MiB" if r["cached"] else "not cached"
+            name = r["alias"] + (" (default)" if r["default"] else "")
+            table.add_row(name, r["description"], r["package"], str(r["installed"]), cache)
+        out.print(table)
+
+    _emit(rows, as_json, render)
+
+
+@app.command()
+def demo(
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a 16-token prompt on the bundled SmolLM2 (sample sentiment); zero-shot vs trained."""
+    from softprompt.demo import run_demo
+
+    result = run_demo(out_dir, set_ or [], progress=not quiet)
+
+    def render(r: dict) -> None:
+        out.print(f"model: {r['model']}  test examples: {r['test_examples']}")
+        out.print(f"zero-shot accuracy: {r['zero_shot_accuracy']:.3f}")
+        out.print(f"trained accuracy:   {r['trained_accuracy']:.3f}")
+        out.print(f"run written to {r['run_dir']} ({r['seconds']:.0f} s)")
+
+    _emit(result, as_json, render)
+
+
+def main() -> None:
+    """Entry point: run the app, turning user errors into one-line messages and exit codes."""
+    debug = "--debug" in sys.argv or os.environ.get("SOFTPROMPT_DEBUG") == "1"
+    try:
+        app(standalone_mode=False)
+    except SoftpromptError as exc:
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err.print("interrupted")
+        sys.exit(130)
+    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
+        if debug:
+            raise
+        err.print(f"[bold red]error:[/] {exc.strerror or exc}: {exc.filename}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
