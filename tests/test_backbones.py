@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from softprompt.backbones import detect_kind, load_backbone, resolve_spec
+from softprompt.errors import ModelError, UsageError
+
+EXPECTED_KIND = {"llama": "causal", "gpt2": "causal", "gpt_neox": "causal", "gemma3": "causal"}
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma3", "bert"])
+def test_each_family_loads_frozen_with_the_right_kind(tiny, family):
+    backbone = tiny[family]
+    assert backbone.kind == EXPECTED_KIND.get(family, "masked")
+    assert backbone.hidden_size == 32
+    assert not backbone.model.training
+    assert not any(p.requires_grad for p in backbone.model.parameters())
+    assert backbone.tokenizer.pad_token_id is not None
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma3", "bert"])
+def test_body_plus_head_equals_the_full_model(tiny, family):
+    backbone = tiny[family]
+    enc = backbone.tokenizer("great movie it was", return_tensors="pt")
+    with torch.no_grad():
+        full = backbone.model(**enc).logits[0]
+        hidden = backbone.body(backbone.embed(enc.input_ids), enc.attention_mask)[0]
+        all_rows = backbone.head_logits(hidden)
+        some = torch.tensor([7, 11, 3])
+        restricted = backbone.head_logits(hidden, some)
+    torch.testing.assert_close(all_rows, full.float())
+    torch.testing.assert_close(restricted, full[:, some].float())
+
+
+def test_kind_override_and_bfloat16(tiny_dirs):
+    backbone = load_backbone(str(tiny_dirs["llama"]), dtype="bfloat16", kind="causal")
+    assert backbone.dtype == torch.bfloat16
+    with pytest.raises(UsageError, match="unknown dtype"):
+        load_backbone(str(tiny_dirs["llama"]), dtype="float8")
+
+
+def test_detect_kind_from_architectures_and_model_type():
+    class Config:
+        architectures = ["RobertaForMaskedLM"]
+        model_type = "roberta"
+
+    assert detect_kind(Config()) == "masked"
+    Config.architectures = None
+    assert detect_kind(Config()) == "masked"
+    Config.model_type = "llama"
+    assert detect_kind(Config()) == "causal"
+
+
+def test_unknown_alias_suggests_the_closest():
+    with pytest.raises(ModelError, match="did you mean 'smollm2-135m'"):
+        resolve_spec("smollm2")
+
+
+def test_missing_local_path_is_named():
+    with pytest.raises(ModelError, match="model path not found: ./nowhere/model"):
+        resolve_spec("./nowhere/model")
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(ModelError, match="has no config.json"):
+        resolve_spec(str(tmp_path))
+
+
+def test_hub_id_offline_says_offline(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path))
+    with pytest.raises(ModelError, match="offline"):
+        resolve_spec("some-org/some-model")
+
+
+def test_missing_gguf_file():
+    with pytest.raises(ModelError, match="GGUF file not found"):
+        resolve_spec("nowhere/model.gguf")

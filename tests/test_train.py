@@ -1,0 +1,149 @@
+import json
+import math
+
+import pytest
+import torch
+from conftest import write_jsonl
+
+from softprompt.config import validate_config
+from softprompt.prompts import load_prompt
+from softprompt.train import Trainer, lr_factor
+
+
+def make_config(sentiment_dir, max_examples=24, **train):
+    settings = {
+        "steps": 12,
+        "batch_size": 4,
+        "lr": 0.1,
+        "eval_every": 6,
+        "checkpoint_every": 4,
+        "schedule": "cosine",
+        "warmup": 0.25,
+        "seed": 7,
+        **train,
+    }
+    return validate_config(
+        {
+            "models": ["tiny"],
+            "task": {
+                "data": str(sentiment_dir),
+                "template": "review: {text} sentiment:",
+                "verbalizer": {"negative": " bad", "positive": " good"},
+                "max_examples": max_examples,
+            },
+            "prompt": {"length": 4, "init": "random", "seed": 1},
+            "train": settings,
+        }
+    )
+
+
+def run(config, tiny, out, **kwargs):
+    trainer = Trainer(config, out, backbones=[tiny["llama"]], progress=False)
+    return trainer, trainer.run(**kwargs)
+
+
+def test_schedules_with_fractional_warmup():
+    # 10 steps, 2 of warmup: ramps 1/2, 2/2, then decays over the remaining 8
+    assert [lr_factor(s, 10, 2, "constant") for s in range(4)] == [0.5, 1.0, 1.0, 1.0]
+    assert lr_factor(2, 10, 2, "linear") == 1.0
+    assert lr_factor(6, 10, 2, "linear") == 0.5
+    assert lr_factor(6, 10, 2, "cosine") == pytest.approx(0.5)
+    assert lr_factor(10, 10, 2, "cosine") == pytest.approx(0.0)
+    assert lr_factor(0, 10, 0, "cosine") == 1.0
+
+
+def test_the_lr_really_follows_the_warmup(sentiment_dir, tiny, tmp_path):
+    config = make_config(sentiment_dir, steps=8, warmup=0.25, schedule="linear", eval_every=8)
+    _, summary = run(config, tiny, tmp_path)
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+           if json.loads(line)["event"] == "train"]
+    # lr after each step: warmup of round(0.25 * 8) = 2 steps, then linear decay to 0
+    expected = [0.1 * lr_factor(s, 8, 2, "linear") for s in range(1, 9)]
+    assert lrs == pytest.approx(expected)
+    assert summary["steps"] == 8
+
+
+def test_run_directory_and_summary(sentiment_dir, tiny, tmp_path):
+    config = make_config(sentiment_dir)
+    _, summary = run(config, tiny, tmp_path)
+    for name in ("prompt.safetensors", "last.safetensors", "metrics.jsonl", "summary.json", "config.yaml"):
+        assert (tmp_path / name).is_file(), name
+    assert set(summary["dev"]["mean"]) >= {"loss", "accuracy", "macro_f1"}
+    assert summary["train_samples_per_second"] > 0
+    assert json.loads((tmp_path / "summary.json").read_text())["best_step"] == summary["best_step"]
+    events = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in events if e["event"] == "eval"] == [6, 12]
+    best = load_prompt(tmp_path / "prompt.safetensors")
+    assert best.training["step"] == summary["best_step"]
+    assert best.task["verbalizer"] == {"negative": " bad", "positive": " good"}
+    assert best.models[0]["hidden_size"] == 32
+
+
+def test_same_seed_same_prompt_and_other_seed_differs(sentiment_dir, tiny, tmp_path):
+    config = make_config(sentiment_dir, steps=6)
+    run(config, tiny, tmp_path / "a")
+    run(config, tiny, tmp_path / "b")
+    run(make_config(sentiment_dir, steps=6, seed=8), tiny, tmp_path / "c")
+    a, b, c = (load_prompt(tmp_path / x / "last.safetensors").embedding for x in "abc")
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+
+
+def test_micro_batches_accumulate_to_the_configured_batch(sentiment_dir, tiny, tmp_path):
+    whole = make_config(sentiment_dir, steps=4, batch_size=4, micro_batch_size=4, max_grad_norm=None)
+    parts = make_config(sentiment_dir, steps=4, batch_size=4, micro_batch_size=1, max_grad_norm=None)
+    run(whole, tiny, tmp_path / "whole")
+    run(parts, tiny, tmp_path / "parts")
+    a = load_prompt(tmp_path / "whole" / "last.safetensors").embedding
+    b = load_prompt(tmp_path / "parts" / "last.safetensors").embedding
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    initial = Trainer(whole, tmp_path / "x", backbones=[tiny["llama"]], progress=False)._fresh_state()
+    assert not torch.allclose(a, initial.prompt.detach())
+
+
+def test_training_lowers_the_loss(sentiment_dir, tiny, tmp_path):
+    # every example says "positive": the prompt alone can (and must) move the model there
+    rows = [{"text": f"great movie {i}", "label": "positive"} for i in range(8)]
+    for split in ("train", "dev"):
+        write_jsonl(tmp_path / "data" / f"{split}.jsonl", rows)
+    config = make_config(tmp_path / "data", steps=20, batch_size=8, lr=0.3, eval_every=20, warmup=0)
+    _, summary = run(config, tiny, tmp_path / "run")
+    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    losses = [e["loss"] for e in events if e["event"] == "train"]
+    assert losses[-1] < 0.9 * losses[0]  # a random tiny model lets a prompt move it only so far
+    assert summary["dev"]["mean"]["accuracy"] == 1.0
+
+
+def test_resume_after_interruption_matches_an_uninterrupted_run(sentiment_dir, tiny, tmp_path):
+    config = make_config(sentiment_dir, steps=10, checkpoint_every=4, eval_every=5)
+    run(config, tiny, tmp_path / "straight")
+
+    trainer = Trainer(config, tmp_path / "broken", backbones=[tiny["llama"]], progress=False)
+    original = trainer.train_step
+
+    def crash_after_six(state):
+        if state.step == 6:
+            raise KeyboardInterrupt
+        return original(state)
+
+    trainer.train_step = crash_after_six
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+    _, summary = run(config, tiny, tmp_path / "broken", resume=True)
+    assert summary["resumed_from"].endswith("step-00000004.safetensors")
+    a = load_prompt(tmp_path / "straight" / "last.safetensors").embedding
+    b = load_prompt(tmp_path / "broken" / "last.safetensors").embedding
+    assert torch.equal(a, b)
+
+
+def test_corrupt_checkpoint_falls_back_to_the_previous_one(sentiment_dir, tiny, tmp_path):
+    config = make_config(sentiment_dir, steps=8, checkpoint_every=4, eval_every=8)
+    run(config, tiny, tmp_path)
+    newest = sorted((tmp_path / "checkpoints").glob("step-*.safetensors"))[-1]
+    newest.write_bytes(b"garbage")
+    trainer = Trainer(config, tmp_path, backbones=[tiny["llama"]], progress=False)
+    state = trainer._fresh_state()
+    restored = trainer.load_checkpoint(state)
+    assert restored is not None and restored != newest
+    assert state.step == 4
+    assert math.isfinite(float(state.prompt.detach().sum()))
