@@ -42,3 +42,6 @@ lock: setup
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache
+
+bench: setup
+	$(BIN)/python benchmarks/bench_load.py

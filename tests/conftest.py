@@ -106,7 +106,7 @@ def build_model(family: str, vocab_size: int, seed: int = 0, hidden: int = 32):
             num_key_value_heads=2,
             head_dim=8,
             max_position_embeddings=256,
-            sliding_window=8,
+            sliding_window=64,
             layer_types=["sliding_attention", "full_attention"],
             bos_token_id=5,
             eos_token_id=6,

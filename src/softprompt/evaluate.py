@@ -121,6 +121,7 @@ def resolve_task(
     """The task to evaluate on: the prompt's recorded task, then a config file's task section,
     then explicit overrides (template=..., verbalizer=..., data=...), later ones winning."""
     raw: dict = dict(prompt.task) if prompt is not None and prompt.task else {}
+    raw.pop("max_examples", None)  # a training-time limit, not part of the task
     if config is not None:
         raw.update(load_config(config).task.model_dump(exclude_unset=True))
     raw.update({k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,30 @@
+"""Load time of the bundled models from the softprompt cache (target: under 2 s each).
+
+Run: .venv/bin/python benchmarks/bench_load.py   (after `make setup`, which fills the cache)
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from softprompt.backbones import BUNDLED, ensure_bundled, load_backbone
+
+
+def main(repeats: int = 3) -> None:
+    import torch
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    for alias in BUNDLED:
+        ensure_bundled(alias)
+        load_backbone(alias)  # warm the import and file caches once
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            load_backbone(alias)
+            times.append(time.perf_counter() - started)
+        print(f"{alias}: median load {statistics.median(times):.2f} s over {repeats} loads")
+
+
+if __name__ == "__main__":
+    main()

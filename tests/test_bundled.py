@@ -1,0 +1,44 @@
+"""Integration tests on the bundled real models (installed and cached by `make setup`)."""
+
+import pytest
+import torch
+
+from softprompt.backbones import load_backbone
+from softprompt.config import load_config
+from softprompt.evaluate import evaluate_task
+from softprompt.train import Trainer
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.mark.parametrize(("alias", "hidden", "model_type"), [("smollm2-135m", 576, "llama"), ("gemma3-270m", 640, "gemma3_text")])
+def test_bundled_models_load_and_head_matches(alias, hidden, model_type):
+    backbone = load_backbone(alias)
+    assert backbone.kind == "causal"
+    assert backbone.hidden_size == hidden
+    assert backbone.model.config.model_type == model_type
+    assert not hasattr(backbone.model.config, "quantization_config")
+    enc = backbone.tokenizer("The capital of France is", return_tensors="pt")
+    with torch.no_grad():
+        full = backbone.model(**enc).logits[0, -1]
+        hidden_states = backbone.body(backbone.embed(enc.input_ids), enc.attention_mask)
+        mine = backbone.head_logits(hidden_states[0, -1])
+    torch.testing.assert_close(mine, full.float(), atol=1e-4, rtol=1e-4)
+    top5 = [backbone.tokenizer.decode([int(i)]).strip() for i in full.topk(5).indices]
+    assert "Paris" in top5
+
+
+def test_short_training_on_smollm2_beats_zero_shot_on_dev(tmp_path):
+    from conftest import ROOT
+
+    config = load_config(
+        ROOT / "examples" / "configs" / "sentiment.yaml",
+        [f"task.data={ROOT / 'examples/data/sentiment'}", "train.steps=30", "train.eval_every=15",
+         "train.warmup=0.1"],
+    )
+    trainer = Trainer(config, tmp_path, progress=False)
+    slot = trainer.slots[0]
+    zero_shot = evaluate_task(slot.task, None, slot.dev)
+    summary = trainer.run()
+    assert summary["best_dev"]["accuracy"] > zero_shot["accuracy"]
+    assert summary["best_dev"]["loss"] < zero_shot["loss"]

@@ -1,0 +1,162 @@
+"""The command line: JSON outputs, and one-line errors with the right exit code, no traceback."""
+
+import json
+
+import pytest
+import yaml
+from conftest import write_jsonl
+
+from softprompt import cli
+
+
+def invoke(monkeypatch, capsys, *args):
+    monkeypatch.setattr("sys.argv", ["softprompt", *map(str, args)])
+    code = 0
+    try:
+        cli.main()
+    except SystemExit as exc:
+        code = exc.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def write_config(tmp_path, model_dir, data, **task):
+    config = {
+        "models": [str(model_dir)],
+        "task": {
+            "data": str(data),
+            "template": "review: {text} sentiment:",
+            "verbalizer": {"negative": " bad", "positive": " good"},
+            "max_examples": 16,
+            **task,
+        },
+        "prompt": {"length": 4},
+        "train": {"steps": 4, "batch_size": 4, "eval_every": 2, "checkpoint_every": 2},
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def assert_one_line_error(code, err, expected_code, fragment):
+    assert code == expected_code, err
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("error:")
+    assert fragment in lines[0]
+    assert "Traceback" not in err
+
+
+def test_train_then_evaluate_predict_and_generate(monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir):
+    config = write_config(tmp_path, tiny_dirs["llama"], sentiment_dir)
+    code, out, _ = invoke(monkeypatch, capsys, "train", config, "--out", tmp_path / "run", "--json",
+                          "--quiet", "--set", "train.steps=2")
+    assert code == 0
+    summary = json.loads(out)
+    assert summary["steps"] == 2
+    assert "accuracy" in summary["dev"]["mean"] and summary["train_samples_per_second"] > 0
+    prompt = tmp_path / "run" / "prompt.safetensors"
+
+    code, out, _ = invoke(monkeypatch, capsys, "evaluate", prompt, "--data", sentiment_dir, "--json")
+    assert code == 0
+    result = json.loads(out)
+    assert result["examples"] == 100 and result["trained_on_model"] is True
+    assert 0.0 <= result["accuracy"] <= 1.0
+
+    code, out, _ = invoke(monkeypatch, capsys, "evaluate", "--model", tiny_dirs["llama"], "--data",
+                          sentiment_dir, "--config", config, "--split", "dev", "--json")
+    assert code == 0 and json.loads(out)["prompt"] is None
+
+    code, out, _ = invoke(monkeypatch, capsys, "predict", prompt, "-t", "great movie", "-t", "awful", "--json")
+    rows = json.loads(out)
+    assert code == 0 and [r["text"] for r in rows] == ["great movie", "awful"]
+    for row in rows:
+        assert sum(row["probabilities"].values()) == pytest.approx(1.0)
+        assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
+
+    code, out, _ = invoke(monkeypatch, capsys, "generate", prompt, "-t", "great movie", "--compare",
+                          "--greedy", "--max-new-tokens", "3", "--json")
+    assert code == 0
+    row = json.loads(out)[0]
+    assert set(row) == {"text", "with_prompt", "without_prompt"}
+
+
+def test_models_lists_the_bundled_aliases(monkeypatch, capsys):
+    code, out, _ = invoke(monkeypatch, capsys, "models", "--json")
+    assert code == 0
+    rows = json.loads(out)
+    assert [r["alias"] for r in rows] == ["smollm2-135m", "gemma3-270m"]
+    assert rows[0]["default"] is True
+
+
+def test_missing_config_file(monkeypatch, capsys, tmp_path):
+    code, _, err = invoke(monkeypatch, capsys, "train", tmp_path / "nope.yaml")
+    assert_one_line_error(code, err, 2, "config file not found")
+
+
+def test_config_key_typo(monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir):
+    config = write_config(tmp_path, tiny_dirs["llama"], sentiment_dir)
+    code, _, err = invoke(monkeypatch, capsys, "train", config, "--set", "train.stepz=3")
+    assert_one_line_error(code, err, 2, "did you mean 'train.steps'")
+
+
+def test_malformed_jsonl_line(monkeypatch, capsys, tmp_path, tiny_dirs):
+    data = tmp_path / "data"
+    write_jsonl(data / "train.jsonl", [{"text": "a", "label": "positive"}])
+    with (data / "train.jsonl").open("a") as handle:
+        handle.write("{broken\n")
+    write_jsonl(data / "dev.jsonl", [{"text": "a", "label": "positive"}])
+    config = write_config(tmp_path, tiny_dirs["llama"], data)
+    code, _, err = invoke(monkeypatch, capsys, "train", config)
+    assert_one_line_error(code, err, 1, "train.jsonl:2: not valid JSON")
+
+
+def test_label_missing_from_the_verbalizer(monkeypatch, capsys, tmp_path, tiny_dirs):
+    data = tmp_path / "data"
+    write_jsonl(data / "train.jsonl", [{"text": "a", "label": "positive"}, {"text": "b", "label": "meh"}])
+    write_jsonl(data / "dev.jsonl", [{"text": "a", "label": "positive"}])
+    config = write_config(tmp_path, tiny_dirs["llama"], data)
+    code, _, err = invoke(monkeypatch, capsys, "train", config)
+    assert_one_line_error(code, err, 1, "train.jsonl:2: label 'meh' is not in the verbalizer")
+
+
+def test_template_without_text(monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir):
+    config = write_config(tmp_path, tiny_dirs["llama"], sentiment_dir, template="Sentiment:")
+    code, _, err = invoke(monkeypatch, capsys, "train", config)
+    assert_one_line_error(code, err, 2, "no {text} placeholder")
+
+
+def test_empty_data_set(monkeypatch, capsys, tmp_path, tiny_dirs):
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "train.jsonl").write_text("")
+    (data / "dev.jsonl").write_text("")
+    config = write_config(tmp_path, tiny_dirs["llama"], data)
+    code, _, err = invoke(monkeypatch, capsys, "train", config)
+    assert_one_line_error(code, err, 1, "is empty")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_model_alias(monkeypatch, capsys, sentiment_dir):
+    code, _, err = invoke(monkeypatch, capsys, "evaluate", "--model", "smollm-135m", "--data",
+                          sentiment_dir, "--template", "{text}", "--verbalizer", '{"a": " yes"}')
+    assert_one_line_error(code, err, 1, "unknown model alias 'smollm-135m'")
+
+
+def test_missing_prompt_file(monkeypatch, capsys, tmp_path):
+    code, _, err = invoke(monkeypatch, capsys, "predict", tmp_path / "p.safetensors", "-t", "x")
+    assert_one_line_error(code, err, 1, "prompt file not found")
+
+
+def test_bad_verbalizer_json(monkeypatch, capsys, tiny_dirs, sentiment_dir):
+    code, _, err = invoke(monkeypatch, capsys, "evaluate", "--model", tiny_dirs["llama"], "--data",
+                          sentiment_dir, "--verbalizer", "{nope")
+    assert_one_line_error(code, err, 2, "--verbalizer is not valid JSON")
+
+
+def test_debug_shows_the_traceback(monkeypatch, capsys, tmp_path):
+    monkeypatch.delenv("SOFTPROMPT_DEBUG", raising=False)
+    monkeypatch.setattr("sys.argv", ["softprompt", "--debug", "train", str(tmp_path / "nope.yaml")])
+    with pytest.raises(Exception, match="config file not found"):
+        cli.main()
+    monkeypatch.delenv("SOFTPROMPT_DEBUG", raising=False)

@@ -1,0 +1,46 @@
+import pytest
+import torch
+
+from softprompt.errors import ModelError, UsageError
+from softprompt.generate import SamplingOptions, generate
+from softprompt.tasks import prompted_hidden
+
+GREEDY = SamplingOptions(max_new_tokens=4, greedy=True)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gemma3"])
+def test_batched_generation_equals_one_by_one(tiny, family):
+    backbone = tiny[family]
+    prompt = torch.randn(3, 32) * 0.5
+    texts = ["great movie", "it was awful and bad , really"]
+    together = generate(backbone, texts, prompt, GREEDY)
+    alone = [generate(backbone, [t], prompt, GREEDY)[0] for t in texts]
+    assert together == alone
+
+
+def test_first_token_is_the_prompted_models_argmax(tiny):
+    backbone = tiny["llama"]
+    prompt = torch.randn(3, 32)
+    enc = backbone.tokenizer(["great movie"], return_tensors="pt")
+    with torch.no_grad():
+        hidden, _ = prompted_hidden(backbone, prompt, enc.input_ids, enc.attention_mask)
+        expected = int(backbone.head_logits(hidden[0, -1]).argmax())
+    generated = generate(backbone, ["great movie"], prompt, SamplingOptions(max_new_tokens=1, greedy=True))
+    assert generated[0].strip() == backbone.tokenizer.decode([expected]).strip()
+    bare = generate(backbone, ["great movie"], None, SamplingOptions(max_new_tokens=1, greedy=True))
+    with torch.no_grad():
+        plain = int(backbone.model(**enc).logits[0, -1].argmax())
+    assert bare[0].strip() == backbone.tokenizer.decode([plain]).strip()
+
+
+def test_sampling_is_seeded(tiny):
+    backbone = tiny["llama"]
+    options = SamplingOptions(max_new_tokens=6, temperature=1.5, top_k=50, top_p=0.95, seed=3)
+    assert generate(backbone, ["great"], None, options) == generate(backbone, ["great"], None, options)
+
+
+def test_generation_errors(tiny):
+    with pytest.raises(ModelError, match="needs a causal LM"):
+        generate(tiny["bert"], ["great"], None, GREEDY)
+    with pytest.raises(UsageError, match="temperature"):
+        generate(tiny["llama"], ["great"], None, SamplingOptions(temperature=0))
