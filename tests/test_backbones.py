@@ -40,7 +40,7 @@ def test_kind_override_and_bfloat16(tiny_dirs):
 
 def test_detect_kind_from_architectures_and_model_type():
     class Config:
-        architectures = ["RobertaForMaskedLM"]
+        architectures = ("RobertaForMaskedLM",)
         model_type = "roberta"
 
     assert detect_kind(Config()) == "masked"

@@ -11,7 +11,10 @@ from softprompt.train import Trainer
 pytestmark = pytest.mark.slow
 
 
-@pytest.mark.parametrize(("alias", "hidden", "model_type"), [("smollm2-135m", 576, "llama"), ("gemma3-270m", 640, "gemma3_text")])
+@pytest.mark.parametrize(
+    ("alias", "hidden", "model_type"),
+    [("smollm2-135m", 576, "llama"), ("gemma3-270m", 640, "gemma3_text")],
+)
 def test_bundled_models_load_and_head_matches(alias, hidden, model_type):
     backbone = load_backbone(alias)
     assert backbone.kind == "causal"
@@ -33,8 +36,12 @@ def test_short_training_on_smollm2_beats_zero_shot_on_dev(tmp_path):
 
     config = load_config(
         ROOT / "examples" / "configs" / "sentiment.yaml",
-        [f"task.data={ROOT / 'examples/data/sentiment'}", "train.steps=30", "train.eval_every=15",
-         "train.warmup=0.1"],
+        [
+            f"task.data={ROOT / 'examples/data/sentiment'}",
+            "train.steps=30",
+            "train.eval_every=15",
+            "train.warmup=0.1",
+        ],
     )
     trainer = Trainer(config, tmp_path, progress=False)
     slot = trainer.slots[0]

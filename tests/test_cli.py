@@ -4,8 +4,8 @@ import json
 
 import pytest
 import yaml
-from conftest import write_jsonl
 
+from conftest import write_jsonl
 from softprompt import cli
 
 
@@ -47,35 +47,74 @@ def assert_one_line_error(code, err, expected_code, fragment):
     assert "Traceback" not in err
 
 
-def test_train_then_evaluate_predict_and_generate(monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir):
+def test_train_then_evaluate_predict_and_generate(
+    monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir
+):
     config = write_config(tmp_path, tiny_dirs["llama"], sentiment_dir)
-    code, out, _ = invoke(monkeypatch, capsys, "train", config, "--out", tmp_path / "run", "--json",
-                          "--quiet", "--set", "train.steps=2")
+    code, out, _ = invoke(
+        monkeypatch,
+        capsys,
+        "train",
+        config,
+        "--out",
+        tmp_path / "run",
+        "--json",
+        "--quiet",
+        "--set",
+        "train.steps=2",
+    )
     assert code == 0
     summary = json.loads(out)
     assert summary["steps"] == 2
     assert "accuracy" in summary["dev"]["mean"] and summary["train_samples_per_second"] > 0
     prompt = tmp_path / "run" / "prompt.safetensors"
 
-    code, out, _ = invoke(monkeypatch, capsys, "evaluate", prompt, "--data", sentiment_dir, "--json")
+    code, out, _ = invoke(
+        monkeypatch, capsys, "evaluate", prompt, "--data", sentiment_dir, "--json"
+    )
     assert code == 0
     result = json.loads(out)
     assert result["examples"] == 100 and result["trained_on_model"] is True
     assert 0.0 <= result["accuracy"] <= 1.0
 
-    code, out, _ = invoke(monkeypatch, capsys, "evaluate", "--model", tiny_dirs["llama"], "--data",
-                          sentiment_dir, "--config", config, "--split", "dev", "--json")
+    code, out, _ = invoke(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--model",
+        tiny_dirs["llama"],
+        "--data",
+        sentiment_dir,
+        "--config",
+        config,
+        "--split",
+        "dev",
+        "--json",
+    )
     assert code == 0 and json.loads(out)["prompt"] is None
 
-    code, out, _ = invoke(monkeypatch, capsys, "predict", prompt, "-t", "great movie", "-t", "awful", "--json")
+    code, out, _ = invoke(
+        monkeypatch, capsys, "predict", prompt, "-t", "great movie", "-t", "awful", "--json"
+    )
     rows = json.loads(out)
     assert code == 0 and [r["text"] for r in rows] == ["great movie", "awful"]
     for row in rows:
         assert sum(row["probabilities"].values()) == pytest.approx(1.0)
         assert row["label"] == max(row["probabilities"], key=row["probabilities"].get)
 
-    code, out, _ = invoke(monkeypatch, capsys, "generate", prompt, "-t", "great movie", "--compare",
-                          "--greedy", "--max-new-tokens", "3", "--json")
+    code, out, _ = invoke(
+        monkeypatch,
+        capsys,
+        "generate",
+        prompt,
+        "-t",
+        "great movie",
+        "--compare",
+        "--greedy",
+        "--max-new-tokens",
+        "3",
+        "--json",
+    )
     assert code == 0
     row = json.loads(out)[0]
     assert set(row) == {"text", "with_prompt", "without_prompt"}
@@ -113,7 +152,9 @@ def test_malformed_jsonl_line(monkeypatch, capsys, tmp_path, tiny_dirs):
 
 def test_label_missing_from_the_verbalizer(monkeypatch, capsys, tmp_path, tiny_dirs):
     data = tmp_path / "data"
-    write_jsonl(data / "train.jsonl", [{"text": "a", "label": "positive"}, {"text": "b", "label": "meh"}])
+    write_jsonl(
+        data / "train.jsonl", [{"text": "a", "label": "positive"}, {"text": "b", "label": "meh"}]
+    )
     write_jsonl(data / "dev.jsonl", [{"text": "a", "label": "positive"}])
     config = write_config(tmp_path, tiny_dirs["llama"], data)
     code, _, err = invoke(monkeypatch, capsys, "train", config)
@@ -132,14 +173,25 @@ def test_empty_data_set(monkeypatch, capsys, tmp_path, tiny_dirs):
     (data / "train.jsonl").write_text("")
     (data / "dev.jsonl").write_text("")
     config = write_config(tmp_path, tiny_dirs["llama"], data)
-    code, _, err = invoke(monkeypatch, capsys, "train", config)
+    code, _, err = invoke(monkeypatch, capsys, "train", config, "--out", tmp_path / "run")
     assert_one_line_error(code, err, 1, "is empty")
-    assert not (tmp_path / "runs").exists()
+    assert not (tmp_path / "run").exists()
 
 
 def test_unknown_model_alias(monkeypatch, capsys, sentiment_dir):
-    code, _, err = invoke(monkeypatch, capsys, "evaluate", "--model", "smollm-135m", "--data",
-                          sentiment_dir, "--template", "{text}", "--verbalizer", '{"a": " yes"}')
+    code, _, err = invoke(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--model",
+        "smollm-135m",
+        "--data",
+        sentiment_dir,
+        "--template",
+        "{text}",
+        "--verbalizer",
+        '{"a": " yes"}',
+    )
     assert_one_line_error(code, err, 1, "unknown model alias 'smollm-135m'")
 
 
@@ -149,8 +201,17 @@ def test_missing_prompt_file(monkeypatch, capsys, tmp_path):
 
 
 def test_bad_verbalizer_json(monkeypatch, capsys, tiny_dirs, sentiment_dir):
-    code, _, err = invoke(monkeypatch, capsys, "evaluate", "--model", tiny_dirs["llama"], "--data",
-                          sentiment_dir, "--verbalizer", "{nope")
+    code, _, err = invoke(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        "--model",
+        tiny_dirs["llama"],
+        "--data",
+        sentiment_dir,
+        "--verbalizer",
+        "{nope",
+    )
     assert_one_line_error(code, err, 2, "--verbalizer is not valid JSON")
 
 

@@ -54,7 +54,9 @@ def test_classification_needs_a_verbalizer():
 
 
 def test_overrides_parse_yaml_values_and_nest():
-    raw = apply_overrides({"train": {"lr": 0.3}}, ["train.lr=0.01", "prompt.length=4", "models=[a, b]"])
+    raw = apply_overrides(
+        {"train": {"lr": 0.3}}, ["train.lr=0.01", "prompt.length=4", "models=[a, b]"]
+    )
     assert raw == {"train": {"lr": 0.01}, "prompt": {"length": 4}, "models": ["a", "b"]}
     with pytest.raises(ConfigError, match="key=value"):
         apply_overrides({}, ["train.lr"])

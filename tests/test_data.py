@@ -1,6 +1,6 @@
 import pytest
-from conftest import write_jsonl
 
+from conftest import write_jsonl
 from softprompt.data import DataSpec, load_split
 from softprompt.errors import DataError
 
@@ -39,7 +39,9 @@ def test_single_file_is_split_reproducibly_and_disjointly(tmp_path):
     spec = DataSpec(str(path), dev_fraction=0.2, test_fraction=0.1, split_seed=3)
     parts = {s: [e.text for e in load_split(spec, s)] for s in ("train", "dev", "test")}
     assert [len(parts[s]) for s in ("train", "dev", "test")] == [35, 10, 5]
-    assert set(parts["train"]) | set(parts["dev"]) | set(parts["test"]) == {f"t{i}" for i in range(50)}
+    assert set(parts["train"]) | set(parts["dev"]) | set(parts["test"]) == {
+        f"t{i}" for i in range(50)
+    }
     assert parts == {s: [e.text for e in load_split(spec, s)] for s in ("train", "dev", "test")}
     other = DataSpec(str(path), dev_fraction=0.2, test_fraction=0.1, split_seed=4)
     assert [e.text for e in load_split(other, "dev")] != parts["dev"]
@@ -96,8 +98,12 @@ def test_hf_dataset_saved_locally_with_class_labels(tmp_path):
     )
     ds = datasets.DatasetDict(
         {
-            "train": datasets.Dataset.from_dict({"text": ["a", "b"], "label": [0, 1]}, features=features),
-            "validation": datasets.Dataset.from_dict({"text": ["c"], "label": [1]}, features=features),
+            "train": datasets.Dataset.from_dict(
+                {"text": ["a", "b"], "label": [0, 1]}, features=features
+            ),
+            "validation": datasets.Dataset.from_dict(
+                {"text": ["c"], "label": [1]}, features=features
+            ),
         }
     )
     ds.save_to_disk(str(tmp_path / "ds"))

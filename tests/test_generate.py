@@ -25,7 +25,9 @@ def test_first_token_is_the_prompted_models_argmax(tiny):
     with torch.no_grad():
         hidden, _ = prompted_hidden(backbone, prompt, enc.input_ids, enc.attention_mask)
         expected = int(backbone.head_logits(hidden[0, -1]).argmax())
-    generated = generate(backbone, ["great movie"], prompt, SamplingOptions(max_new_tokens=1, greedy=True))
+    generated = generate(
+        backbone, ["great movie"], prompt, SamplingOptions(max_new_tokens=1, greedy=True)
+    )
     assert generated[0].strip() == backbone.tokenizer.decode([expected]).strip()
     bare = generate(backbone, ["great movie"], None, SamplingOptions(max_new_tokens=1, greedy=True))
     with torch.no_grad():
@@ -36,7 +38,9 @@ def test_first_token_is_the_prompted_models_argmax(tiny):
 def test_sampling_is_seeded(tiny):
     backbone = tiny["llama"]
     options = SamplingOptions(max_new_tokens=6, temperature=1.5, top_k=50, top_p=0.95, seed=3)
-    assert generate(backbone, ["great"], None, options) == generate(backbone, ["great"], None, options)
+    assert generate(backbone, ["great"], None, options) == generate(
+        backbone, ["great"], None, options
+    )
 
 
 def test_generation_errors(tiny):

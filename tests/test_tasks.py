@@ -27,13 +27,17 @@ def test_causal_single_token_scores_match_the_full_model(tiny, family):
     with torch.no_grad():
         scores = task.class_scores(prompt, batch, full_vocab=True)
         raw = task.class_scores(prompt, batch, full_vocab=False)
-    word_ids = [backbone.tokenizer(w, add_special_tokens=False).input_ids[0] for w in (" bad", " good")]
+    word_ids = [
+        backbone.tokenizer(w, add_special_tokens=False).input_ids[0] for w in (" bad", " good")
+    ]
     for row, example in enumerate(examples):
         ids = backbone.tokenizer(f"review: {example.text} sentiment:").input_ids
         reference = _reference_logprobs(backbone, prompt, ids)[-1, word_ids]
         torch.testing.assert_close(scores[row], reference, atol=1e-5, rtol=1e-4)
         # restricted logits differ from log-probs by a per-row constant only
-        torch.testing.assert_close(raw[row] - raw[row, 0], reference - reference[0], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            raw[row] - raw[row, 0], reference - reference[0], atol=1e-5, rtol=1e-4
+        )
 
 
 def test_causal_multi_token_words_sum_their_log_probs(tiny):
@@ -71,7 +75,9 @@ def test_masked_lm_puts_the_mask_inside_the_attention_mask(tiny):
     with torch.no_grad():
         scores = task.class_scores(prompt, batch, full_vocab=True)
     reference = _reference_logprobs(backbone, prompt, ids)
-    word_ids = [backbone.tokenizer(w, add_special_tokens=False).input_ids[0] for w in (" bad", " good")]
+    word_ids = [
+        backbone.tokenizer(w, add_special_tokens=False).input_ids[0] for w in (" bad", " good")
+    ]
     torch.testing.assert_close(scores[0], reference[int(batch.positions[0, 0]), word_ids])
 
 
@@ -122,7 +128,10 @@ def test_label_outside_the_verbalizer_names_file_and_line(tiny):
 
 def test_pairs_fill_text_b(tiny):
     task = ClassificationTask(
-        tiny["bert"], "{text} ? {label} , {text_b}", {"yes": " good", "no": " bad"}, needs_text_b=True
+        tiny["bert"],
+        "{text} ? {label} , {text_b}",
+        {"yes": " good", "no": " bad"},
+        needs_text_b=True,
     )
     ids, _, _ = task.encode(Example("great movie", "yes", text_b="awful")).rows[0]
     text = tiny["bert"].tokenizer.decode(ids)
@@ -162,4 +171,7 @@ def test_lm_windows_cover_every_token(tiny):
     windows = task.encode_all([Example(text)])
     assert all(len(w) <= 5 for w in windows)
     flat = [t for w in windows for t in w]
-    assert flat == task.specials_before + tiny["llama"].tokenizer(text, add_special_tokens=False).input_ids
+    assert (
+        flat
+        == task.specials_before + tiny["llama"].tokenizer(text, add_special_tokens=False).input_ids
+    )

@@ -3,8 +3,8 @@ import math
 
 import pytest
 import torch
-from conftest import write_jsonl
 
+from conftest import write_jsonl
 from softprompt.config import validate_config
 from softprompt.prompts import load_prompt
 from softprompt.train import Trainer, lr_factor
@@ -55,8 +55,11 @@ def test_schedules_with_fractional_warmup():
 def test_the_lr_really_follows_the_warmup(sentiment_dir, tiny, tmp_path):
     config = make_config(sentiment_dir, steps=8, warmup=0.25, schedule="linear", eval_every=8)
     _, summary = run(config, tiny, tmp_path)
-    lrs = [json.loads(line)["lr"] for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
-           if json.loads(line)["event"] == "train"]
+    lrs = [
+        json.loads(line)["lr"]
+        for line in (tmp_path / "metrics.jsonl").read_text().splitlines()
+        if json.loads(line)["event"] == "train"
+    ]
     # lr after each step: warmup of round(0.25 * 8) = 2 steps, then linear decay to 0
     expected = [0.1 * lr_factor(s, 8, 2, "linear") for s in range(1, 9)]
     assert lrs == pytest.approx(expected)
@@ -66,7 +69,13 @@ def test_the_lr_really_follows_the_warmup(sentiment_dir, tiny, tmp_path):
 def test_run_directory_and_summary(sentiment_dir, tiny, tmp_path):
     config = make_config(sentiment_dir)
     _, summary = run(config, tiny, tmp_path)
-    for name in ("prompt.safetensors", "last.safetensors", "metrics.jsonl", "summary.json", "config.yaml"):
+    for name in (
+        "prompt.safetensors",
+        "last.safetensors",
+        "metrics.jsonl",
+        "summary.json",
+        "config.yaml",
+    ):
         assert (tmp_path / name).is_file(), name
     assert set(summary["dev"]["mean"]) >= {"loss", "accuracy", "macro_f1"}
     assert summary["train_samples_per_second"] > 0
@@ -90,14 +99,20 @@ def test_same_seed_same_prompt_and_other_seed_differs(sentiment_dir, tiny, tmp_p
 
 
 def test_micro_batches_accumulate_to_the_configured_batch(sentiment_dir, tiny, tmp_path):
-    whole = make_config(sentiment_dir, steps=4, batch_size=4, micro_batch_size=4, max_grad_norm=None)
-    parts = make_config(sentiment_dir, steps=4, batch_size=4, micro_batch_size=1, max_grad_norm=None)
+    whole = make_config(
+        sentiment_dir, steps=4, batch_size=4, micro_batch_size=4, max_grad_norm=None
+    )
+    parts = make_config(
+        sentiment_dir, steps=4, batch_size=4, micro_batch_size=1, max_grad_norm=None
+    )
     run(whole, tiny, tmp_path / "whole")
     run(parts, tiny, tmp_path / "parts")
     a = load_prompt(tmp_path / "whole" / "last.safetensors").embedding
     b = load_prompt(tmp_path / "parts" / "last.safetensors").embedding
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
-    initial = Trainer(whole, tmp_path / "x", backbones=[tiny["llama"]], progress=False)._fresh_state()
+    initial = Trainer(
+        whole, tmp_path / "x", backbones=[tiny["llama"]], progress=False
+    )._fresh_state()
     assert not torch.allclose(a, initial.prompt.detach())
 
 
@@ -108,7 +123,9 @@ def test_training_lowers_the_loss(sentiment_dir, tiny, tmp_path):
         write_jsonl(tmp_path / "data" / f"{split}.jsonl", rows)
     config = make_config(tmp_path / "data", steps=20, batch_size=8, lr=0.3, eval_every=20, warmup=0)
     _, summary = run(config, tiny, tmp_path / "run")
-    events = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    events = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    ]
     losses = [e["loss"] for e in events if e["event"] == "train"]
     assert losses[-1] < 0.9 * losses[0]  # a random tiny model lets a prompt move it only so far
     assert summary["dev"]["mean"]["accuracy"] == 1.0

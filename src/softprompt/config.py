@@ -85,6 +85,8 @@ class TrainSettings(_Strict):
     max_eval_examples: int | None = Field(None, ge=1)
     seed: int = 42
     device: str = "auto"
+    devices: list[str] | None = None
+    best_model: str | None = None
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -196,13 +198,13 @@ def validate_config(raw: dict, source: str = "config") -> TrainConfig:
         raise ConfigError(f"{source}: {describe_error(exc)}") from exc
 
 
-def describe_error(exc: ValidationError) -> str:
+def describe_error(exc: ValidationError, root: type[BaseModel] | None = None) -> str:
     """The first validation problem as one line, naming the key and suggesting a fix."""
     error = exc.errors()[0]
     loc = [str(part) for part in error["loc"]]
     key = ".".join(loc) or "(top level)"
     if error["type"] == "extra_forbidden":
-        known = _known_keys(loc[:-1])
+        known = _known_keys(loc[:-1], root or TrainConfig)
         close = difflib.get_close_matches(loc[-1], known, n=1, cutoff=0.5)
         hint = f" (did you mean {'.'.join([*loc[:-1], close[0]])!r}?)" if close else ""
         return f"unknown key {key!r}{hint}; known keys here: {', '.join(known)}"
@@ -212,8 +214,7 @@ def describe_error(exc: ValidationError) -> str:
     return f"{key}: {message} (got {error.get('input')!r})" if loc else message
 
 
-def _known_keys(section: list[str]) -> list[str]:
-    model: type[BaseModel] = TrainConfig
+def _known_keys(section: list[str], model: type[BaseModel]) -> list[str]:
     for part in section:
         annotation = model.model_fields.get(part)
         if annotation is None or not isinstance(annotation.annotation, type):

@@ -131,7 +131,7 @@ def resolve_task(
     try:
         return TaskConfig.model_validate(raw)
     except ValidationError as exc:
-        raise UsageError(f"task: {describe_error(exc)}") from exc
+        raise UsageError(f"task: {describe_error(exc, TaskConfig)}") from exc
 
 
 def evaluate(

@@ -79,6 +79,7 @@ class TrainState:
     best_step: int | None = None
     evals_without_improvement: int = 0
     history: list[dict] = field(default_factory=list)
+    last_losses: dict[str, float] = field(default_factory=dict)
 
 
 def _batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -116,10 +117,21 @@ class Trainer:
         self.device = resolve_device(self.settings.device)
         self.dtype = "bfloat16" if self.settings.precision == "bf16" else "float32"
         self.backbones = backbones or [
-            load_backbone(spec, dtype=self.dtype, device=self.device) for spec in config.models
+            load_backbone(spec, dtype=self.dtype, device=device)
+            for spec, device in zip(config.models, self._model_devices())
         ]
         self._check_hidden_sizes()
+        if self.settings.best_model is not None and self.settings.best_model not in config.models:
+            raise ConfigError(
+                f"train.best_model {self.settings.best_model!r} is not one of the models "
+                f"({', '.join(config.models)})"
+            )
         self.slots = self._build_slots()
+
+    def _model_devices(self) -> list[torch.device]:
+        """Where each model lives: `train.devices` round-robin, else the training device."""
+        names = self.settings.devices or [str(self.device)]
+        return [resolve_device(names[i % len(names)]) for i in range(len(self.config.models))]
 
     def _check_hidden_sizes(self) -> None:
         sizes = {b.name: b.hidden_size for b in self.backbones}
@@ -246,28 +258,41 @@ class Trainer:
 
     # --- the loop ----------------------------------------------------------------------------
 
-    def train_step(self, state: TrainState) -> float:
-        """One optimizer step over exactly `batch_size` examples (micro-batches accumulated)."""
-        settings = self.settings
-        indices = _batch_indices(
-            state.step, settings.batch_size, len(self.slots[0].train), settings.seed
+    def step_indices(self, step: int) -> list[int]:
+        return _batch_indices(
+            step, self.settings.batch_size, len(self.slots[0].train), self.settings.seed
         )
-        total_loss = 0.0
+
+    def accumulate_gradients(self, prompt: torch.Tensor, indices: list[int]) -> dict[str, float]:
+        """Add d(loss)/d(prompt) for one batch into `prompt.grad`; returns each model's loss.
+
+        Loss = sum over models of weight * (mean loss over the batch). Each micro-batch of each
+        model is backpropagated before the next forward, so only one model's activations live.
+        """
+        losses = {}
         for slot in self.slots:
             items = [slot.train[i % len(slot.train)] for i in indices]
             denominator = self._loss_denominator(slot, items)
-            for start in range(0, len(items), settings.micro_batch):
-                micro = items[start : start + settings.micro_batch]
-                loss = self._micro_loss(slot, state.prompt, micro) * (slot.weight / denominator)
-                loss.backward()
-                total_loss += float(loss.detach())
-        if settings.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([state.prompt], settings.max_grad_norm)
+            model_loss = 0.0
+            for start in range(0, len(items), self.settings.micro_batch):
+                micro = items[start : start + self.settings.micro_batch]
+                loss = self._micro_loss(slot, prompt, micro) / denominator
+                (loss * slot.weight).backward()
+                model_loss += float(loss.detach())
+            losses[slot.backbone.name] = model_loss
+        return losses
+
+    def train_step(self, state: TrainState) -> float:
+        """One optimizer step over exactly `batch_size` examples (micro-batches accumulated)."""
+        losses = self.accumulate_gradients(state.prompt, self.step_indices(state.step))
+        if self.settings.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_([state.prompt], self.settings.max_grad_norm)
         state.optimizer.step()
         state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
         state.step += 1
-        return total_loss
+        state.last_losses = losses
+        return sum(loss * slot.weight for loss, slot in zip(losses.values(), self.slots))
 
     def _loss_denominator(self, slot: ModelSlot, items: list) -> float:
         if isinstance(slot.task, ClassificationTask):
@@ -293,6 +318,12 @@ class Trainer:
         keys = [k for k in next(iter(per_model.values())) if k not in ("examples", "tokens")]
         mean = {k: sum(m[k] for m in per_model.values()) / len(per_model) for k in keys}
         return {"mean": mean, "models": per_model}
+
+    def _selection_metrics(self, dev: dict) -> dict:
+        """The dev metrics that pick the best prompt: the mean, or `train.best_model`'s."""
+        if self.settings.best_model is None:
+            return dev["mean"]
+        return dev["models"][self.settings.best_model]
 
     def _best_key(self) -> str:
         if isinstance(self.slots[0].task, ClassificationTask):
@@ -337,17 +368,19 @@ class Trainer:
                     )
                 record = {"event": "train", "step": state.step, "loss": loss}
                 record["lr"] = state.scheduler.get_last_lr()[0]
+                if len(self.slots) > 1:
+                    record["model_losses"] = state.last_losses
                 metrics.write(json.dumps(record) + "\n")
                 bar.update(loss=loss, step=state.step)
                 if state.step % settings.eval_every == 0 or state.step == settings.steps:
                     last_dev = self.evaluate_dev(state.prompt.detach())
-                    value = last_dev["mean"][best_key]
+                    value = self._selection_metrics(last_dev)[best_key]
                     improved = self._is_better(value, state.best_value)
                     metrics.write(
                         json.dumps({"event": "eval", "step": state.step, "dev": last_dev}) + "\n"
                     )
                     state.history.append({"step": state.step, "dev": last_dev["mean"]})
-                    bar.update(dev=last_dev["mean"], step=state.step)
+                    bar.update(dev=last_dev, step=state.step)
                     if improved:
                         state.best_value, state.best_step = value, state.step
                         state.evals_without_improvement = 0
@@ -392,6 +425,16 @@ class Trainer:
         }
         (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         return summary
+
+
+def _describe_dev(dev: dict) -> str:
+    """Dev metrics for the progress bar: the mean, and each model's when there are several."""
+    key = "accuracy" if "accuracy" in dev["mean"] else "perplexity"
+    text = f"dev loss {dev['mean']['loss']:.3f} {key} {dev['mean'][key]:.3f}"
+    if len(dev["models"]) > 1:
+        per_model = " ".join(f"{Path(n).name}:{m[key]:.2f}" for n, m in dev["models"].items())
+        text += f" ({per_model})"
+    return text
 
 
 def _warn(message: str) -> None:
@@ -441,8 +484,7 @@ class _progress_bar:
         if loss is not None:
             self.fields["loss"] = f"loss {loss:.4f}"
         if dev is not None:
-            shown = {k: v for k, v in dev.items() if k in ("accuracy", "loss", "perplexity")}
-            self.fields["dev"] = "dev " + " ".join(f"{k} {v:.3f}" for k, v in shown.items())
+            self.fields["dev"] = _describe_dev(dev)
         self._progress.update(self._task, completed=step, **self.fields)
 
     def __exit__(self, *exc) -> None:
