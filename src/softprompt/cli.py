@@ -121,12 +121,18 @@ def train(
     _emit(summary, as_json, render)
 
 
+ModelsOpt = Annotated[
+    list[str] | None,
+    typer.Option("--model", "-m", help="Model spec; repeat to evaluate on several models."),
+]
+
+
 @app.command()
 def evaluate(
     prompt: Annotated[
         Path | None, typer.Argument(help="Prompt .safetensors; leave out for zero-shot.")
     ] = None,
-    model: ModelOpt = None,
+    model: ModelsOpt = None,
     data: Annotated[str | None, typer.Option(help="Folder, file or hf:NAME.")] = None,
     split: Annotated[str, typer.Option(help="train, dev or test.")] = "test",
     config: ConfigOpt = None,
@@ -136,12 +142,69 @@ def evaluate(
     dtype: DtypeOpt = "float32",
     as_json: JsonOpt = False,
 ) -> None:
-    """Loss, accuracy and macro-F1 of a prompt (or the bare model) on a data split."""
+    """Loss, accuracy and macro-F1 of a prompt (or the bare model) on a data split.
+
+    With several --model, one result per model (JSON: a list), each marked trained_on_model."""
+    from softprompt.backbones import load_backbone
     from softprompt.evaluate import evaluate as run_evaluation
 
-    result = run_evaluation(
-        prompt,
-        _default_model(prompt, model),
+    names = model or [_default_model(prompt, None)]
+    results = [
+        run_evaluation(
+            prompt,
+            load_backbone(name, dtype=dtype),
+            data,
+            split=split,
+            config=config,
+            template=template,
+            verbalizer=_verbalizer(verbalizer),
+            batch_size=batch_size,
+        )
+        for name in names
+    ]
+
+    def render(rows: list[dict]) -> None:
+        keys = [k for k in ("loss", "accuracy", "macro_f1", "perplexity") if k in rows[0]]
+        title = f"{rows[0]['prompt'] or 'zero-shot'} ({rows[0]['split']})"
+        table = Table("model", "trained on", *keys, "examples", title=title)
+        for r in rows:
+            count = r.get("examples", r.get("tokens"))
+            cells = [f"{r[k]:.4f}" for k in keys]
+            table.add_row(r["model"], "yes" if r["trained_on_model"] else "no", *cells, str(count))
+        out.print(table)
+
+    _emit(results[0] if len(results) == 1 else results, as_json, lambda _: render(results))
+
+
+@app.command("transfer-matrix")
+def transfer_matrix(
+    prompt: Annotated[list[Path], typer.Argument(help="One or more prompt .safetensors files.")],
+    model: ModelsOpt = None,
+    data: Annotated[str | None, typer.Option(help="Folder, file or hf:NAME.")] = None,
+    split: Annotated[str, typer.Option(help="train, dev or test.")] = "test",
+    config: ConfigOpt = None,
+    template: TemplateOpt = None,
+    verbalizer: VerbalizerOpt = None,
+    metric: Annotated[str, typer.Option(help="Metric shown in the printed table.")] = "accuracy",
+    out_dir: Annotated[
+        Path | None, typer.Option("--out", help="Write transfer.json and transfer.csv here.")
+    ] = None,
+    no_baselines: Annotated[
+        bool, typer.Option("--no-baselines", help="Skip zero-shot and initial-prompt rows.")
+    ] = False,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Every prompt on every model, with zero-shot and untrained-prompt baselines."""
+    from softprompt.transfer import transfer_matrix as build_matrix
+    from softprompt.transfer import write_matrix
+
+    if not model:
+        raise UsageError("give the models to evaluate on with --model (repeat it)")
+    matrix = build_matrix(
+        [str(p) for p in prompt],
+        model,
         data,
         split=split,
         config=config,
@@ -149,16 +212,72 @@ def evaluate(
         verbalizer=_verbalizer(verbalizer),
         batch_size=batch_size,
         dtype=dtype,
+        baselines=not no_baselines,
     )
+    if out_dir is not None:
+        write_matrix(matrix, out_dir)
+
+    def render(m: dict) -> None:
+        table = Table("prompt", *[Path(x).name for x in m["models"]], title=f"{metric} ({split})")
+        for row in m["rows"]:
+            cells = []
+            for name, cell in row["results"].items():
+                mark = "*" if name in row["trained_on"] else ""
+                cells.append(f"{cell[metric]:.3f}{mark}" if metric in cell else "n/a")
+            table.add_row(row["name"], *cells)
+        out.print(table)
+        out.print("* trained on this model")
+
+    _emit(matrix, as_json, render)
+
+
+@app.command()
+def study(
+    study_file: Annotated[Path, typer.Argument(help="Study YAML (base config and the grid).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Study directory.")] = Path("runs/study"),
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a grid of trainings (model sets x seeds); finished runs are skipped on re-run."""
+    from softprompt.study import load_study, run_study
+
+    result = run_study(load_study(study_file), out_dir, progress=not quiet)
 
     def render(r: dict) -> None:
-        table = Table(title=f"{r['prompt'] or 'zero-shot'} on {r['model']} ({r['split']})")
-        for key in ("loss", "accuracy", "macro_f1", "perplexity", "examples", "tokens"):
-            if key in r:
-                table.add_row(key, f"{r[key]:.4f}" if isinstance(r[key], float) else str(r[key]))
+        table = Table("group", "models", "runs", "mean", "std", title=f"{r['metric']}")
+        for g in r["groups"]:
+            models_shown = ", ".join(Path(m).name for m in g["models"])
+            table.add_row(
+                g["group"], models_shown, str(g["runs"]), f"{g['mean']:.4f}", f"{g['std']:.4f}"
+            )
         out.print(table)
+        out.print(f"std: {r['std']}; written to {out_dir}/study.csv")
 
     _emit(result, as_json, render)
+
+
+@app.command("tiny-family")
+def tiny_family(
+    out_dir: Annotated[Path, typer.Argument(help="Folder for the models (seed-0, seed-1, ...).")],
+    count: Annotated[int, typer.Option(min=1, help="How many models.")] = 3,
+    family: Annotated[str, typer.Option(help="llama, gpt2, gpt_neox, gemma3 or bert.")] = "bert",
+    hidden: Annotated[int, typer.Option(min=8, help="Hidden size (a multiple of 4).")] = 64,
+    pretrain_steps: Annotated[int, typer.Option(min=0, help="LM pre-training steps.")] = 300,
+    corpus: Annotated[
+        str, typer.Option(help="Data whose texts make the vocabulary and pre-training corpus.")
+    ] = "examples/data",
+    as_json: JsonOpt = False,
+) -> None:
+    """Build a family of tiny models differing only in seed (like MultiBERTs), for experiments."""
+    from softprompt.tiny import FAMILIES, corpus_texts
+    from softprompt.tiny import tiny_family as build_family
+
+    if family not in FAMILIES:
+        raise UsageError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
+    paths = build_family(
+        out_dir, corpus_texts(corpus), count, family, hidden=hidden, pretrain_steps=pretrain_steps
+    )
+    _emit([str(p) for p in paths], as_json, lambda ps: [out.print(p) for p in ps])
 
 
 @app.command()

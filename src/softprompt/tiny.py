@@ -153,3 +153,20 @@ def tiny_family(
         )
         for seed in range(count)
     ]
+
+
+def corpus_texts(source: str | Path) -> list[str]:
+    """All texts of the .jsonl/.csv/.txt files under a folder (or of one file)."""
+    from softprompt.data import DataSpec, read_file
+    from softprompt.errors import DataError
+
+    root = Path(source)
+    files = [root] if root.is_file() else sorted(root.rglob("*"))
+    texts = []
+    for path in files:
+        if path.suffix in (".jsonl", ".csv", ".txt"):
+            spec = DataSpec(str(path), label_field=None)
+            texts += [example.text for example in read_file(path, spec)]
+    if not texts:
+        raise DataError(f"no texts found in {source} for the tiny models' vocabulary")
+    return texts
