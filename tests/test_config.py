@@ -73,7 +73,13 @@ def test_load_config_file_errors(tmp_path):
 
 def test_example_configs_are_valid():
     from conftest import ROOT
+    from softprompt.study import load_study
 
-    for path in (ROOT / "examples" / "configs").glob("*.yaml"):
-        config = load_config(path)
-        assert config.task.data.startswith("examples/data/")
+    paths = sorted((ROOT / "examples" / "configs").glob("*.yaml"))
+    assert len(paths) >= 3
+    for path in paths:
+        if path.name.startswith("study-"):
+            study = load_study(path)
+            assert load_config(study.config, study.set).task.data.startswith("examples/data/")
+        else:
+            assert load_config(path).task.data.startswith("examples/data/")

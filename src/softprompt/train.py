@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -285,6 +287,14 @@ class Trainer:
     def train_step(self, state: TrainState) -> float:
         """One optimizer step over exactly `batch_size` examples (micro-batches accumulated)."""
         losses = self.accumulate_gradients(state.prompt, self.step_indices(state.step))
+        total = sum(loss * slot.weight for loss, slot in zip(losses.values(), self.slots))
+        if not math.isfinite(total) or not torch.isfinite(state.prompt.grad).all():
+            state.optimizer.zero_grad(set_to_none=True)
+            raise SoftpromptError(
+                f"training loss became non-finite ({total}) at step {state.step + 1}; stopped "
+                f"with the last good prompt in {self.out_dir / 'last.safetensors'}; lower "
+                "train.lr or use precision fp32"
+            )
         if self.settings.max_grad_norm is not None:
             torch.nn.utils.clip_grad_norm_([state.prompt], self.settings.max_grad_norm)
         state.optimizer.step()
@@ -292,7 +302,7 @@ class Trainer:
         state.optimizer.zero_grad(set_to_none=True)
         state.step += 1
         state.last_losses = losses
-        return sum(loss * slot.weight for loss, slot in zip(losses.values(), self.slots))
+        return total
 
     def _loss_denominator(self, slot: ModelSlot, items: list) -> float:
         if isinstance(slot.task, ClassificationTask):
@@ -335,21 +345,58 @@ class Trainer:
             return True
         return value < best if self._best_key() == "loss" else value > best
 
-    def run(self, resume: bool = False) -> dict:
-        """Train to the end (or early stop) and write the run directory; returns the summary."""
-        settings = self.settings
+    def _start(self, resume: bool) -> tuple[TrainState, Path | None]:
+        """A fresh state, or the newest good checkpoint's; metrics past it are dropped."""
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        torch.manual_seed(settings.seed)
+        torch.manual_seed(self.settings.seed)
         state = self._fresh_state()
         resumed_from = self.load_checkpoint(state) if resume else None
         if resume and resumed_from is None:
             _warn(f"no checkpoint in {self.out_dir}; starting from step 0")
+        elif resumed_from is not None:
+            _warn(f"resuming from {resumed_from} (step {state.step})")
         (self.out_dir / "config.yaml").write_text(
             yaml.safe_dump(config_to_dict(self.config), sort_keys=False, allow_unicode=True)
         )
+        for stale in [*self.out_dir.glob(".*.tmp"), *self.out_dir.glob(f"{CHECKPOINT_DIR}/.*.tmp")]:
+            stale.unlink()  # left by a process killed while writing
         metrics_path = self.out_dir / "metrics.jsonl"
-        if not resume and metrics_path.exists():
-            metrics_path.unlink()
+        kept = []
+        if resumed_from is not None and metrics_path.exists():
+            lines = metrics_path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if _step_of(line) <= state.step]
+        metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        return state, resumed_from
+
+    def _after_eval(self, state: TrainState, dev: dict, best_key: str) -> bool:
+        """Keep the best prompt; returns True when early stopping says stop."""
+        value = self._selection_metrics(dev)[best_key]
+        state.history.append({"step": state.step, "dev": dev["mean"]})
+        if self._is_better(value, state.best_value):
+            state.best_value, state.best_step = value, state.step
+            state.evals_without_improvement = 0
+            save_prompt(
+                self.soft_prompt(state.prompt, {"step": state.step, "dev": dev}),
+                self.out_dir / "prompt.safetensors",
+            )
+        else:
+            state.evals_without_improvement += 1
+        patience = self.settings.early_stopping_patience
+        return bool(patience and state.evals_without_improvement >= patience)
+
+    def _save_last(self, state: TrainState) -> None:
+        save_prompt(
+            self.soft_prompt(state.prompt, {"step": state.step}), self.out_dir / "last.safetensors"
+        )
+
+    def run(self, resume: bool = False) -> dict:
+        """Train to the end (or early stop) and write the run directory; returns the summary.
+
+        SIGINT/SIGTERM finish the current step, save a checkpoint and stop (resumable); a
+        non-finite loss stops before the bad update, keeping the last good prompt.
+        """
+        settings = self.settings
+        state, resumed_from = self._start(resume)
         best_key = self._best_key()
         stopped_early = False
         started = time.perf_counter()
@@ -357,15 +404,15 @@ class Trainer:
         last_dev = None
         with (
             _progress_bar(self.progress, settings.steps, state.step) as bar,
-            metrics_path.open("a", encoding="utf-8") as metrics,
+            (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as metrics,
+            _DeferredSignals() as signals,
         ):
-            while state.step < settings.steps:
-                loss = self.train_step(state)
-                if not math.isfinite(loss):
-                    raise SoftpromptError(
-                        f"training loss became {loss} at step {state.step}; lower train.lr or "
-                        f"use precision fp32 (the last good prompt is in {self.out_dir})"
-                    )
+            while state.step < settings.steps and not stopped_early:
+                try:
+                    loss = self.train_step(state)
+                except SoftpromptError:
+                    self._save_last(state)
+                    raise
                 record = {"event": "train", "step": state.step, "loss": loss}
                 record["lr"] = state.scheduler.get_last_lr()[0]
                 if len(self.slots) > 1:
@@ -374,35 +421,25 @@ class Trainer:
                 bar.update(loss=loss, step=state.step)
                 if state.step % settings.eval_every == 0 or state.step == settings.steps:
                     last_dev = self.evaluate_dev(state.prompt.detach())
-                    value = self._selection_metrics(last_dev)[best_key]
-                    improved = self._is_better(value, state.best_value)
                     metrics.write(
                         json.dumps({"event": "eval", "step": state.step, "dev": last_dev}) + "\n"
                     )
-                    state.history.append({"step": state.step, "dev": last_dev["mean"]})
                     bar.update(dev=last_dev, step=state.step)
-                    if improved:
-                        state.best_value, state.best_step = value, state.step
-                        state.evals_without_improvement = 0
-                        save_prompt(
-                            self.soft_prompt(state.prompt, {"step": state.step, "dev": last_dev}),
-                            self.out_dir / "prompt.safetensors",
-                        )
-                    else:
-                        state.evals_without_improvement += 1
-                    patience = settings.early_stopping_patience
-                    if patience and state.evals_without_improvement >= patience:
-                        stopped_early = True
+                    stopped_early = self._after_eval(state, last_dev, best_key)
                 if state.step % settings.checkpoint_every == 0 or stopped_early:
                     self.save_checkpoint(state)
                 metrics.flush()
-                if stopped_early:
-                    break
+                if signals.received:
+                    self.save_checkpoint(state)
+                    self._save_last(state)
+                    raise Interrupted(
+                        f"{signals.received} received: stopped at step {state.step} with a "
+                        f"checkpoint; continue with `softprompt train CONFIG --resume "
+                        f"{self.out_dir}`"
+                    )
         seconds = time.perf_counter() - started
         self.save_checkpoint(state)
-        save_prompt(
-            self.soft_prompt(state.prompt, {"step": state.step}), self.out_dir / "last.safetensors"
-        )
+        self._save_last(state)
         steps_run = state.step - first_step
         summary = {
             "run_dir": str(self.out_dir),
@@ -435,6 +472,42 @@ def _describe_dev(dev: dict) -> str:
         per_model = " ".join(f"{Path(n).name}:{m[key]:.2f}" for n, m in dev["models"].items())
         text += f" ({per_model})"
     return text
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 1 << 62  # an unreadable (torn) line: drop it
+
+
+class Interrupted(SoftpromptError):
+    """Training stopped by a signal after saving a checkpoint."""
+
+    exit_code = 130
+
+
+class _DeferredSignals:
+    """Turn SIGINT/SIGTERM into a flag checked between steps (a second SIGINT still aborts)."""
+
+    def __init__(self) -> None:
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.received and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def __enter__(self) -> _DeferredSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
 
 def _warn(message: str) -> None:
