@@ -421,6 +421,31 @@ def demo(
     _emit(result, as_json, render)
 
 
+@app.command("import")
+def import_prompt(
+    source: Annotated[Path, typer.Argument(help="File to import (.pt from the research code).")],
+    from_: Annotated[str, typer.Option("--from", help="Source format: esp.")] = "esp",
+    model: ModelsOpt = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="New .safetensors file.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import a prompt saved by another tool into a softprompt artifact (safely: no pickles)."""
+    from softprompt.backbones import load_backbone
+    from softprompt.interop.esp import import_esp
+    from softprompt.prompts import save_prompt
+
+    if from_ != "esp":
+        raise UsageError(f"unknown --from {from_!r}; this version imports: esp")
+    if not model:
+        raise UsageError("name the model(s) the prompt belongs to with --model")
+    if out_path is None:
+        raise UsageError("give the new file with --out NEW.safetensors")
+    prompt = import_esp(source, [load_backbone(name) for name in model])
+    save_prompt(prompt, out_path)
+    info = {"path": str(out_path), "length": prompt.length, "hidden_size": prompt.hidden_size}
+    _emit(info, as_json, lambda i: out.print(f"wrote {i['path']} ({i['length']} tokens)"))
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one-line messages and exit codes."""
     debug = "--debug" in sys.argv or os.environ.get("SOFTPROMPT_DEBUG") == "1"
