@@ -75,3 +75,22 @@ def test_hub_id_offline_says_offline(monkeypatch, tmp_path):
 def test_missing_gguf_file():
     with pytest.raises(ModelError, match="GGUF file not found"):
         resolve_spec("nowhere/model.gguf")
+
+
+def test_remote_code_is_off_unless_asked(monkeypatch, tiny_dirs):
+    seen = []
+    import transformers
+
+    real = transformers.AutoTokenizer.from_pretrained
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("trust_remote_code"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", spy)
+    monkeypatch.delenv("SOFTPROMPT_TRUST_REMOTE_CODE", raising=False)
+    load_backbone(str(tiny_dirs["gpt2"]))
+    monkeypatch.setenv("SOFTPROMPT_TRUST_REMOTE_CODE", "1")
+    load_backbone(str(tiny_dirs["gpt2"]))
+    load_backbone(str(tiny_dirs["gpt2"]), trust_remote_code=False)
+    assert seen == [False, True, False]

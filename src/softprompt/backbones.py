@@ -208,9 +208,15 @@ def load_backbone(
     dtype: str = "float32",
     kind: str = "auto",
     device: str | torch.device = "cpu",
-    trust_remote_code: bool = False,
+    trust_remote_code: bool | None = None,
 ) -> Backbone:
-    """Load a frozen model (eval mode, no gradients) and its tokenizer from a model spec."""
+    """Load a frozen model (eval mode, no gradients) and its tokenizer from a model spec.
+
+    Remote code runs only when asked: `trust_remote_code=True`, or `softprompt
+    --trust-remote-code ...` (which sets SOFTPROMPT_TRUST_REMOTE_CODE=1).
+    """
+    if trust_remote_code is None:
+        trust_remote_code = os.environ.get("SOFTPROMPT_TRUST_REMOTE_CODE") == "1"
     if dtype not in DTYPES:
         raise UsageError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     if kind not in KIND_CHOICES:

@@ -84,9 +84,15 @@ def _default_model(prompt_path: Path | None, model: str | None) -> str:
 @app.callback()
 def _root(
     debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(help="Allow models whose code comes with their files (off by default)."),
+    ] = False,
 ) -> None:
     if debug:
         os.environ["SOFTPROMPT_DEBUG"] = "1"
+    if trust_remote_code:
+        os.environ["SOFTPROMPT_TRUST_REMOTE_CODE"] = "1"
 
 
 @app.command()

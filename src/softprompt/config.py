@@ -134,6 +134,7 @@ class TrainConfig(_Strict):
     method: Literal["prompt", "prefix"] = "prompt"
     models: list[str] = Field(default_factory=lambda: ["smollm2-135m"], min_length=1)
     model_weights: list[float] | None = None
+    trust_remote_code: bool = False
     task: TaskConfig
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     train: TrainSettings = Field(default_factory=TrainSettings)

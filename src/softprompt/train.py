@@ -119,7 +119,12 @@ class Trainer:
         self.device = resolve_device(self.settings.device)
         self.dtype = "bfloat16" if self.settings.precision == "bf16" else "float32"
         self.backbones = backbones or [
-            load_backbone(spec, dtype=self.dtype, device=device)
+            load_backbone(
+                spec,
+                dtype=self.dtype,
+                device=device,
+                trust_remote_code=config.trust_remote_code or None,
+            )
             for spec, device in zip(config.models, self._model_devices())
         ]
         self._check_hidden_sizes()
