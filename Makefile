@@ -29,12 +29,12 @@ test-fast: setup
 	$(BIN)/pytest -q -m "not slow"
 
 lint: setup
-	$(BIN)/ruff check src tests
-	$(BIN)/ruff format --check src tests
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 
 format: setup
-	$(BIN)/ruff format src tests
-	$(BIN)/ruff check --fix src tests
+	$(BIN)/ruff format src tests benchmarks
+	$(BIN)/ruff check --fix src tests benchmarks
 
 lock: setup
 	( echo "# Pinned environment for softprompt (pip constraints). Regenerate with: make lock"; \
@@ -45,3 +45,4 @@ clean:
 
 bench: setup
 	$(BIN)/python benchmarks/bench_load.py
+	$(BIN)/python benchmarks/bench_joint.py

@@ -183,3 +183,36 @@ def test_study_runs_the_grid_and_resume_skips_finished_runs(
     assert len(calls) == 1
     assert [r["skipped"] for r in again["runs"]] == [True, True, True, False]
     assert (tmp_path / "study" / "study.csv").is_file()
+
+
+def test_peak_activations_stay_at_one_models_worth(sentiment_dir, tmp_path):
+    from conftest import corpus
+    from softprompt.profiling import saved_activation_peak
+
+    texts = corpus()
+    dirs = [str(save_tiny(tmp_path / f"m{s}", texts, "llama", seed=s)) for s in range(4)]
+    peaks = {}
+    for count in (1, 4):
+        trainer = Trainer(
+            joint_config(sentiment_dir, dirs[:count]), tmp_path / f"r{count}", progress=False
+        )
+        state = trainer._fresh_state()
+        with saved_activation_peak() as meter:
+            trainer.accumulate_gradients(state.prompt, trainer.step_indices(0))
+        peaks[count] = meter.peak
+        # the naive way (sum every model's loss, one backward) keeps all M graphs alive
+        with saved_activation_peak() as naive:
+            total = 0
+            for slot in trainer.slots:
+                batch = slot.task.collate([slot.train[i] for i in trainer.step_indices(0)])
+                total = (
+                    total
+                    + slot.task.losses(
+                        slot.task.class_scores(state.prompt, batch), batch.labels
+                    ).mean()
+                )
+            total.backward()
+        peaks[f"naive{count}"] = naive.peak
+    assert peaks[1] > 0
+    assert peaks[4] <= 1.1 * peaks[1]
+    assert peaks["naive4"] >= 3.5 * peaks["naive1"]

@@ -156,7 +156,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, tmp_path):
     wait_for_step(process, run_dir, 20)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
-    assert process.returncode == 130
+    assert process.returncode == 130, err
     assert "SIGTERM received" in err and "--resume" in err and "Traceback" not in err
     stopped_at = train_steps_done(run_dir)
     newest = sorted((run_dir / "checkpoints").glob("step-*.safetensors"))[-1]

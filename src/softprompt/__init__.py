@@ -11,8 +11,12 @@ from softprompt.demo import run_demo
 from softprompt.errors import SoftpromptError
 from softprompt.evaluate import evaluate, predict
 from softprompt.generate import SamplingOptions, generate
+from softprompt.interop.esp import import_esp
 from softprompt.prompts import SoftPrompt, load_prompt, save_prompt
+from softprompt.study import load_study, run_study
+from softprompt.tiny import tiny_family
 from softprompt.train import train
+from softprompt.transfer import transfer_matrix, write_matrix
 
 __version__ = "0.1.0"
 __all__ = [
@@ -23,11 +27,17 @@ __all__ = [
     "TrainConfig",
     "evaluate",
     "generate",
+    "import_esp",
     "load_backbone",
     "load_config",
     "load_prompt",
+    "load_study",
     "predict",
     "run_demo",
+    "run_study",
     "save_prompt",
+    "tiny_family",
     "train",
+    "transfer_matrix",
+    "write_matrix",
 ]

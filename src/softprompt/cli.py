@@ -427,6 +427,145 @@ def demo(
     _emit(result, as_json, render)
 
 
+@app.command()
+def explain(
+    prompt: Annotated[Path, typer.Argument(help="Prompt .safetensors to explain.")],
+    model: ModelsOpt = None,
+    data: Annotated[str | None, typer.Option(help="Folder, file or hf:NAME.")] = None,
+    split: Annotated[str, typer.Option(help="train, dev or test.")] = "test",
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Report directory.")] = None,
+    importance: Annotated[str, typer.Option(help="exact (ablation) or gradient.")] = "exact",
+    ablation: Annotated[str, typer.Option(help="zero, mean or remove.")] = "zero",
+    top_k: Annotated[int, typer.Option(min=1, help="Nearest tokens per prompt token.")] = 5,
+    knn: Annotated[int, typer.Option(min=1, help="Neighbours in the location vote.")] = 7,
+    keep: Annotated[
+        int | None, typer.Option(min=1, help="One model: tokens kept when compressing.")
+    ] = None,
+    max_examples: Annotated[int | None, typer.Option(min=1)] = None,
+    projection: Annotated[str, typer.Option(help="tsne, umap, pca or none.")] = "tsne",
+    config: ConfigOpt = None,
+    template: TemplateOpt = None,
+    verbalizer: VerbalizerOpt = None,
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Which tokens matter to which model, where they lie, and how far the prompt compresses."""
+    from softprompt.analysis.explain import embedding_table
+    from softprompt.analysis.explain import explain as run_explain
+    from softprompt.analysis.projection import project
+    from softprompt.analysis.report import write_report
+    from softprompt.backbones import load_backbone
+    from softprompt.prompts import load_prompt
+
+    if projection not in ("tsne", "umap", "pca", "none"):
+        raise UsageError("--projection must be tsne, umap, pca or none")
+    names = model or [_default_model(prompt, None)]
+    backbones = [load_backbone(name, dtype=dtype) for name in names]
+    result = run_explain(
+        prompt,
+        backbones,
+        data,
+        split=split,
+        config=config,
+        template=template,
+        verbalizer=_verbalizer(verbalizer),
+        importance=importance,
+        ablation=ablation,
+        top_k=top_k,
+        knn=knn,
+        keep=keep,
+        max_examples=max_examples,
+        batch_size=batch_size,
+    )
+    folder = out_dir or prompt.with_name(prompt.stem + "-explain")
+    points = None
+    if projection != "none":
+        tables = [embedding_table(b) for b in backbones]
+        points = project(load_prompt(prompt).embedding, tables, method=projection)
+    result["files"] = write_report(result, points, folder)
+
+    def render(r: dict) -> None:
+        table = Table("token", "owner", "importance", "location", *[Path(n).name for n in names])
+        for t in r["tokens"]:
+            table.add_row(
+                str(t["index"]),
+                Path(t["owner"]).name,
+                f"{t['strength']:.4f}",
+                Path(t["location_cosine"]).name,
+                *t["nearest"],
+            )
+        out.print(table)
+        if len(names) > 1:
+            out.print(
+                f"alignment (cosine) {r['alignment']['cosine']:.2f}, chance {r['chance']:.2f}"
+            )
+        out.print(f"report: {r['files']['html']}")
+
+    _emit(result, as_json, render)
+
+
+@app.command()
+def compress(
+    prompt: Annotated[Path, typer.Argument(help="Prompt .safetensors to shorten.")],
+    keep: Annotated[str, typer.Option(help="A number of tokens, or 'owned'.")],
+    out_path: Annotated[Path, typer.Option("--out", help="New .safetensors file.")],
+    model: ModelOpt = None,
+    data: Annotated[str | None, typer.Option(help="Folder, file or hf:NAME.")] = None,
+    split: Annotated[str, typer.Option(help="Split that ranks tokens and is reported.")] = "test",
+    mode: Annotated[str, typer.Option(help="remove (shorter) or mask (zeroed).")] = "remove",
+    ablation: Annotated[str, typer.Option(help="zero, mean or remove.")] = "zero",
+    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    as_json: JsonOpt = False,
+) -> None:
+    """Keep the N most important tokens (or those MODEL owns among the prompt's models)."""
+    from softprompt.analysis.compress_command import compress_prompt
+
+    result = compress_prompt(
+        prompt,
+        _default_model(prompt, model),
+        keep,
+        out_path,
+        data=data,
+        split=split,
+        mode=mode,
+        ablation=ablation,
+        batch_size=batch_size,
+    )
+
+    def render(r: dict) -> None:
+        out.print(f"tokens {r['tokens_before']} -> {r['tokens_after']} (kept {r['kept']})")
+        out.print(f"accuracy {r['before']['accuracy']:.3f} -> {r['after']['accuracy']:.3f}")
+        out.print(f"wrote {r['path']}")
+
+    _emit(result, as_json, render)
+
+
+@app.command()
+def compare(
+    prompts: Annotated[list[Path], typer.Argument(help="Two or more prompt files.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """The six similarity metrics between prompts, as matrices."""
+    from softprompt.analysis.similarity import METRICS, similarity_matrices
+    from softprompt.prompts import load_prompt
+
+    if len(prompts) < 2:
+        raise UsageError("compare needs at least two prompts")
+    matrices = similarity_matrices([load_prompt(p).embedding for p in prompts])
+    result = {"prompts": [str(p) for p in prompts], "metrics": matrices}
+
+    def render(r: dict) -> None:
+        labels = [Path(p).stem for p in r["prompts"]]
+        for metric in METRICS:
+            table = Table("", *labels, title=metric)
+            for label, row in zip(labels, r["metrics"][metric]):
+                table.add_row(label, *["n/a" if v is None else f"{v:.4f}" for v in row])
+            out.print(table)
+
+    _emit(result, as_json, render)
+
+
 @app.command("import")
 def import_prompt(
     source: Annotated[Path, typer.Argument(help="File to import (.pt from the research code).")],

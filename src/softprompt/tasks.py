@@ -212,9 +212,13 @@ class ClassificationTask:
         self, prompt: torch.Tensor | None, batch: ClassBatch, full_vocab: bool | None = None
     ) -> torch.Tensor:
         """Per-class scores [B, C]: label-word log-probabilities (full vocabulary), or in the
-        one-token verbalizer case with `full_vocab=False`, the label words' raw logits."""
+        one-token verbalizer case with `full_vocab=False`, the label words' raw logits.
+
+        `prompt` is [L, d], or [B, L, d] for a different prompt per example."""
         if full_vocab is None:
             full_vocab = self.loss_kind == "vocab"
+        if prompt is not None and prompt.ndim == 3:  # one prompt per example -> per row
+            prompt = prompt[batch.row_example.to(prompt.device)]
         hidden, offset = prompted_hidden(
             self.backbone, prompt, batch.input_ids, batch.attention_mask
         )
@@ -249,14 +253,18 @@ def prompted_hidden(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
 ) -> tuple[torch.Tensor, int]:
-    """Hidden states with the soft prompt prepended (mask 1 over it); returns them and L."""
+    """Hidden states with the soft prompt prepended (mask 1 over it); returns them and L.
+
+    `prompt` is one [L, d] prompt for every row, or [N, L, d]: a prompt per row.
+    """
     device = backbone.device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     embeds = backbone.embed(input_ids)
     if prompt is None:
         return backbone.body(embeds, attention_mask), 0
-    n, length = input_ids.shape[0], prompt.shape[0]
-    soft = prompt.to(device=device, dtype=embeds.dtype).unsqueeze(0).expand(n, -1, -1)
+    n, length = input_ids.shape[0], prompt.shape[-2]
+    soft = prompt.to(device=device, dtype=embeds.dtype)
+    soft = soft.expand(n, -1, -1) if soft.ndim == 3 else soft.unsqueeze(0).expand(n, -1, -1)
     embeds = torch.cat([soft, embeds], dim=1)
     ones = torch.ones((n, length), dtype=attention_mask.dtype, device=device)
     return backbone.body(embeds, torch.cat([ones, attention_mask], dim=1)), length

@@ -1,0 +1,87 @@
+"""`softprompt compress`: rank tokens on a model, keep some, write the shorter prompt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from softprompt.analysis.compression import compress, top_tokens
+from softprompt.analysis.importance import exact_importance
+from softprompt.analysis.splitting import owners
+from softprompt.backbones import load_backbone
+from softprompt.data import load_split
+from softprompt.errors import UsageError
+from softprompt.evaluate import evaluate_task, resolve_task
+from softprompt.prompts import load_prompt, save_prompt
+from softprompt.tasks import build_task, data_spec, encode_examples
+
+
+def compress_prompt(
+    prompt_path: str | Path,
+    model: str,
+    keep: str | int,
+    out_path: str | Path,
+    *,
+    data: str | None = None,
+    split: str = "test",
+    mode: str = "remove",
+    ablation: str = "zero",
+    batch_size: int = 32,
+) -> dict:
+    """Keep `keep` most important tokens for `model`, or ('owned') the tokens `model` owns
+    among the models the prompt was trained on; returns before/after metrics."""
+    soft = load_prompt(prompt_path)
+    task_config = resolve_task(soft, data)
+    if not task_config.data:
+        raise UsageError("no data given: pass --data (a folder, a file or hf:NAME)")
+    examples = load_split(data_spec(task_config), split)
+    if str(keep) == "owned":
+        candidates = [str(m["name"]) for m in soft.models]
+        if model not in candidates:
+            raise UsageError(
+                f"--keep owned needs --model to be one of the prompt's models "
+                f"({', '.join(candidates) or 'none recorded'})"
+            )
+        importance = []
+        for name in candidates:
+            task, encoded = _task(name, task_config, soft, examples)
+            importance.append(
+                exact_importance(task, soft.embedding, encoded, ablation, batch_size)["loss"]
+            )
+        owner, _ = owners(torch.stack(importance))
+        kept = (owner == candidates.index(model)).nonzero().flatten().tolist()
+        if not kept:
+            raise UsageError(f"{model} owns none of the prompt's tokens; use --keep N instead")
+        task, encoded = _task(model, task_config, soft, examples)
+    else:
+        try:
+            count = int(keep)
+        except ValueError as exc:
+            raise UsageError(f"--keep takes a number of tokens or 'owned', got {keep!r}") from exc
+        if not 1 <= count <= soft.length:
+            raise UsageError(f"--keep must be between 1 and {soft.length}, got {count}")
+        task, encoded = _task(model, task_config, soft, examples)
+        ranking = exact_importance(task, soft.embedding, encoded, ablation, batch_size)["loss"]
+        kept = top_tokens(ranking, count)
+    smaller = compress(soft, kept, mode)
+    before = evaluate_task(task, soft.embedding, encoded, batch_size)
+    after = evaluate_task(task, smaller.embedding, encoded, batch_size)
+    save_prompt(smaller, out_path)
+    return {
+        "path": str(out_path),
+        "model": model,
+        "mode": mode,
+        "kept": kept,
+        "tokens_before": soft.length,
+        "tokens_after": smaller.length if mode == "remove" else len(kept),
+        "before": before,
+        "after": after,
+    }
+
+
+def _task(name, task_config, soft, examples):
+    backbone = load_backbone(name)
+    soft.check_fits(backbone.hidden_size, backbone.name)
+    task = build_task(task_config, backbone, soft.length)
+    return task, encode_examples(task, examples)

@@ -1,0 +1,42 @@
+"""Shorter prompts: keep only some tokens (those a model owns, or the most important)."""
+
+from __future__ import annotations
+
+import torch
+
+from softprompt.errors import UsageError
+from softprompt.prompts import SoftPrompt
+
+MODES = ("remove", "mask")
+
+
+def compress(prompt: SoftPrompt, keep: list[int], mode: str = "remove") -> SoftPrompt:
+    """A new prompt with only `keep` tokens: the others deleted (remove) or zeroed (mask).
+    Its metadata records what was kept."""
+    if mode not in MODES:
+        raise UsageError(f"unknown compression mode {mode!r}; use remove or mask")
+    kept = sorted(set(keep))
+    if not kept or kept[0] < 0 or kept[-1] >= prompt.length:
+        raise UsageError(f"tokens to keep must be between 0 and {prompt.length - 1}, got {keep}")
+    if mode == "remove":
+        embedding = prompt.embedding[kept].clone()
+    else:
+        embedding = torch.zeros_like(prompt.embedding)
+        embedding[kept] = prompt.embedding[kept]
+    training = {
+        **prompt.training,
+        "compression": {"kept": kept, "mode": mode, "source_length": prompt.length},
+    }
+    return SoftPrompt(
+        embedding=embedding,
+        models=prompt.models,
+        task=prompt.task,
+        init=prompt.init,
+        training=training,
+    )
+
+
+def top_tokens(importance: torch.Tensor, count: int) -> list[int]:
+    """Indices of the `count` most important tokens."""
+    count = max(1, min(count, importance.shape[0]))
+    return sorted(importance.topk(count).indices.tolist())

@@ -1,0 +1,161 @@
+"""`softprompt explain`: the token splitting analysis of one prompt on one or more models."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from softprompt.analysis.compression import compress, top_tokens
+from softprompt.analysis.importance import ABLATIONS, exact_importance, gradient_importance
+from softprompt.analysis.neighbours import nearest_tokens
+from softprompt.analysis.splitting import alignment, knn_location, owners
+from softprompt.backbones import Backbone, load_backbone
+from softprompt.data import load_split
+from softprompt.errors import UsageError
+from softprompt.evaluate import evaluate_task, resolve_task
+from softprompt.prompts import SoftPrompt, load_prompt
+from softprompt.tasks import ClassificationTask, build_task, data_spec, encode_examples
+
+
+def embedding_table(backbone: Backbone) -> torch.Tensor:
+    """The input-embedding matrix in the space the prompt lives in (Gemma's scale applied)."""
+    table = backbone.input_embeddings.weight.detach().float()
+    scale = getattr(backbone.input_embeddings, "embed_scale", None)
+    return table * float(scale) if scale is not None else table
+
+
+def explain(
+    prompt: str | Path | SoftPrompt,
+    models: list[str | Backbone],
+    data: str | None = None,
+    *,
+    split: str = "test",
+    config: str | Path | None = None,
+    template: str | None = None,
+    verbalizer: dict[str, str] | None = None,
+    importance: str = "exact",
+    ablation: str = "zero",
+    top_k: int = 5,
+    knn: int = 7,
+    keep: int | None = None,
+    max_examples: int | None = None,
+    batch_size: int = 32,
+    dtype: str = "float32",
+) -> dict:
+    """Nearest tokens, importance, owners, locations, alignment and compression, as a dict."""
+    if importance not in ("exact", "gradient"):
+        raise UsageError("--importance must be exact or gradient")
+    if ablation not in ABLATIONS:
+        raise UsageError(f"--ablation must be one of {', '.join(ABLATIONS)}")
+    soft = prompt if isinstance(prompt, SoftPrompt) else load_prompt(prompt)
+    name = str(prompt) if not isinstance(prompt, SoftPrompt) else "prompt"
+    task_config = resolve_task(soft, data, config=config, template=template, verbalizer=verbalizer)
+    if task_config.type != "classification" or not task_config.data:
+        raise UsageError("explain needs a classification task with data (--data)")
+    examples = load_split(data_spec(task_config), split)[:max_examples]
+    backbones = [m if isinstance(m, Backbone) else load_backbone(m, dtype=dtype) for m in models]
+    per_model, tasks = [], []
+    for backbone in backbones:
+        soft.check_fits(backbone.hidden_size, backbone.name, source=name)
+        task = build_task(task_config, backbone, soft.length)
+        encoded = encode_examples(task, examples)
+        tasks.append((task, encoded))
+        per_model.append(
+            _model_analysis(soft, backbone, task, encoded, importance, ablation, top_k, batch_size)
+        )
+    matrix = torch.tensor([m["importance"]["loss"] for m in per_model])
+    owner, strength = owners(matrix)
+    tables = [embedding_table(b) for b in backbones]
+    location = {
+        d: knn_location(soft.embedding, tables, k=knn, distance=d)[0] for d in ("cosine", "l2")
+    }
+    names = [b.name for b in backbones]
+    tokens = [
+        {
+            "index": i,
+            "owner": names[int(owner[i])],
+            "strength": float(strength[i]),
+            "location_cosine": names[int(location["cosine"][i])],
+            "location_l2": names[int(location["l2"][i])],
+            "nearest": [m["neighbours"][i]["cosine"][0]["token"] for m in per_model],
+        }
+        for i in range(soft.length)
+    ]
+    compression = _compression(soft, owner, matrix, tasks, names, keep, batch_size)
+    return {
+        "name": name,
+        "length": soft.length,
+        "split": split,
+        "data": task_config.data,
+        "importance": importance,
+        "ablation": ablation,
+        "models": per_model,
+        "tokens": tokens,
+        "alignment": {d: alignment(owner, location[d]) for d in location},
+        "chance": 1 / len(backbones),
+        "compression": compression,
+    }
+
+
+def _model_analysis(soft, backbone, task, encoded, importance, ablation, top_k, batch_size):
+    if not isinstance(task, ClassificationTask):
+        raise UsageError("explain needs a classification task")
+    if importance == "exact":
+        result = exact_importance(task, soft.embedding, encoded, ablation, batch_size)
+        scores = {k: result[k].tolist() for k in ("loss", "accuracy", "normalised")}
+        base_loss, base_accuracy = result["base_loss"], result["base_accuracy"]
+    else:
+        estimate = gradient_importance(task, soft.embedding, encoded, ablation, batch_size)
+        base = evaluate_task(task, soft.embedding, encoded, batch_size)
+        base_loss, base_accuracy = base["loss"], base["accuracy"]
+        scores = {
+            "loss": estimate.tolist(),
+            "accuracy": None,
+            "normalised": (estimate / max(base_loss, 1e-12)).tolist(),
+        }
+    return {
+        "name": backbone.name,
+        "base_loss": base_loss,
+        "base_accuracy": base_accuracy,
+        "importance": scores,
+        "neighbours": nearest_tokens(
+            soft.embedding, embedding_table(backbone), backbone.tokenizer, top_k
+        ),
+    }
+
+
+def _compression(soft, owner, matrix, tasks, names, keep, batch_size) -> list[dict]:
+    """Each model evaluated with only its own tokens (one model: its top `keep` tokens)."""
+    rows = []
+    for model, (task, encoded) in enumerate(tasks):
+        if len(tasks) > 1:
+            kept = (owner == model).nonzero().flatten().tolist()
+        else:
+            kept = top_tokens(matrix[0], keep or max(1, soft.length // 2))
+        for mode in ("mask", "remove"):
+            if not kept:
+                rows.append(
+                    {
+                        "model": names[model],
+                        "mode": mode,
+                        "kept": [],
+                        "tokens": 0,
+                        "loss": float("nan"),
+                        "accuracy": float("nan"),
+                        "macro_f1": float("nan"),
+                    }
+                )
+                continue
+            smaller = compress(soft, kept, mode)
+            metrics = evaluate_task(task, smaller.embedding, encoded, batch_size)
+            rows.append(
+                {
+                    "model": names[model],
+                    "mode": mode,
+                    "kept": kept,
+                    "tokens": len(kept),
+                    **{k: metrics[k] for k in ("loss", "accuracy", "macro_f1")},
+                }
+            )
+    return rows

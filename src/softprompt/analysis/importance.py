@@ -1,0 +1,135 @@
+"""How much each prompt token matters to a model: ablate it and measure the change.
+
+Exact importance evaluates every ablated variant of the prompt on the data, many variants per
+forward pass (pairs of variant x example share batches), instead of one full pass per token.
+The gradient estimate needs one backward pass: delta_loss_i ~ (ablated_i - p_i) . dL/dp_i.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from softprompt.tasks import ClassificationTask, EncodedExample
+
+ABLATIONS = ("zero", "mean", "remove")
+
+
+def ablated_variants(prompt: torch.Tensor, mode: str) -> torch.Tensor:
+    """[L, L', d]: variant i is the prompt with token i zeroed, set to the mean, or removed."""
+    if mode not in ABLATIONS:
+        raise ValueError(f"ablation must be one of {ABLATIONS}")
+    length = prompt.shape[0]
+    if mode == "remove":
+        keep = ~torch.eye(length, dtype=torch.bool)
+        return torch.stack([prompt[keep[i]] for i in range(length)])
+    variants = prompt.unsqueeze(0).repeat(length, 1, 1)
+    fill = torch.zeros_like(prompt[0]) if mode == "zero" else prompt.mean(dim=0)
+    variants[torch.arange(length), torch.arange(length)] = fill
+    return variants
+
+
+@torch.no_grad()
+def variant_metrics(
+    task: ClassificationTask,
+    variants: torch.Tensor,
+    encoded: list[EncodedExample],
+    batch_size: int = 32,
+) -> dict[str, torch.Tensor]:
+    """Mean loss and accuracy of each prompt variant [V, L, d] over all examples, with
+    (variant, example) pairs packed into shared batches."""
+    count = variants.shape[0]
+    lengths = [max(len(ids) for ids, _, _ in enc.rows) for enc in encoded]
+    pairs = sorted(
+        ((v, e) for v in range(count) for e in range(len(encoded))), key=lambda p: lengths[p[1]]
+    )
+    loss_sum = torch.zeros(count)
+    correct = torch.zeros(count)
+    labels = torch.tensor([enc.label for enc in encoded])
+    for start in range(0, len(pairs), batch_size):
+        chunk = pairs[start : start + batch_size]
+        variant_ids = torch.tensor([v for v, _ in chunk])
+        example_ids = torch.tensor([e for _, e in chunk])
+        batch = task.collate([encoded[e] for e in example_ids.tolist()])
+        scores = task.class_scores(variants[variant_ids], batch).float().cpu()
+        losses = task.losses(scores, labels[example_ids])
+        loss_sum.index_add_(0, variant_ids, losses)
+        correct.index_add_(0, variant_ids, (scores.argmax(1) == labels[example_ids]).float())
+    return {"loss": loss_sum / len(encoded), "accuracy": correct / len(encoded)}
+
+
+def exact_importance(
+    task: ClassificationTask,
+    prompt: torch.Tensor,
+    encoded: list[EncodedExample],
+    mode: str = "zero",
+    batch_size: int = 32,
+) -> dict[str, torch.Tensor | float]:
+    """Importance of every token: loss(ablated) - loss(full) and accuracy(full) - accuracy(ablated)
+    (both positive when the token helps), and the loss form normalised by the base loss."""
+    variants = ablated_variants(prompt.float(), mode)
+    if mode == "remove":
+        base = variant_metrics(task, prompt.float()[None], encoded, batch_size)
+        ablated = variant_metrics(task, variants, encoded, batch_size)
+    else:
+        both = variant_metrics(
+            task, torch.cat([prompt.float()[None], variants]), encoded, batch_size
+        )
+        base = {k: v[:1] for k, v in both.items()}
+        ablated = {k: v[1:] for k, v in both.items()}
+    base_loss = float(base["loss"][0])
+    loss_importance = ablated["loss"] - base_loss
+    return {
+        "base_loss": base_loss,
+        "base_accuracy": float(base["accuracy"][0]),
+        "loss": loss_importance,
+        "accuracy": float(base["accuracy"][0]) - ablated["accuracy"],
+        "normalised": loss_importance / max(base_loss, 1e-12),
+    }
+
+
+def gradient_importance(
+    task: ClassificationTask,
+    prompt: torch.Tensor,
+    encoded: list[EncodedExample],
+    mode: str = "zero",
+    batch_size: int = 32,
+) -> torch.Tensor:
+    """First-order estimate of each token's loss importance from one backward pass.
+    Removal is estimated as zeroing (the first-order view of a missing token)."""
+    point = prompt.detach().float().clone().requires_grad_(True)
+    for start in range(0, len(encoded), batch_size):
+        batch = task.collate(encoded[start : start + batch_size])
+        scores = task.class_scores(point, batch)
+        (task.losses(scores, batch.labels).sum() / len(encoded)).backward()
+    target = point.detach().mean(dim=0, keepdim=True) if mode == "mean" else 0.0
+    return ((target - point.detach()) * point.grad).sum(dim=-1)
+
+
+def naive_importance(
+    task: ClassificationTask,
+    prompt: torch.Tensor,
+    encoded: list[EncodedExample],
+    mode: str = "zero",
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """The research code's way, for benchmarks: one full evaluation pass per ablated token,
+    full-vocabulary logits at every position. Returns the loss importance."""
+    from softprompt.tasks import prompted_hidden
+
+    def mean_loss(candidate: torch.Tensor) -> float:
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, len(encoded), batch_size):
+                batch = task.collate(encoded[start : start + batch_size])
+                hidden, offset = prompted_hidden(
+                    task.backbone, candidate, batch.input_ids, batch.attention_mask
+                )
+                logits = task.backbone.head_logits(hidden)  # every position, every word
+                rows = torch.arange(hidden.shape[0])
+                picked = logits[rows, offset + batch.positions[:, 0]]
+                scores = torch.log_softmax(picked, dim=-1)[:, task.class_token_ids]
+                total += float(task.losses(scores, batch.labels).sum())
+        return total / len(encoded)
+
+    base = mean_loss(prompt)
+    return torch.tensor([mean_loss(v) - base for v in ablated_variants(prompt.float(), mode)])
