@@ -200,3 +200,73 @@ def test_one_model_compression_keeps_the_top_tokens(tiny, sentiment_dir):
     assert result["compression"][0]["kept"] == sorted(importance.topk(2).indices.tolist())
     assert {t["owner"] for t in result["tokens"]} == {tiny["llama"].name}
     assert result["alignment"]["cosine"] == 1.0
+
+
+def test_compare_and_compress_commands(monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir):
+    from softprompt.backbones import load_backbone
+    from softprompt.prompts import load_prompt, save_prompt
+    from test_cli import invoke
+
+    backbone = load_backbone(str(tiny_dirs["llama"]))
+    task = {
+        "template": "review: {text} sentiment:",
+        "verbalizer": VERBALIZER,
+        "data": str(sentiment_dir),
+    }
+    paths = []
+    for seed in range(2):
+        embedding = torch.randn(6, 32, generator=torch.Generator().manual_seed(seed))
+        prompt = SoftPrompt(embedding, models=[model_record(backbone)], task=task)
+        paths.append(save_prompt(prompt, tmp_path / f"p{seed}.safetensors"))
+    code, out, err = invoke(monkeypatch, capsys, "compare", *paths, "--json")
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["prompts"] == [str(p) for p in paths]
+    assert sorted(result["metrics"]) == sorted(
+        [
+            "cosine_mean_prompt",
+            "cosine_pairwise",
+            "cosine_all_pairs",
+            "euclidean_mean_prompt",
+            "euclidean_pairwise",
+            "euclidean_all_pairs",
+        ]
+    )
+    expected = similarity_matrices([load_prompt(p).embedding for p in paths])
+    assert result["metrics"] == expected
+
+    out_path = tmp_path / "short.safetensors"
+    code, out, err = invoke(
+        monkeypatch,
+        capsys,
+        "compress",
+        paths[0],
+        "--keep",
+        "2",
+        "--out",
+        out_path,
+        "--split",
+        "dev",
+        "--json",
+    )
+    assert code == 0, err
+    summary = json.loads(out)
+    short = load_prompt(out_path)
+    assert short.length == 2 and summary["tokens_after"] == 2
+    kept = short.training["compression"]["kept"]
+    assert torch.equal(short.embedding, load_prompt(paths[0]).embedding[kept])
+    assert set(summary["before"]) >= {"accuracy", "loss"}
+
+    code, _, err = invoke(
+        monkeypatch,
+        capsys,
+        "compress",
+        paths[0],
+        "--keep",
+        "owned",
+        "--out",
+        out_path,
+        "--model",
+        "elsewhere",
+    )
+    assert code == 2 and "one of the prompt's models" in err

@@ -30,6 +30,6 @@ def nearest_tokens(
 
 def _entries(tokenizer, ids: torch.Tensor, scores: torch.Tensor) -> list[dict]:
     return [
-        {"id": int(i), "token": tokenizer.convert_ids_to_tokens(int(i)), "score": float(s)}
+        {"id": int(i), "token": tokenizer.decode([int(i)]), "score": float(s)}
         for i, s in zip(ids, scores)
     ]
