@@ -164,3 +164,14 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(sentiment_dir, tiny, 
     assert restored is not None and restored != newest
     assert state.step == 4
     assert math.isfinite(float(state.prompt.detach().sum()))
+
+
+def test_a_new_run_refuses_to_overwrite_an_existing_one(sentiment_dir, tiny, tmp_path):
+    from softprompt.errors import UsageError
+
+    config = make_config(sentiment_dir, steps=4)
+    run(config, tiny, tmp_path)
+    before = (tmp_path / "last.safetensors").read_bytes()
+    with pytest.raises(UsageError, match="already holds a training run; continue it with --resume"):
+        run(config, tiny, tmp_path)
+    assert (tmp_path / "last.safetensors").read_bytes() == before

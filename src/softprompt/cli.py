@@ -67,6 +67,13 @@ def _verbalizer(text: str | None) -> dict[str, str] | None:
     return {str(k): v for k, v in value.items()}
 
 
+def _display_name(name: str) -> str:
+    """A short name for a prompt file: its run directory for prompt/last.safetensors."""
+    prefix, _, path = name.rpartition(":")
+    shown = Path(path).parent.name if Path(path).stem in ("prompt", "last") else Path(path).stem
+    return f"{prefix}:{shown}" if prefix else shown
+
+
 def _default_model(prompt_path: Path | None, model: str | None) -> str:
     """The given model, else the first model the prompt was trained on, else the default."""
     from softprompt.backbones import DEFAULT_MODEL
@@ -230,7 +237,7 @@ def transfer_matrix(
             for name, cell in row["results"].items():
                 mark = "*" if name in row["trained_on"] else ""
                 cells.append(f"{cell[metric]:.3f}{mark}" if metric in cell else "n/a")
-            table.add_row(row["name"], *cells)
+            table.add_row(_display_name(row["name"]), *cells)
         out.print(table)
         out.print("* trained on this model")
 

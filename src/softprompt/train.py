@@ -21,7 +21,7 @@ import yaml
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import TrainConfig, config_to_dict
 from softprompt.data import load_split
-from softprompt.errors import ConfigError, SoftpromptError
+from softprompt.errors import ConfigError, SoftpromptError, UsageError
 from softprompt.evaluate import evaluate_task
 from softprompt.prompts import (
     SoftPrompt,
@@ -352,6 +352,11 @@ class Trainer:
 
     def _start(self, resume: bool) -> tuple[TrainState, Path | None]:
         """A fresh state, or the newest good checkpoint's; metrics past it are dropped."""
+        if not resume and any((self.out_dir / CHECKPOINT_DIR).glob("step-*.safetensors")):
+            raise UsageError(
+                f"{self.out_dir} already holds a training run; continue it with --resume "
+                f"{self.out_dir} or choose another --out"
+            )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.settings.seed)
         state = self._fresh_state()

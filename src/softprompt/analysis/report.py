@@ -109,7 +109,7 @@ def figures(result: dict, projection: dict | None, folder: Path) -> dict[str, Pa
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
