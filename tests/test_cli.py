@@ -220,4 +220,7 @@ def test_debug_shows_the_traceback(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr("sys.argv", ["softprompt", "--debug", "train", str(tmp_path / "nope.yaml")])
     with pytest.raises(Exception, match="config file not found"):
         cli.main()
-    monkeypatch.delenv("SOFTPROMPT_DEBUG", raising=False)
+    # the flag lives for one invocation only: the next one prints the one-line error again
+    code, _, err = invoke(monkeypatch, capsys, "train", tmp_path / "nope.yaml")
+    assert_one_line_error(code, err, 2, "config file not found")
+    assert "SOFTPROMPT_DEBUG" not in __import__("os").environ

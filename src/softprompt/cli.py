@@ -26,6 +26,7 @@ app = typer.Typer(
 )
 out = Console()
 err = Console(stderr=True)
+_state = {"debug": False}
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
 ModelOpt = Annotated[
@@ -96,8 +97,7 @@ def _root(
         typer.Option(help="Allow models whose code comes with their files (off by default)."),
     ] = False,
 ) -> None:
-    if debug:
-        os.environ["SOFTPROMPT_DEBUG"] = "1"
+    _state["debug"] = debug
     if trust_remote_code:
         os.environ["SOFTPROMPT_TRUST_REMOTE_CODE"] = "1"
 
@@ -600,11 +600,11 @@ def import_prompt(
 
 def main() -> None:
     """Entry point: run the app, turning user errors into one-line messages and exit codes."""
-    debug = "--debug" in sys.argv or os.environ.get("SOFTPROMPT_DEBUG") == "1"
+    _state["debug"] = False
     try:
         app(standalone_mode=False)
     except SoftpromptError as exc:
-        if debug:
+        if _state["debug"] or os.environ.get("SOFTPROMPT_DEBUG") == "1":
             raise
         err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
@@ -617,7 +617,7 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(130)
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        if debug:
+        if _state["debug"] or os.environ.get("SOFTPROMPT_DEBUG") == "1":
             raise
         err.print(f"[bold red]error:[/] {exc.strerror or exc}: {exc.filename}", highlight=False)
         sys.exit(1)
