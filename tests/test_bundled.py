@@ -49,3 +49,22 @@ def test_short_training_on_smollm2_beats_zero_shot_on_dev(tmp_path):
     summary = trainer.run()
     assert summary["best_dev"]["accuracy"] > zero_shot["accuracy"]
     assert summary["best_dev"]["loss"] < zero_shot["loss"]
+
+
+@pytest.mark.parametrize("alias", ["smollm2-135m", "gemma3-270m"])
+def test_cached_fast_tokenizer_encodes_like_autotokenizer(alias):
+    from transformers import AutoTokenizer
+
+    from softprompt.backbones import ensure_bundled
+
+    backbone = load_backbone(alias)
+    reference = AutoTokenizer.from_pretrained(ensure_bundled(alias))
+    texts = ["Review: great movie\nSentiment:", " positive", "日本語のテキスト。 😃", "a  b\tc"]
+    for text in texts:
+        for special in (True, False):
+            assert (
+                backbone.tokenizer(text, add_special_tokens=special).input_ids
+                == reference(text, add_special_tokens=special).input_ids
+            )
+    assert backbone.tokenizer.pad_token_id == reference.pad_token_id
+    assert backbone.tokenizer.eos_token_id == reference.eos_token_id
