@@ -43,6 +43,18 @@ def config_file(tmp_path, model_dir, sentiment_dir, steps=150):
     return path
 
 
+def train_command(config, *args):
+    return [
+        sys.executable,
+        "-m",
+        "softprompt.cli",
+        "train",
+        str(config),
+        "--quiet",
+        *map(str, args),
+    ]
+
+
 def train_steps_done(run_dir) -> int:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -62,16 +74,7 @@ def wait_for_step(process, run_dir, step, timeout=120):
 def reference(tmp_path, tiny_dirs, sentiment_dir):
     config = config_file(tmp_path, tiny_dirs["llama"], sentiment_dir)
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "softprompt.cli",
-            "train",
-            str(config),
-            "--out",
-            str(tmp_path / "reference"),
-            "--quiet",
-        ],
+        train_command(config, "--out", str(tmp_path / "reference")),
         capture_output=True,
         text=True,
         check=False,
@@ -92,16 +95,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(reference, tm
     kill_at = random.randint(3, 140)
     run_dir = tmp_path / "killed"
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "softprompt.cli",
-            "train",
-            str(config),
-            "--out",
-            str(run_dir),
-            "--quiet",
-        ],
+        train_command(config, "--out", str(run_dir)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
@@ -110,17 +104,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(reference, tm
     process.wait()
     assert process.returncode == -signal.SIGKILL
     resumed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "softprompt.cli",
-            "train",
-            str(config),
-            "--resume",
-            str(run_dir),
-            "--quiet",
-            "--json",
-        ],
+        train_command(config, "--resume", str(run_dir), "--json"),
         capture_output=True,
         text=True,
         check=False,
@@ -139,16 +123,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, tmp_path):
     config, reference_dir = reference
     run_dir = tmp_path / "terminated"
     process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "softprompt.cli",
-            "train",
-            str(config),
-            "--out",
-            str(run_dir),
-            "--quiet",
-        ],
+        train_command(config, "--out", str(run_dir)),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -162,16 +137,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, tmp_path):
     newest = sorted((run_dir / "checkpoints").glob("step-*.safetensors"))[-1]
     assert newest.name == f"step-{stopped_at:08d}.safetensors"
     resumed = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "softprompt.cli",
-            "train",
-            str(config),
-            "--resume",
-            str(run_dir),
-            "--quiet",
-        ],
+        train_command(config, "--resume", str(run_dir)),
         capture_output=True,
         text=True,
         check=False,

@@ -43,6 +43,9 @@ VerbalizerOpt = Annotated[
     str | None,
     typer.Option(help='Verbalizer as JSON, e.g. \'{"negative": " bad", "positive": " good"}\'.'),
 ]
+DataOpt = Annotated[str | None, typer.Option(help="Folder, file or hf:NAME.")]
+SplitOpt = Annotated[str, typer.Option(help="train, dev or test.")]
+BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per forward pass.")]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="Take the task (template, verbalizer) from a config."),
@@ -146,12 +149,12 @@ def evaluate(
         Path | None, typer.Argument(help="Prompt .safetensors; leave out for zero-shot.")
     ] = None,
     model: ModelsOpt = None,
-    data: Annotated[str | None, typer.Option(help="Folder, file or hf:NAME.")] = None,
-    split: Annotated[str, typer.Option(help="train, dev or test.")] = "test",
+    data: DataOpt = None,
+    split: SplitOpt = "test",
     config: ConfigOpt = None,
     template: TemplateOpt = None,
     verbalizer: VerbalizerOpt = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: BatchOpt = 32,
     dtype: DtypeOpt = "float32",
     as_json: JsonOpt = False,
 ) -> None:
@@ -193,8 +196,8 @@ def evaluate(
 def transfer_matrix(
     prompt: Annotated[list[Path], typer.Argument(help="One or more prompt .safetensors files.")],
     model: ModelsOpt = None,
-    data: Annotated[str | None, typer.Option(help="Folder, file or hf:NAME.")] = None,
-    split: Annotated[str, typer.Option(help="train, dev or test.")] = "test",
+    data: DataOpt = None,
+    split: SplitOpt = "test",
     config: ConfigOpt = None,
     template: TemplateOpt = None,
     verbalizer: VerbalizerOpt = None,
@@ -205,7 +208,7 @@ def transfer_matrix(
     no_baselines: Annotated[
         bool, typer.Option("--no-baselines", help="Skip zero-shot and initial-prompt rows.")
     ] = False,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: BatchOpt = 32,
     dtype: DtypeOpt = "float32",
     as_json: JsonOpt = False,
 ) -> None:
@@ -438,8 +441,8 @@ def demo(
 def explain(
     prompt: Annotated[Path, typer.Argument(help="Prompt .safetensors to explain.")],
     model: ModelsOpt = None,
-    data: Annotated[str | None, typer.Option(help="Folder, file or hf:NAME.")] = None,
-    split: Annotated[str, typer.Option(help="train, dev or test.")] = "test",
+    data: DataOpt = None,
+    split: SplitOpt = "test",
     out_dir: Annotated[Path | None, typer.Option("--out", help="Report directory.")] = None,
     importance: Annotated[str, typer.Option(help="exact (ablation) or gradient.")] = "exact",
     ablation: Annotated[str, typer.Option(help="zero, mean or remove.")] = "zero",
@@ -453,7 +456,7 @@ def explain(
     config: ConfigOpt = None,
     template: TemplateOpt = None,
     verbalizer: VerbalizerOpt = None,
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: BatchOpt = 32,
     dtype: DtypeOpt = "float32",
     as_json: JsonOpt = False,
 ) -> None:
@@ -518,11 +521,11 @@ def compress(
     keep: Annotated[str, typer.Option(help="A number of tokens, or 'owned'.")],
     out_path: Annotated[Path, typer.Option("--out", help="New .safetensors file.")],
     model: ModelOpt = None,
-    data: Annotated[str | None, typer.Option(help="Folder, file or hf:NAME.")] = None,
+    data: DataOpt = None,
     split: Annotated[str, typer.Option(help="Split that ranks tokens and is reported.")] = "test",
     mode: Annotated[str, typer.Option(help="remove (shorter) or mask (zeroed).")] = "remove",
     ablation: Annotated[str, typer.Option(help="zero, mean or remove.")] = "zero",
-    batch_size: Annotated[int, typer.Option(min=1)] = 32,
+    batch_size: BatchOpt = 32,
     as_json: JsonOpt = False,
 ) -> None:
     """Keep the N most important tokens (or those MODEL owns among the prompt's models)."""
