@@ -46,5 +46,6 @@ clean:
 bench: setup
 	$(BIN)/python benchmarks/bench_load.py
 	$(BIN)/python benchmarks/bench_joint.py
+	$(BIN)/python benchmarks/bench_train_vs_peft.py
 	rm -rf runs/bench-demo && $(BIN)/softprompt demo --quiet --out runs/bench-demo
 	$(BIN)/python benchmarks/bench_explain.py runs/bench-demo/prompt.safetensors

@@ -1,0 +1,139 @@
+"""Prompt-tuning training throughput: softprompt's trainer vs a PEFT PromptTuningConfig loop
+doing the same work — bundled SmolLM2, sample sentiment task, 16 virtual tokens, batch 8, the
+same full-vocabulary loss on the label word, the same precision and number of steps.
+
+Contenders alternate in blocks within one process (A B A B ...); medians and ratios are
+printed with the machine. Peak activations are counted exactly (autograd saved tensors).
+Run: .venv/bin/python benchmarks/bench_train_vs_peft.py [--rounds 4] [--steps 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from softprompt.backbones import ensure_bundled, load_backbone
+from softprompt.config import load_config
+from softprompt.profiling import saved_activation_peak
+from softprompt.train import Trainer
+
+ROOT = Path(__file__).resolve().parents[1]
+BATCH = 8
+
+
+def machine() -> str:
+    flags = ""
+    if Path("/proc/cpuinfo").is_file():
+        text = Path("/proc/cpuinfo").read_text()
+        flags = " ".join(f for f in ("avx512f", "avx512_bf16", "amx_bf16") if f in text)
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores ({flags}), torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+
+
+def softprompt_step(precision: str):
+    config = load_config(
+        ROOT / "examples/configs/sentiment.yaml",
+        [
+            f"task.data={ROOT / 'examples/data/sentiment'}",
+            "task.loss=vocab",
+            f"train.precision={precision}",
+            f"train.batch_size={BATCH}",
+            f"train.micro_batch_size={BATCH}",
+            "train.steps=1000",
+        ],
+    )
+    trainer = Trainer(config, "/tmp/bench-softprompt", progress=False)
+    state = trainer._fresh_state()
+    return lambda: trainer.train_step(state)
+
+
+def peft_step(precision: str):
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    source = ensure_bundled("smollm2-135m")
+    backbone = load_backbone("smollm2-135m")
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    model = get_peft_model(
+        model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=16)
+    )
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    tokenizer = backbone.tokenizer
+    import json
+
+    rows = [
+        json.loads(line)
+        for line in (ROOT / "examples/data/sentiment/train.jsonl").read_text().splitlines()
+    ]
+    words = {"negative": " negative", "positive": " positive"}
+    batches = []
+    for start in range(0, len(rows) - BATCH + 1, BATCH):  # tokenised once, like softprompt
+        texts = [f"{r['text']}\nLabel:{words[r['label']]}" for r in rows[start : start + BATCH]]
+        enc = tokenizer(texts, return_tensors="pt", padding=True)
+        labels = torch.full_like(enc.input_ids, -100)
+        lengths = enc.attention_mask.sum(1)
+        labels[torch.arange(BATCH), lengths - 1] = enc.input_ids[torch.arange(BATCH), lengths - 1]
+        batches.append((enc, labels))
+    position = {"i": 0}
+
+    def step():
+        enc, labels = batches[position["i"] % len(batches)]
+        position["i"] += 1
+        loss = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        optimizer.step()
+        optimizer.zero_grad()
+        return float(loss.detach())
+
+    return step
+
+
+def measure(steps: dict, rounds: int, per_round: int) -> dict[str, list[float]]:
+    times = {name: [] for name in steps}
+    for step in steps.values():  # warm-up
+        step()
+    for _ in range(rounds):
+        for name, step in steps.items():
+            for _ in range(per_round):
+                started = time.perf_counter()
+                step()
+                times[name].append(time.perf_counter() - started)
+    return times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=5)
+    parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    args = parser.parse_args()
+    print(machine())
+    for precision in args.precision:
+        steps = {"softprompt": softprompt_step(precision), "peft": peft_step(precision)}
+        peaks = {}
+        for name, step in steps.items():
+            with saved_activation_peak() as meter:
+                step()
+            peaks[name] = meter.peak
+        times = measure(steps, args.rounds, args.steps)
+        speed = {name: BATCH / statistics.median(t) for name, t in times.items()}
+        print(
+            f"{precision}: softprompt {speed['softprompt']:.2f} samples/s, "
+            f"PEFT {speed['peft']:.2f} samples/s, ratio {speed['softprompt'] / speed['peft']:.2f}x;"
+            f" peak activations {peaks['softprompt'] / 2**20:.0f} MiB vs "
+            f"{peaks['peft'] / 2**20:.0f} MiB"
+        )
+
+
+if __name__ == "__main__":
+    main()
