@@ -8,8 +8,12 @@ The gradient estimate needs one backward pass: delta_loss_i ~ (ablated_i - p_i) 
 from __future__ import annotations
 
 import torch
+from rich.console import Console
+from rich.progress import track
 
 from softprompt.tasks import ClassificationTask, EncodedExample
+
+_STDERR = Console(stderr=True)
 
 ABLATIONS = ("zero", "mean", "remove")
 
@@ -45,7 +49,10 @@ def variant_metrics(
     loss_sum = torch.zeros(count)
     correct = torch.zeros(count)
     labels = torch.tensor([enc.label for enc in encoded])
-    for start in range(0, len(pairs), batch_size):
+    starts = range(0, len(pairs), batch_size)
+    for start in track(
+        starts, description=f"ablations ({count} variants)", console=_STDERR, transient=True
+    ):
         chunk = pairs[start : start + batch_size]
         variant_ids = torch.tensor([v for v, _ in chunk])
         example_ids = torch.tensor([e for _, e in chunk])
