@@ -144,10 +144,15 @@ class Backbone:
         """Input embeddings of token ids, as the model feeds them (Gemma's module scales them)."""
         return self.input_embeddings(input_ids)
 
-    def body(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last hidden states of the transformer body (no LM head)."""
+    def body(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, past_key_values=None
+    ) -> torch.Tensor:
+        """Last hidden states of the transformer body (no LM head), after a cache if given."""
         out = self.model.base_model(
-            inputs_embeds=inputs_embeds, attention_mask=attention_mask, use_cache=False
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            use_cache=past_key_values is not None,
         )
         return out.last_hidden_state
 

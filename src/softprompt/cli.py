@@ -81,12 +81,12 @@ def _display_name(name: str) -> str:
 def _default_model(prompt_path: Path | None, model: str | None) -> str:
     """The given model, else the first model the prompt was trained on, else the default."""
     from softprompt.backbones import DEFAULT_MODEL
-    from softprompt.prompts import load_prompt
+    from softprompt.prefix import load_artifact
 
     if model:
         return model
     if prompt_path is not None:
-        models = load_prompt(prompt_path).models
+        models = load_artifact(prompt_path).models
         if models and models[0].get("name"):
             return str(models[0]["name"])
     return DEFAULT_MODEL
@@ -156,6 +156,10 @@ def evaluate(
     verbalizer: VerbalizerOpt = None,
     batch_size: BatchOpt = 32,
     dtype: DtypeOpt = "float32",
+    task: Annotated[
+        str | None, typer.Option(help="Override the task type, e.g. suffix (the smiley metric).")
+    ] = None,
+    samples: Annotated[int, typer.Option(min=1, help="Suffix task: continuations sampled.")] = 40,
     as_json: JsonOpt = False,
 ) -> None:
     """Loss, accuracy and macro-F1 of a prompt (or the bare model) on a data split.
@@ -175,11 +179,22 @@ def evaluate(
             template=template,
             verbalizer=_verbalizer(verbalizer),
             batch_size=batch_size,
+            task=task,
+            samples=samples,
         )
         for name in names
     ]
 
     def render(rows: list[dict]) -> None:
+        if "suffix_rate" in rows[0]:
+            for r in rows:
+                rate, ppl = r["suffix_rate"], r["perplexity"]
+                out.print(
+                    f"{r['model']}: suffix rate {rate['with_prefix']:.3f} with, "
+                    f"{rate['without_prefix']:.3f} without ({r['samples']} samples); perplexity "
+                    f"{ppl['with_prefix']:.2f} with, {ppl['without_prefix']:.2f} without"
+                )
+            return
         keys = [k for k in ("loss", "accuracy", "macro_f1", "perplexity") if k in rows[0]]
         title = f"{rows[0]['prompt'] or 'zero-shot'} ({rows[0]['split']})"
         table = Table("model", "trained on", *keys, "examples", title=title)
@@ -351,9 +366,10 @@ def generate(
 ) -> None:
     """Continue texts as given (no template) with the prompt; --compare shows the bare model too."""
     from softprompt.backbones import load_backbone
+    from softprompt.evaluate import steering
     from softprompt.generate import SamplingOptions
     from softprompt.generate import generate as run_generation
-    from softprompt.prompts import load_prompt
+    from softprompt.prefix import load_artifact
 
     if not text:
         raise UsageError("give at least one --text to continue")
@@ -362,10 +378,9 @@ def generate(
     options = SamplingOptions(max_new_tokens, greedy, temperature, top_k, top_p, seed)
     options.check()
     backbone = load_backbone(_default_model(prompt, model), dtype=dtype)
-    soft = load_prompt(prompt) if prompt is not None else None
-    if soft is not None:
-        soft.check_fits(backbone.hidden_size, backbone.name, source=str(prompt))
-    with_prompt = run_generation(backbone, text, soft.embedding if soft else None, options)
+    soft = load_artifact(prompt) if prompt is not None else None
+    steer, _ = steering(soft, backbone, str(prompt))
+    with_prompt = run_generation(backbone, text, steer, options)
     bare = run_generation(backbone, text, None, options) if compare else None
     rows = [
         {

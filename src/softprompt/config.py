@@ -36,6 +36,7 @@ class TaskConfig(_Strict):
         default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"}
     )
     max_examples: int | None = Field(None, gt=0)
+    suffix: str = " 😃"
 
     @field_validator("verbalizer", mode="before")
     @classmethod
@@ -63,6 +64,8 @@ class PromptConfig(_Strict):
     seed: int = 0
     text: str | None = None
     file: str | None = None
+    reparameterization: Literal["mlp", "none"] = "mlp"
+    mlp_hidden: int = Field(512, ge=1)
 
 
 class TrainSettings(_Strict):

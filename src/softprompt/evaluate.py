@@ -13,7 +13,8 @@ from softprompt.backbones import DEFAULT_MODEL, Backbone, load_backbone
 from softprompt.config import TaskConfig, describe_error, load_config
 from softprompt.data import Example, load_split
 from softprompt.errors import UsageError
-from softprompt.prompts import SoftPrompt, load_prompt
+from softprompt.prefix import SavedPrefix, load_artifact
+from softprompt.prompts import SoftPrompt
 from softprompt.tasks import (
     ClassificationTask,
     EncodedExample,
@@ -101,10 +102,22 @@ def evaluate_task(task, prompt: torch.Tensor | None, encoded: list, batch_size: 
     return evaluate_lm(task, prompt, encoded, batch_size)
 
 
-def _as_prompt(prompt) -> SoftPrompt | None:
-    if prompt is None or isinstance(prompt, SoftPrompt):
+def _as_prompt(prompt) -> SoftPrompt | SavedPrefix | None:
+    if prompt is None or isinstance(prompt, (SoftPrompt, SavedPrefix)):
         return prompt
-    return load_prompt(prompt)
+    return load_artifact(prompt)
+
+
+def steering(artifact, backbone: Backbone, source: str):
+    """Check the artifact fits the model; returns what to steer with and the input positions
+    it takes (a soft prompt's length; a prefix lives in the cache)."""
+    if artifact is None:
+        return None, 0
+    if isinstance(artifact, SavedPrefix):
+        artifact.check_fits(backbone.model, backbone.name, source=source)
+        return artifact.kv, 0
+    artifact.check_fits(backbone.hidden_size, backbone.name, source=source)
+    return artifact.embedding, artifact.length
 
 
 def _as_backbone(model, dtype: str) -> Backbone:
@@ -145,23 +158,30 @@ def evaluate(
     verbalizer: dict[str, str] | None = None,
     batch_size: int = 32,
     dtype: str = "float32",
+    task: str | None = None,
+    samples: int = 40,
 ) -> dict:
-    """Metrics of a prompt (or, with `prompt=None`, the bare model zero-shot) on a data split.
-
-    The template and verbalizer come from the prompt's metadata unless given.
+    """Metrics of a prompt or prefix (or, with `prompt=None`, the bare model zero-shot) on a
+    data split. The task comes from the artifact's metadata unless given. For the suffix task
+    the metric is the suffix rate of sampled continuations, with and without the prefix.
     """
     soft = _as_prompt(prompt)
-    task_config = resolve_task(soft, data, config=config, template=template, verbalizer=verbalizer)
+    task_config = resolve_task(
+        soft, data, config=config, template=template, verbalizer=verbalizer, type=task
+    )
     if not task_config.data:
         raise UsageError("no data given: pass --data (a folder, a file or hf:NAME)")
     backbone = _as_backbone(model, dtype)
-    if soft is not None:
-        soft.check_fits(backbone.hidden_size, backbone.name, source=str(prompt))
-    length = soft.length if soft is not None else 0
-    task = build_task(task_config, backbone, length)
+    steer, length = steering(soft, backbone, str(prompt))
     examples = load_split(data_spec(task_config), split)
-    encoded = encode_examples(task, examples)
-    metrics = evaluate_task(task, soft.embedding if soft else None, encoded, batch_size)
+    if task_config.type == "suffix":
+        from softprompt.suffix import evaluate_suffix
+
+        result = evaluate_suffix(backbone, steer, examples, task_config.suffix, samples=samples)
+        return {"model": backbone.name, "prompt": str(prompt) if soft else None, **result}
+    built = build_task(task_config, backbone, length)
+    encoded = encode_examples(built, examples)
+    metrics = evaluate_task(built, steer, encoded, batch_size)
     trained_on = [m.get("name") for m in soft.models] if soft is not None else []
     return {
         "model": backbone.name,
@@ -191,15 +211,14 @@ def predict(
     if task_config.type != "classification":
         raise UsageError("predict needs a classification task (template and verbalizer)")
     backbone = _as_backbone(model, dtype)
-    if soft is not None:
-        soft.check_fits(backbone.hidden_size, backbone.name, source=str(prompt))
-    task = build_task(task_config, backbone, soft.length if soft is not None else 0)
+    steer, length = steering(soft, backbone, str(prompt))
+    task = build_task(task_config, backbone, length)
     pairs = text_b or [None] * len(texts)
     encoded = [
         task.encode(Example(text=t, text_b=b, where="--text"), with_label=False)
         for t, b in zip(texts, pairs)
     ]
-    scores = classification_scores(task, soft.embedding if soft else None, encoded)
+    scores = classification_scores(task, steer, encoded)
     probabilities = torch.softmax(scores, dim=-1)
     results = []
     for text, row in zip(texts, probabilities):

@@ -8,6 +8,7 @@ import torch
 
 from softprompt.backbones import Backbone
 from softprompt.errors import ModelError, UsageError
+from softprompt.prefix import PrefixKV, prefix_cache
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,8 @@ def generate(
     device = backbone.device
     input_ids = encoded.input_ids.to(device)
     attention_mask = encoded.attention_mask.to(device)
+    if isinstance(prompt, PrefixKV):
+        return _generate_after_prefix(backbone, prompt, input_ids, attention_mask, options)
     embeds = backbone.embed(input_ids)
     if prompt is not None:
         soft = prompt.to(device=device, dtype=embeds.dtype).unsqueeze(0)
@@ -65,19 +68,38 @@ def generate(
         embeds = torch.cat([soft, embeds], dim=1)
         ones = torch.ones(soft.shape[:2], dtype=attention_mask.dtype, device=device)
         attention_mask = torch.cat([ones, attention_mask], dim=1)
-    sampling = {}
-    if not options.greedy:
-        sampling = {"temperature": options.temperature}
-        sampling["top_k"] = options.top_k if options.top_k is not None else 0
-        if options.top_p is not None:
-            sampling["top_p"] = options.top_p
     torch.manual_seed(options.seed)
     output = backbone.model.generate(
-        inputs_embeds=embeds,
-        attention_mask=attention_mask,
-        max_new_tokens=options.max_new_tokens,
-        do_sample=not options.greedy,
-        pad_token_id=tokenizer.pad_token_id,
-        **sampling,
+        inputs_embeds=embeds, attention_mask=attention_mask, **_generation_kwargs(backbone, options)
     )
     return tokenizer.batch_decode(output, skip_special_tokens=True)
+
+
+def _generation_kwargs(backbone: Backbone, options: SamplingOptions) -> dict:
+    kwargs = {
+        "max_new_tokens": options.max_new_tokens,
+        "do_sample": not options.greedy,
+        "pad_token_id": backbone.tokenizer.pad_token_id,
+    }
+    if not options.greedy:
+        kwargs["temperature"] = options.temperature
+        kwargs["top_k"] = options.top_k if options.top_k is not None else 0
+        if options.top_p is not None:
+            kwargs["top_p"] = options.top_p
+    return kwargs
+
+
+def _generate_after_prefix(backbone, prefix: PrefixKV, input_ids, attention_mask, options):
+    """Generation with the prefix as the first L cached positions."""
+    batch, device = input_ids.shape[0], input_ids.device
+    cache = prefix_cache(backbone.model, prefix.keys.to(device), prefix.values.to(device), batch)
+    ones = torch.ones((batch, prefix.length), dtype=attention_mask.dtype, device=device)
+    torch.manual_seed(options.seed)
+    output = backbone.model.generate(
+        input_ids=input_ids,
+        attention_mask=torch.cat([ones, attention_mask], dim=1),
+        past_key_values=cache,
+        **_generation_kwargs(backbone, options),
+    )
+    new_tokens = output[:, input_ids.shape[1] :]
+    return backbone.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

@@ -11,10 +11,15 @@ the suffix task and the CLI are not wired to it yet.
 
 from __future__ import annotations
 
+import json
 import types
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from softprompt.errors import PromptFileError
 
 
 def prefix_geometry(model: nn.Module) -> tuple[int, int, int]:
@@ -61,7 +66,7 @@ def prefix_cache(
     return cache
 
 
-def _keep_cache_when_checkpointing(model: nn.Module) -> None:
+def keep_cache_when_checkpointing(model: nn.Module) -> None:
     """transformers drops the cache under gradient checkpointing because a recomputed layer
     would write it twice; the frozen prefix cache is only read, so it may stay."""
     from transformers.modeling_layers import GradientCheckpointingLayer
@@ -81,7 +86,7 @@ def prefix_forward(
     """Logits of a (right-padded) batch with the prefix in front; differentiable in the prefix."""
     batch, length = input_ids.shape[0], keys.shape[2]
     if getattr(model, "is_activation_checkpointing", False):
-        _keep_cache_when_checkpointing(model)
+        keep_cache_when_checkpointing(model)
     cache = prefix_cache(model, keys, values, batch, frozen=True)
     ones = torch.ones((batch, length), dtype=attention_mask.dtype, device=attention_mask.device)
     out = model(
@@ -104,3 +109,137 @@ def text_prefix(model: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor
     keys = torch.stack([layer.keys[0] for layer in cache.layers])
     values = torch.stack([layer.values[0] for layer in cache.layers])
     return keys, values
+
+
+@dataclass
+class PrefixKV:
+    """Per-layer key/value prefixes, each [layers, kv_heads, L, head_dim]."""
+
+    keys: torch.Tensor
+    values: torch.Tensor
+
+    @property
+    def length(self) -> int:
+        return int(self.keys.shape[2])
+
+
+class PrefixEncoder(nn.Module):
+    """The trainable prefix. `mlp`: Embedding(L, h) -> Linear(h, h) -> tanh -> Linear(h,
+    layers x 2 x kv_dim), added to a fixed starting point (zeros, or a text's real keys/values)
+    with the last layer zero-initialised when starting from a text; `none`: the keys/values
+    themselves. Only the resulting keys/values are saved."""
+
+    def __init__(
+        self,
+        geometry: tuple[int, int, int],
+        length: int,
+        *,
+        reparameterization: str = "mlp",
+        hidden: int = 512,
+        start: PrefixKV | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        self.geometry, self.length = geometry, length
+        layers, kv_heads, head_dim = geometry
+        shape = (layers, kv_heads, length, head_dim)
+        torch.manual_seed(seed)
+        if start is None:
+            start = PrefixKV(torch.zeros(shape), torch.zeros(shape))
+            if reparameterization == "none":
+                start = PrefixKV(torch.randn(shape), torch.randn(shape))
+        self.reparameterization = reparameterization
+        if reparameterization == "none":
+            self.keys = nn.Parameter(start.keys.float().clone())
+            self.values = nn.Parameter(start.values.float().clone())
+            return
+        self.register_buffer("start", torch.stack([start.keys, start.values]).float())
+        out = 2 * layers * kv_heads * head_dim
+        self.embedding = nn.Embedding(length, hidden)
+        self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, out))
+        if start.keys.abs().sum() > 0:
+            nn.init.zeros_(self.mlp[2].weight)
+            nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self) -> PrefixKV:
+        if self.reparameterization == "none":
+            return PrefixKV(self.keys, self.values)
+        layers, kv_heads, head_dim = self.geometry
+        flat = self.mlp(self.embedding.weight)  # [L, 2 * layers * kv * hd]
+        kv = flat.view(self.length, 2, layers, kv_heads, head_dim).permute(1, 2, 3, 0, 4)
+        kv = kv + self.start
+        return PrefixKV(kv[0], kv[1])
+
+
+@dataclass
+class SavedPrefix:
+    """A prefix artifact: final keys/values (no MLP) plus the same header metadata as prompts."""
+
+    kv: PrefixKV
+    models: list[dict] = field(default_factory=list)
+    task: dict = field(default_factory=dict)
+    init: dict = field(default_factory=dict)
+    training: dict = field(default_factory=dict)
+    method: str = "prefix"
+
+    @property
+    def length(self) -> int:
+        return self.kv.length
+
+    def check_fits(self, model: nn.Module, model_name: str, source: str = "prefix") -> None:
+        expected = prefix_geometry(model)
+        layers, kv_heads, _, head_dim = self.kv.keys.shape
+        if (layers, kv_heads, head_dim) != expected:
+            raise PromptFileError(
+                f"{source} has {layers} layers x {kv_heads} key-value heads x head dim "
+                f"{head_dim}, but model {model_name} has {expected[0]} x {expected[1]} x "
+                f"{expected[2]}; use a prefix trained for this model"
+            )
+
+
+def save_prefix(prefix: SavedPrefix, path) -> Path:
+    from softprompt.prompts import (
+        FORMAT_NAME,
+        FORMAT_VERSION,
+        JSON_FIELDS,
+        write_safetensors_atomic,
+    )
+
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "method": "prefix"}
+    for key in JSON_FIELDS:
+        meta[key] = json.dumps(getattr(prefix, key), sort_keys=True)
+    tensors = {
+        "prefix.keys": prefix.kv.keys.detach().float().cpu().contiguous(),
+        "prefix.values": prefix.kv.values.detach().float().cpu().contiguous(),
+    }
+    write_safetensors_atomic(tensors, meta, target)
+    return target
+
+
+def load_prefix(path) -> SavedPrefix:
+    """Read and validate a prefix artifact."""
+    from softprompt.prompts import JSON_FIELDS, parse_json_field, read_safetensors
+
+    tensors, meta = read_safetensors(path)
+    if meta.get("method") != "prefix":
+        raise PromptFileError(f"{path} holds a {meta.get('method', 'prompt')!r}, not a prefix")
+    keys, values = tensors.get("prefix.keys"), tensors.get("prefix.values")
+    if keys is None or values is None:
+        raise PromptFileError(f"{path} has no 'prefix.keys'/'prefix.values' tensors")
+    if keys.ndim != 4 or keys.shape != values.shape or not torch.isfinite(keys).all():
+        raise PromptFileError(
+            f"{path}: prefix keys/values must be finite [layers, kv_heads, L, head_dim] "
+            f"tensors of one shape, got {list(keys.shape)} and {list(values.shape)}"
+        )
+    fields = {key: parse_json_field(meta, key, path) for key in JSON_FIELDS}
+    return SavedPrefix(kv=PrefixKV(keys.float(), values.float()), **fields)
+
+
+def load_artifact(path):
+    """A soft prompt or a prefix, whichever the file holds."""
+    from softprompt.prompts import load_prompt, read_safetensors
+
+    _, meta = read_safetensors(path)
+    return load_prefix(path) if meta.get("method") == "prefix" else load_prompt(path)

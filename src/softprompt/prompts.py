@@ -181,7 +181,7 @@ def load_prompt(path: str | os.PathLike) -> SoftPrompt:
         )
     if not torch.isfinite(embedding).all():
         raise PromptFileError(f"{path}: 'prompt' holds NaN or infinite values")
-    fields = {key: _parse_json_field(meta, key, path) for key in JSON_FIELDS}
+    fields = {key: parse_json_field(meta, key, path) for key in JSON_FIELDS}
     if not isinstance(fields["models"], list) or not all(
         isinstance(m, dict) for m in fields["models"]
     ):
@@ -189,7 +189,7 @@ def load_prompt(path: str | os.PathLike) -> SoftPrompt:
     return SoftPrompt(embedding=embedding.float(), method=method, **fields)
 
 
-def _parse_json_field(meta: dict[str, str], key: str, path) -> object:
+def parse_json_field(meta: dict[str, str], key: str, path) -> object:
     default = [] if key == "models" else {}
     if key not in meta:
         return default

@@ -132,3 +132,59 @@ def suffix_rate(generated: list[str], suffix: str) -> tuple[float, int]:
             total += 1
             hits += carries
     return (hits / total if total else 0.0), total
+
+
+def sentence_starts(texts: list[str], count: int, words: int = 4) -> list[str]:
+    """Held-out sentence starts: the first few words of each sentence of the given texts."""
+    starts = []
+    for text in texts:
+        for sentence in split_sentences(text):
+            pieces = sentence.split()
+            if len(pieces) > words:
+                starts.append(" ".join(pieces[:words]))
+    return starts[:count]
+
+
+def evaluate_suffix(
+    backbone,
+    prefix,
+    examples,
+    suffix: str,
+    *,
+    samples: int = 40,
+    max_new_tokens: int = 40,
+    seed: int = 0,
+    temperature: float = 0.8,
+) -> dict:
+    """Suffix rate of sampled continuations with and without the prefix (or prompt), and
+    held-out perplexity of the suffixed text with and without it."""
+    from softprompt.evaluate import evaluate_lm
+    from softprompt.generate import SamplingOptions, generate
+    from softprompt.tasks import SuffixTask
+
+    starts = sentence_starts([e.text for e in examples], samples)
+    options = SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
+    rates, counted, outputs = {}, {}, {}
+    for name, steer in (("with_prefix", prefix), ("without_prefix", None)):
+        generated = []
+        for start in range(0, len(starts), 8):
+            generated += generate(backbone, starts[start : start + 8], steer, options)
+        rates[name], counted[name] = suffix_rate(generated, suffix)
+        outputs[name] = generated
+    task = SuffixTask(backbone, suffix, max_length=256)
+    windows = task.encode_all(examples)
+    perplexity = {
+        "with_prefix": evaluate_lm(task, prefix, windows)["perplexity"],
+        "without_prefix": evaluate_lm(task, None, windows)["perplexity"],
+    }
+    examples_shown = [
+        {"start": s, "with_prefix": a, "without_prefix": b}
+        for s, a, b in zip(starts, outputs["with_prefix"], outputs["without_prefix"])
+    ]
+    return {
+        "suffix_rate": rates,
+        "sentences_counted": counted,
+        "samples": len(starts),
+        "perplexity": perplexity,
+        "examples": examples_shown,
+    }

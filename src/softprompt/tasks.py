@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from softprompt.backbones import Backbone
 from softprompt.data import DataSpec, Example
 from softprompt.errors import ConfigError, DataError, ModelError
+from softprompt.prefix import PrefixKV, keep_cache_when_checkpointing, prefix_cache
 
 PLACEHOLDER = re.compile(r"\{(\w*)\}")
 KNOWN_PLACEHOLDERS = ("text", "text_b", "label")
@@ -217,7 +218,7 @@ class ClassificationTask:
         `prompt` is [L, d], or [B, L, d] for a different prompt per example."""
         if full_vocab is None:
             full_vocab = self.loss_kind == "vocab"
-        if prompt is not None and prompt.ndim == 3:  # one prompt per example -> per row
+        if getattr(prompt, "ndim", 0) == 3:  # one prompt per example -> per row
             prompt = prompt[batch.row_example.to(prompt.device)]
         hidden, offset = prompted_hidden(
             self.backbone, prompt, batch.input_ids, batch.attention_mask
@@ -262,12 +263,27 @@ def prompted_hidden(
     embeds = backbone.embed(input_ids)
     if prompt is None:
         return backbone.body(embeds, attention_mask), 0
+    if isinstance(prompt, PrefixKV):
+        return _prefixed_hidden(backbone, prompt, embeds, attention_mask), 0
     n, length = input_ids.shape[0], prompt.shape[-2]
     soft = prompt.to(device=device, dtype=embeds.dtype)
     soft = soft.expand(n, -1, -1) if soft.ndim == 3 else soft.unsqueeze(0).expand(n, -1, -1)
     embeds = torch.cat([soft, embeds], dim=1)
     ones = torch.ones((n, length), dtype=attention_mask.dtype, device=device)
     return backbone.body(embeds, torch.cat([ones, attention_mask], dim=1)), length
+
+
+def _prefixed_hidden(backbone: Backbone, prefix: PrefixKV, embeds, attention_mask):
+    """Hidden states of the text after a key/value prefix (positions start at L)."""
+    model = backbone.model
+    if getattr(model, "is_activation_checkpointing", False):
+        keep_cache_when_checkpointing(model)
+    batch, device = embeds.shape[0], embeds.device
+    cache = prefix_cache(
+        model, prefix.keys.to(device), prefix.values.to(device), batch, frozen=True
+    )
+    ones = torch.ones((batch, prefix.length), dtype=attention_mask.dtype, device=device)
+    return backbone.body(embeds, torch.cat([ones, attention_mask], dim=1), past_key_values=cache)
 
 
 @dataclass
@@ -332,6 +348,32 @@ class LanguageModelingTask:
         return nll, int(valid.sum())
 
 
+class SuffixTask(LanguageModelingTask):
+    """The smiley example: every sentence gets `suffix`, documents are packed into chunks of
+    whole sentences that fit the window (none dropped), LM loss on them."""
+
+    def __init__(self, backbone: Backbone, suffix: str, **kwargs) -> None:
+        super().__init__(backbone, **kwargs)
+        if not suffix.strip():
+            raise ConfigError("task.suffix must not be empty")
+        self.suffix = suffix
+
+    def encode_all(self, examples: list[Example]) -> list[list[int]]:
+        from softprompt.suffix import add_suffix, pack
+
+        windows = []
+        room = self.window - len(self.specials_before)
+        for example in examples:
+            for chunk in pack(self.tokenizer, add_suffix(example.text, self.suffix), room):
+                ids = self.tokenizer(chunk, add_special_tokens=False).input_ids[:room]
+                if len(ids) >= 1:
+                    windows.append(self.specials_before + ids)
+        windows = [w for w in windows if len(w) >= 2]
+        if not windows:
+            raise DataError("the suffix task found no text with at least two tokens")
+        return windows
+
+
 def data_spec(task_config) -> DataSpec:
     """The data-reading part of a task config."""
 
@@ -365,9 +407,11 @@ def build_task(task_config, backbone: Backbone, prompt_length: int):
         return LanguageModelingTask(
             backbone, max_length=task_config.max_length, prompt_length=prompt_length
         )
-    raise ConfigError(
-        f"task type {task_config.type!r} is not available yet in this version; "
-        "use classification or lm"
+    return SuffixTask(
+        backbone,
+        task_config.suffix,
+        max_length=task_config.max_length,
+        prompt_length=prompt_length,
     )
 
 

@@ -23,6 +23,14 @@ from softprompt.config import TrainConfig, config_to_dict
 from softprompt.data import load_split
 from softprompt.errors import ConfigError, SoftpromptError, UsageError
 from softprompt.evaluate import evaluate_task
+from softprompt.prefix import (
+    PrefixEncoder,
+    PrefixKV,
+    SavedPrefix,
+    prefix_geometry,
+    save_prefix,
+    text_prefix,
+)
 from softprompt.prompts import (
     SoftPrompt,
     init_embedding,
@@ -73,7 +81,7 @@ class ModelSlot:
 class TrainState:
     """Everything that changes during training; a checkpoint is exactly this."""
 
-    prompt: torch.nn.Parameter
+    module: torch.nn.Module  # SoftPromptModule or PrefixEncoder
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     step: int = 0
@@ -82,6 +90,26 @@ class TrainState:
     evals_without_improvement: int = 0
     history: list[dict] = field(default_factory=list)
     last_losses: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def prompt(self) -> torch.nn.Parameter:
+        """The soft prompt being trained (method prompt)."""
+        return self.module.embedding
+
+    def steer(self):
+        """What the model is steered with now: a prompt tensor or a PrefixKV."""
+        return self.module()
+
+
+class SoftPromptModule(torch.nn.Module):
+    """The trainable [L, d] soft prompt."""
+
+    def __init__(self, embedding: torch.Tensor) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Parameter(embedding)
+
+    def forward(self) -> torch.Tensor:
+        return self.embedding
 
 
 def _batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
@@ -108,10 +136,8 @@ class Trainer:
         backbones: list[Backbone] | None = None,
         progress: bool = True,
     ) -> None:
-        if config.method != "prompt":
-            raise ConfigError(
-                f"method {config.method!r} is not available yet in this version; use 'prompt'"
-            )
+        if config.method == "prefix" and len(config.models) > 1:
+            raise ConfigError("method 'prefix' trains on one model; list a single model")
         self.config = config
         self.settings = config.train
         self.out_dir = Path(out_dir)
@@ -159,7 +185,7 @@ class Trainer:
         total = sum(weights)
         slots = []
         for backbone, weight in zip(self.backbones, weights):
-            task = build_task(self.config.task, backbone, self.config.prompt.length)
+            task = build_task(self.config.task, backbone, self._positions_used())
             slots.append(
                 ModelSlot(
                     backbone=backbone,
@@ -173,8 +199,14 @@ class Trainer:
 
     # --- state -------------------------------------------------------------------------------
 
-    def _fresh_state(self) -> TrainState:
+    def _positions_used(self) -> int:
+        """Input positions the prompt takes (a prefix lives in the cache instead)."""
+        return self.config.prompt.length if self.config.method == "prompt" else 0
+
+    def _fresh_module(self) -> torch.nn.Module:
         prompt_cfg = self.config.prompt
+        if self.config.method == "prefix":
+            return self._fresh_prefix()
         embedding = init_embedding(
             prompt_cfg.length,
             self.backbones[0],
@@ -183,10 +215,34 @@ class Trainer:
             text=prompt_cfg.text,
             file=prompt_cfg.file,
         )
-        self.initial_embedding = embedding.clone()
-        prompt = torch.nn.Parameter(embedding.to(self.device))
+        return SoftPromptModule(embedding)
+
+    def _fresh_prefix(self) -> torch.nn.Module:
+        prompt_cfg = self.config.prompt
+        model = self.backbones[0].model
+        start = None
+        if prompt_cfg.init == "text":
+            if not prompt_cfg.text:
+                raise ConfigError("prompt.init 'text' needs prompt.text (the text to start from)")
+            ids = self.backbones[0].tokenizer(prompt_cfg.text, return_tensors="pt").input_ids
+            ids = ids[:, : prompt_cfg.length]
+            start = PrefixKV(*text_prefix(model, ids.to(self.backbones[0].device)))
+        elif prompt_cfg.init not in ("random", "text"):
+            raise ConfigError("a prefix starts from init 'random' or 'text'")
+        length = start.length if start is not None else prompt_cfg.length
+        return PrefixEncoder(
+            prefix_geometry(model),
+            length,
+            reparameterization=prompt_cfg.reparameterization,
+            hidden=prompt_cfg.mlp_hidden,
+            start=start,
+            seed=prompt_cfg.seed,
+        )
+
+    def _fresh_state(self) -> TrainState:
+        module = self._fresh_module().to(self.device)
         optimizer = torch.optim.AdamW(
-            [prompt], lr=self.settings.lr, weight_decay=self.settings.weight_decay
+            module.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay
         )
         total, warmup, schedule = (
             self.settings.steps,
@@ -196,24 +252,39 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, total, warmup, schedule)
         )
-        return TrainState(prompt=prompt, optimizer=optimizer, scheduler=scheduler)
+        return TrainState(module=module, optimizer=optimizer, scheduler=scheduler)
 
-    def soft_prompt(self, embedding: torch.Tensor, training: dict | None = None) -> SoftPrompt:
-        task = self.config.task.model_dump(mode="json")
-        return SoftPrompt(
-            embedding=embedding.detach().float().cpu(),
-            models=[model_record(b) for b in self.backbones],
-            task=task,
-            init=self.config.prompt.model_dump(mode="json"),
-            training=training or {},
-        )
+    def artifact(self, state: TrainState, training: dict | None = None):
+        """What gets saved: the soft prompt, or the prefix's final keys/values (no MLP)."""
+        header = {
+            "models": [model_record(b) for b in self.backbones],
+            "task": self.config.task.model_dump(mode="json"),
+            "init": self.config.prompt.model_dump(mode="json"),
+            "training": training or {},
+        }
+        with torch.no_grad():
+            steer = state.steer()
+        if isinstance(steer, PrefixKV):
+            kv = PrefixKV(steer.keys.detach().cpu(), steer.values.detach().cpu())
+            return SavedPrefix(kv=kv, **header)
+        return SoftPrompt(embedding=steer.detach().float().cpu(), **header)
+
+    def write_artifact(self, state: TrainState, training: dict, path: Path) -> None:
+        artifact = self.artifact(state, training)
+        if isinstance(artifact, SavedPrefix):
+            save_prefix(artifact, path)
+        else:
+            save_prompt(artifact, path)
 
     def save_checkpoint(self, state: TrainState) -> Path:
         """Write the whole training state atomically; keep the newest few checkpoints."""
         folder = self.out_dir / CHECKPOINT_DIR
         folder.mkdir(parents=True, exist_ok=True)
         optimizer = state.optimizer.state_dict()
-        tensors = {"prompt": state.prompt.detach().cpu().contiguous()}
+        tensors = {
+            f"module.{name}": value.detach().cpu().contiguous()
+            for name, value in state.module.state_dict().items()
+        }
         for index, slots in optimizer["state"].items():
             for key, value in slots.items():
                 tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu()
@@ -243,8 +314,12 @@ class Trainer:
             except (SoftpromptError, KeyError, json.JSONDecodeError):
                 _warn(f"checkpoint {path} is unreadable; trying an older one")
                 continue
-            with torch.no_grad():
-                state.prompt.copy_(tensors["prompt"].to(self.device))
+            module_state = {
+                name.removeprefix("module."): value.to(self.device)
+                for name, value in tensors.items()
+                if name.startswith("module.")
+            }
+            state.module.load_state_dict(module_state)
             optimizer_state: dict[int, dict] = {}
             for name, value in tensors.items():
                 if name.startswith("optimizer."):
@@ -270,8 +345,10 @@ class Trainer:
             step, self.settings.batch_size, len(self.slots[0].train), self.settings.seed
         )
 
-    def accumulate_gradients(self, prompt: torch.Tensor, indices: list[int]) -> dict[str, float]:
-        """Add d(loss)/d(prompt) for one batch into `prompt.grad`; returns each model's loss.
+    def accumulate_gradients(self, prompt, indices: list[int]) -> dict[str, float]:
+        """Add d(loss)/d(parameters) for one batch into the gradients; returns each model's loss.
+
+        `prompt` is the prompt tensor, or the trainable module (called for every micro-batch).
 
         Loss = sum over models of weight * (mean loss over the batch). Each micro-batch of each
         model is backpropagated before the next forward, so only one model's activations live.
@@ -283,7 +360,8 @@ class Trainer:
             model_loss = 0.0
             for start in range(0, len(items), self.settings.micro_batch):
                 micro = items[start : start + self.settings.micro_batch]
-                loss = self._micro_loss(slot, prompt, micro) / denominator
+                steer = prompt() if isinstance(prompt, torch.nn.Module) else prompt
+                loss = self._micro_loss(slot, steer, micro) / denominator
                 (loss * slot.weight).backward()
                 model_loss += float(loss.detach())
             losses[slot.backbone.name] = model_loss
@@ -291,9 +369,10 @@ class Trainer:
 
     def train_step(self, state: TrainState) -> float:
         """One optimizer step over exactly `batch_size` examples (micro-batches accumulated)."""
-        losses = self.accumulate_gradients(state.prompt, self.step_indices(state.step))
+        losses = self.accumulate_gradients(state.module, self.step_indices(state.step))
         total = sum(loss * slot.weight for loss, slot in zip(losses.values(), self.slots))
-        if not math.isfinite(total) or not torch.isfinite(state.prompt.grad).all():
+        grads = [p.grad for p in state.module.parameters() if p.grad is not None]
+        if not math.isfinite(total) or not all(torch.isfinite(g).all() for g in grads):
             state.optimizer.zero_grad(set_to_none=True)
             raise SoftpromptError(
                 f"training loss became non-finite ({total}) at step {state.step + 1}; stopped "
@@ -301,7 +380,7 @@ class Trainer:
                 "train.lr or use precision fp32"
             )
         if self.settings.max_grad_norm is not None:
-            torch.nn.utils.clip_grad_norm_([state.prompt], self.settings.max_grad_norm)
+            torch.nn.utils.clip_grad_norm_(state.module.parameters(), self.settings.max_grad_norm)
         state.optimizer.step()
         state.scheduler.step()
         state.optimizer.zero_grad(set_to_none=True)
@@ -385,9 +464,8 @@ class Trainer:
         if self._is_better(value, state.best_value):
             state.best_value, state.best_step = value, state.step
             state.evals_without_improvement = 0
-            save_prompt(
-                self.soft_prompt(state.prompt, {"step": state.step, "dev": dev}),
-                self.out_dir / "prompt.safetensors",
+            self.write_artifact(
+                state, {"step": state.step, "dev": dev}, self.out_dir / "prompt.safetensors"
             )
         else:
             state.evals_without_improvement += 1
@@ -395,9 +473,7 @@ class Trainer:
         return bool(patience and state.evals_without_improvement >= patience)
 
     def _save_last(self, state: TrainState) -> None:
-        save_prompt(
-            self.soft_prompt(state.prompt, {"step": state.step}), self.out_dir / "last.safetensors"
-        )
+        self.write_artifact(state, {"step": state.step}, self.out_dir / "last.safetensors")
 
     def run(self, resume: bool = False) -> dict:
         """Train to the end (or early stop) and write the run directory; returns the summary.
@@ -430,7 +506,8 @@ class Trainer:
                 metrics.write(json.dumps(record) + "\n")
                 bar.update(loss=loss, step=state.step)
                 if state.step % settings.eval_every == 0 or state.step == settings.steps:
-                    last_dev = self.evaluate_dev(state.prompt.detach())
+                    with torch.no_grad():
+                        last_dev = self.evaluate_dev(state.steer())
                     metrics.write(
                         json.dumps({"event": "eval", "step": state.step, "dev": last_dev}) + "\n"
                     )
