@@ -92,3 +92,79 @@ def test_gradient_checkpointing_works_with_a_prefix(tiny_dirs, family):
     torch.testing.assert_close(grads[0][0], grads[1][0])
     torch.testing.assert_close(grads[0][1], grads[1][1])
     assert grads[1][0].abs().sum() > 0
+
+
+def test_prefix_training_save_load_and_suffix_evaluation(tiny, tmp_path, monkeypatch, capsys):
+    import json
+
+    from conftest import ROOT
+    from softprompt.config import validate_config
+    from softprompt.prefix import PrefixKV, load_artifact, load_prefix
+    from softprompt.train import Trainer
+
+    config = validate_config(
+        {
+            "method": "prefix",
+            "models": ["tiny"],
+            "task": {
+                "type": "suffix",
+                "data": str(ROOT / "examples/data/smiley"),
+                "suffix": " good",
+                "max_length": 32,
+            },
+            "prompt": {"length": 4, "reparameterization": "mlp", "mlp_hidden": 16},
+            "train": {
+                "steps": 12,
+                "batch_size": 4,
+                "lr": 0.01,
+                "eval_every": 6,
+                "best_metric": "loss",
+                "warmup": 0,
+            },
+        }
+    )
+    summary = Trainer(config, tmp_path / "run", backbones=[tiny["llama"]], progress=False).run()
+    losses = [
+        json.loads(line)["loss"]
+        for line in (tmp_path / "run/metrics.jsonl").open()
+        if '"train"' in line
+    ]
+    assert losses[-1] < losses[0]
+    saved = load_prefix(tmp_path / "run" / "last.safetensors")
+    assert saved.kv.keys.shape == (2, 2, 4, 8)  # layers, KV heads (GQA), L, head dim
+    assert isinstance(load_artifact(tmp_path / "run" / "prompt.safetensors").kv, PrefixKV)
+    assert summary["best_dev"]["loss"] <= summary["dev"]["mean"]["loss"]
+    ids = tiny["llama"].tokenizer("great movie", return_tensors="pt").input_ids
+    again = load_prefix(tmp_path / "run" / "last.safetensors")
+    with torch.no_grad():
+        a = prefix_forward(
+            tiny["llama"].model, saved.kv.keys, saved.kv.values, ids, torch.ones_like(ids)
+        )
+        b = prefix_forward(
+            tiny["llama"].model, again.kv.keys, again.kv.values, ids, torch.ones_like(ids)
+        )
+    assert torch.equal(a, b)
+    with pytest.raises(Exception, match="key-value heads"):
+        saved.check_fits(tiny["gpt2"].model, "gpt2")
+
+    from test_cli import invoke
+
+    code, out, err = invoke(
+        monkeypatch,
+        capsys,
+        "evaluate",
+        tmp_path / "run" / "last.safetensors",
+        "--model",
+        tiny["llama"].name,
+        "--data",
+        ROOT / "examples/data/smiley",
+        "--samples",
+        "6",
+        "--json",
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["samples"] == 6
+    for key in ("with_prefix", "without_prefix"):
+        assert 0.0 <= result["suffix_rate"][key] <= 1.0
+        assert result["perplexity"][key] > 1.0
