@@ -168,3 +168,24 @@ def test_prefix_training_save_load_and_suffix_evaluation(tiny, tmp_path, monkeyp
     for key in ("with_prefix", "without_prefix"):
         assert 0.0 <= result["suffix_rate"][key] <= 1.0
         assert result["perplexity"][key] > 1.0
+
+
+def test_text_init_starts_at_the_models_own_keys_and_values(tiny, tmp_path):
+    from conftest import ROOT
+    from softprompt.config import validate_config
+    from softprompt.train import Trainer
+
+    config = validate_config(
+        {
+            "method": "prefix",
+            "models": ["tiny"],
+            "task": {"type": "suffix", "data": str(ROOT / "examples/data/smiley")},
+            "prompt": {"length": 8, "init": "text", "text": "great movie it was good"},
+        }
+    )
+    trainer = Trainer(config, tmp_path, backbones=[tiny["llama"]], progress=False)
+    start = trainer._fresh_state().steer()
+    ids = tiny["llama"].tokenizer("great movie it was good", return_tensors="pt").input_ids
+    keys, values = text_prefix(tiny["llama"].model, ids)
+    torch.testing.assert_close(start.keys, keys)
+    torch.testing.assert_close(start.values, values)

@@ -12,6 +12,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.evaluate import evaluate, predict
 from softprompt.generate import SamplingOptions, generate
 from softprompt.interop.esp import import_esp
+from softprompt.prefix import SavedPrefix, load_artifact, load_prefix, save_prefix
 from softprompt.prompts import SoftPrompt, load_prompt, save_prompt
 from softprompt.study import load_study, run_study
 from softprompt.tiny import tiny_family
@@ -22,19 +23,23 @@ __version__ = "0.1.0"
 __all__ = [
     "Backbone",
     "SamplingOptions",
+    "SavedPrefix",
     "SoftPrompt",
     "SoftpromptError",
     "TrainConfig",
     "evaluate",
     "generate",
     "import_esp",
+    "load_artifact",
     "load_backbone",
     "load_config",
+    "load_prefix",
     "load_prompt",
     "load_study",
     "predict",
     "run_demo",
     "run_study",
+    "save_prefix",
     "save_prompt",
     "tiny_family",
     "train",

@@ -361,10 +361,14 @@ def generate(
     max_new_tokens: int = 40,
     seed: int = 0,
     compare: Annotated[bool, typer.Option(help="Also generate without the prompt.")] = False,
+    num_samples: Annotated[
+        int, typer.Option(min=1, help="Samples per text (sampling draws each separately).")
+    ] = 1,
     dtype: DtypeOpt = "float32",
     as_json: JsonOpt = False,
 ) -> None:
-    """Continue texts as given (no template) with the prompt; --compare shows the bare model too."""
+    """Continue texts as given (no template) with a prompt or prefix; --compare shows the bare
+    model too."""
     from softprompt.backbones import load_backbone
     from softprompt.evaluate import steering
     from softprompt.generate import SamplingOptions
@@ -380,6 +384,9 @@ def generate(
     backbone = load_backbone(_default_model(prompt, model), dtype=dtype)
     soft = load_artifact(prompt) if prompt is not None else None
     steer, _ = steering(soft, backbone, str(prompt))
+    if num_samples > 1 and greedy:
+        raise UsageError("--num-samples needs sampling; leave out --greedy")
+    text = [t for t in text for _ in range(num_samples)]
     with_prompt = run_generation(backbone, text, steer, options)
     bare = run_generation(backbone, text, None, options) if compare else None
     rows = [
