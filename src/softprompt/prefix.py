@@ -4,9 +4,6 @@ model's key-value heads, given to the model as a pre-filled cache of the install
 Positions agree between training and generation because both see the prefix as L cached
 positions (the text starts at position L). For training, the cache layers are made
 non-mutating, so gradient checkpointing can recompute a layer without the cache growing.
-
-This module is the injection core for the prefix-tuning issue; training with `method: prefix`,
-the suffix task and the CLI are not wired to it yet.
 """
 
 from __future__ import annotations
