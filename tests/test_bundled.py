@@ -68,3 +68,27 @@ def test_cached_fast_tokenizer_encodes_like_autotokenizer(alias):
             )
     assert backbone.tokenizer.pad_token_id == reference.pad_token_id
     assert backbone.tokenizer.eos_token_id == reference.eos_token_id
+
+
+@pytest.mark.parametrize("alias", ["smollm2-135m", "gemma3-270m"])
+def test_prefix_training_forward_equals_generation_on_bundled_models(alias):
+    from softprompt.prefix import prefix_cache, prefix_forward, prefix_geometry
+
+    backbone = load_backbone(alias)
+    layers, kv_heads, head_dim = prefix_geometry(backbone.model)
+    generator = torch.Generator().manual_seed(0)
+    keys = torch.randn(layers, kv_heads, 5, head_dim, generator=generator)
+    values = torch.randn(layers, kv_heads, 5, head_dim, generator=generator)
+    ids = backbone.tokenizer("The weather today is", return_tensors="pt").input_ids
+    with torch.no_grad():
+        trained = prefix_forward(backbone.model, keys, values, ids, torch.ones_like(ids))
+    out = backbone.model.generate(
+        input_ids=ids,
+        attention_mask=torch.ones((1, 5 + ids.shape[1]), dtype=torch.long),
+        past_key_values=prefix_cache(backbone.model, keys, values, 1),
+        max_new_tokens=1,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+    )
+    torch.testing.assert_close(out.logits[0][0], trained[0, -1].float(), atol=1e-4, rtol=1e-4)

@@ -65,7 +65,7 @@ def test_training_forward_equals_generation(tiny, family):
     )
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma3", "gpt_neox"])
+@pytest.mark.parametrize("family", CAUSAL)
 def test_gradient_checkpointing_works_with_a_prefix(tiny_dirs, family):
     from transformers import AutoModelForCausalLM
 
@@ -78,8 +78,12 @@ def test_gradient_checkpointing_works_with_a_prefix(tiny_dirs, family):
             module.p = 0.0
     model.requires_grad_(False)
     ids = torch.tensor([[5, 10, 11, 12, 13]])
-    grads = []
+    grads, calls = [], []
+    block = next(m for m in model.modules() if hasattr(m, "_can_checkpoint_with_cache"))
+    inner = next(block.children())  # hooks on the block itself stay outside the checkpoint
+    inner.register_forward_pre_hook(lambda *_: calls.append(1))
     for checkpointing in (False, True):
+        calls.clear()
         if checkpointing:
             model.gradient_checkpointing_enable(
                 gradient_checkpointing_kwargs={"use_reentrant": False}
@@ -89,9 +93,12 @@ def test_gradient_checkpointing_works_with_a_prefix(tiny_dirs, family):
         logits = prefix_forward(model, keys, values, ids, torch.ones_like(ids))
         logits.float().logsumexp(-1).sum().backward()
         grads.append((keys.grad.clone(), values.grad.clone()))
+        assert len(calls) == (2 if checkpointing else 1)  # recomputed during backward
     torch.testing.assert_close(grads[0][0], grads[1][0])
     torch.testing.assert_close(grads[0][1], grads[1][1])
     assert grads[1][0].abs().sum() > 0
+    layers = [m for m in model.modules() if hasattr(m, "_can_checkpoint_with_cache")]
+    assert layers and all(m.gradient_checkpointing for m in layers)  # still checkpointed
 
 
 def test_prefix_training_save_load_and_suffix_evaluation(tiny, tmp_path, monkeypatch, capsys):

@@ -71,6 +71,10 @@ def keep_cache_when_checkpointing(model: nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, GradientCheckpointingLayer):
             module._can_checkpoint_with_cache = True
+        elif getattr(module, "gradient_checkpointing", False) is True:
+            # a model-level flag (GPT-2) would drop the cache before the layers see it; the
+            # layers' own flags still checkpoint them
+            module.gradient_checkpointing = False
 
 
 def prefix_forward(
