@@ -36,6 +36,13 @@ def compress_prompt(
     if not task_config.data:
         raise UsageError("no data given: pass --data (a folder, a file or hf:NAME)")
     examples = load_split(data_spec(task_config), split)
+    loaded: dict[str, tuple] = {}
+
+    def task_for(name: str):
+        if name not in loaded:
+            loaded[name] = _task(name, task_config, soft, examples)
+        return loaded[name]
+
     if str(keep) == "owned":
         candidates = [str(m["name"]) for m in soft.models]
         if model not in candidates:
@@ -45,7 +52,7 @@ def compress_prompt(
             )
         importance = []
         for name in candidates:
-            task, encoded = _task(name, task_config, soft, examples)
+            task, encoded = task_for(name)
             importance.append(
                 exact_importance(task, soft.embedding, encoded, ablation, batch_size)["loss"]
             )
@@ -53,7 +60,7 @@ def compress_prompt(
         kept = (owner == candidates.index(model)).nonzero().flatten().tolist()
         if not kept:
             raise UsageError(f"{model} owns none of the prompt's tokens; use --keep N instead")
-        task, encoded = _task(model, task_config, soft, examples)
+        task, encoded = task_for(model)
     else:
         try:
             count = int(keep)
@@ -61,7 +68,7 @@ def compress_prompt(
             raise UsageError(f"--keep takes a number of tokens or 'owned', got {keep!r}") from exc
         if not 1 <= count <= soft.length:
             raise UsageError(f"--keep must be between 1 and {soft.length}, got {count}")
-        task, encoded = _task(model, task_config, soft, examples)
+        task, encoded = task_for(model)
         ranking = exact_importance(task, soft.embedding, encoded, ablation, batch_size)["loss"]
         kept = top_tokens(ranking, count)
     smaller = compress(soft, kept, mode)
