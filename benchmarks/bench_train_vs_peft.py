@@ -38,7 +38,7 @@ def machine() -> str:
     )
 
 
-def softprompt_step(precision: str):
+def softprompt_step(precision: str, bucketing: int = 0):
     config = load_config(
         ROOT / "examples/configs/sentiment.yaml",
         [
@@ -116,10 +116,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
+    parser.add_argument(
+        "--bucketing",
+        type=int,
+        default=0,
+        help="softprompt's train.length_bucketing (batches per window)",
+    )
     args = parser.parse_args()
     print(machine())
     for precision in args.precision:
-        steps = {"softprompt": softprompt_step(precision), "peft": peft_step(precision)}
+        steps = {
+            "softprompt": softprompt_step(precision, args.bucketing),
+            "peft": peft_step(precision),
+        }
         peaks = {}
         for name, step in steps.items():
             with saved_activation_peak() as meter:

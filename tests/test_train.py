@@ -175,3 +175,18 @@ def test_a_new_run_refuses_to_overwrite_an_existing_one(sentiment_dir, tiny, tmp
     with pytest.raises(UsageError, match="already holds a training run; continue it with --resume"):
         run(config, tiny, tmp_path)
     assert (tmp_path / "last.safetensors").read_bytes() == before
+
+
+def test_length_bucketing_covers_each_example_once_per_window_and_cuts_padding():
+    from softprompt.train import _batch_indices
+
+    lengths = [(i * 37) % 50 + 1 for i in range(64)]
+    batches = [_batch_indices(s, 8, 64, 3, lengths, window=8) for s in range(8)]
+    assert sorted(i for b in batches for i in b) == list(range(64))  # one epoch, no repeats
+    assert batches == [_batch_indices(s, 8, 64, 3, lengths, window=8) for s in range(8)]
+    plain = [_batch_indices(s, 8, 64, 3) for s in range(8)]
+
+    def padding(groups):
+        return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in groups)
+
+    assert padding(batches) < 0.5 * padding(plain)

@@ -87,6 +87,7 @@ class TrainSettings(_Strict):
     early_stopping_patience: int | None = Field(None, ge=1)
     max_eval_examples: int | None = Field(None, ge=1)
     seed: int = 42
+    length_bucketing: int = Field(0, ge=0)
     device: str = "auto"
     devices: list[str] | None = None
     best_model: str | None = None

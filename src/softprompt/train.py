@@ -112,17 +112,44 @@ class SoftPromptModule(torch.nn.Module):
         return self.embedding
 
 
-def _batch_indices(step: int, batch_size: int, n: int, seed: int) -> list[int]:
-    """The training examples of optimizer step `step`: consecutive slices of per-epoch seeded
-    permutations, so the data position is a function of the step alone (exact resume)."""
+def _stream(start: int, stop: int, n: int, seed: int) -> list[int]:
+    """Positions start..stop of the example stream: per-epoch seeded permutations, end to end."""
     orders: dict[int, torch.Tensor] = {}
     indices = []
-    for position in range(step * batch_size, (step + 1) * batch_size):
+    for position in range(start, stop):
         epoch, offset = divmod(position, n)
         if epoch not in orders:
             orders[epoch] = torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
         indices.append(int(orders[epoch][offset]))
     return indices
+
+
+def _batch_indices(
+    step: int,
+    batch_size: int,
+    n: int,
+    seed: int,
+    lengths: list[int] | None = None,
+    window: int = 0,
+) -> list[int]:
+    """The training examples of optimizer step `step`, a function of the step alone (exact
+    resume). With length bucketing, each run of `window` batches of the stream is sorted by
+    length, cut into batches, and those batches are taken in a seeded random order."""
+    if not window or lengths is None:
+        return _stream(step * batch_size, (step + 1) * batch_size, n, seed)
+    block, slot = divmod(step, window)
+    span = window * batch_size
+    members = sorted(_stream(block * span, (block + 1) * span, n, seed), key=lengths.__getitem__)
+    order = torch.randperm(window, generator=torch.Generator().manual_seed(seed * 7919 + block))
+    first = int(order[slot]) * batch_size
+    return members[first : first + batch_size]
+
+
+def _item_length(item) -> int:
+    """Token length of an encoded training item (classification rows or an LM window)."""
+    if hasattr(item, "rows"):
+        return max(len(ids) for ids, _, _ in item.rows)
+    return len(item)
 
 
 class Trainer:
@@ -341,8 +368,19 @@ class Trainer:
     # --- the loop ----------------------------------------------------------------------------
 
     def step_indices(self, step: int) -> list[int]:
+        train = self.slots[0].train
+        lengths = None
+        if self.settings.length_bucketing:
+            if getattr(self, "_lengths", None) is None:
+                self._lengths = [_item_length(item) for item in train]
+            lengths = self._lengths
         return _batch_indices(
-            step, self.settings.batch_size, len(self.slots[0].train), self.settings.seed
+            step,
+            self.settings.batch_size,
+            len(train),
+            self.settings.seed,
+            lengths,
+            self.settings.length_bucketing,
         )
 
     def accumulate_gradients(self, prompt, indices: list[int]) -> dict[str, float]:
