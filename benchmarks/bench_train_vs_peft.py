@@ -38,7 +38,7 @@ def machine() -> str:
     )
 
 
-def softprompt_step(precision: str, bucketing: int = 0):
+def softprompt_trainer(precision: str, bucketing: int = 0) -> Trainer:
     config = load_config(
         ROOT / "examples/configs/sentiment.yaml",
         [
@@ -48,46 +48,46 @@ def softprompt_step(precision: str, bucketing: int = 0):
             f"train.batch_size={BATCH}",
             f"train.micro_batch_size={BATCH}",
             "train.steps=1000",
+            f"train.length_bucketing={bucketing}",
         ],
     )
-    trainer = Trainer(config, "/tmp/bench-softprompt", progress=False)
+    return Trainer(config, "/tmp/bench-softprompt", progress=False)
+
+
+def softprompt_step(trainer: Trainer):
     state = trainer._fresh_state()
     return lambda: trainer.train_step(state)
 
 
-def peft_step(precision: str):
+def peft_step(precision: str, trainer: Trainer):
+    """PEFT on exactly the batches softprompt trains on, step by step."""
+    import json
+
     from peft import PromptTuningConfig, TaskType, get_peft_model
     from transformers import AutoModelForCausalLM
 
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-    source = ensure_bundled("smollm2-135m")
-    backbone = load_backbone("smollm2-135m")
-    model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+    model = AutoModelForCausalLM.from_pretrained(ensure_bundled("smollm2-135m"), dtype=dtype)
     model = get_peft_model(
         model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=16)
     )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    tokenizer = backbone.tokenizer
-    import json
-
+    tokenizer = load_backbone("smollm2-135m").tokenizer
     rows = [
         json.loads(line)
         for line in (ROOT / "examples/data/sentiment/train.jsonl").read_text().splitlines()
     ]
     words = {"negative": " negative", "positive": " positive"}
-    batches = []
-    for start in range(0, len(rows) - BATCH + 1, BATCH):  # tokenised once, like softprompt
-        texts = [f"{r['text']}\nLabel:{words[r['label']]}" for r in rows[start : start + BATCH]]
-        enc = tokenizer(texts, return_tensors="pt", padding=True)
-        labels = torch.full_like(enc.input_ids, -100)
-        lengths = enc.attention_mask.sum(1)
-        labels[torch.arange(BATCH), lengths - 1] = enc.input_ids[torch.arange(BATCH), lengths - 1]
-        batches.append((enc, labels))
-    position = {"i": 0}
+    texts = [f"{r['text']}\nLabel:{words[r['label']]}" for r in rows]
+    step_number = {"i": 0}
 
     def step():
-        enc, labels = batches[position["i"] % len(batches)]
-        position["i"] += 1
+        indices = trainer.step_indices(step_number["i"])
+        step_number["i"] += 1
+        enc = tokenizer([texts[i] for i in indices], return_tensors="pt", padding=True)
+        labels = torch.full_like(enc.input_ids, -100)
+        last = enc.attention_mask.sum(1) - 1
+        labels[torch.arange(len(indices)), last] = enc.input_ids[torch.arange(len(indices)), last]
         loss = model(input_ids=enc.input_ids, attention_mask=enc.attention_mask, labels=labels).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -99,9 +99,8 @@ def peft_step(precision: str):
 
 
 def measure(steps: dict, rounds: int, per_round: int) -> dict[str, list[float]]:
+    """Alternate the contenders in blocks; each sees the same batches in the same order."""
     times = {name: [] for name in steps}
-    for step in steps.values():  # warm-up
-        step()
     for _ in range(rounds):
         for name, step in steps.items():
             for _ in range(per_round):
@@ -125,12 +124,10 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     for precision in args.precision:
-        steps = {
-            "softprompt": softprompt_step(precision, args.bucketing),
-            "peft": peft_step(precision),
-        }
+        trainer = softprompt_trainer(precision, args.bucketing)
+        steps = {"softprompt": softprompt_step(trainer), "peft": peft_step(precision, trainer)}
         peaks = {}
-        for name, step in steps.items():
+        for name, step in steps.items():  # step 0 for both: the same batch
             with saved_activation_peak() as meter:
                 step()
             peaks[name] = meter.peak
