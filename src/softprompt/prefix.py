@@ -8,7 +8,6 @@ non-mutating, so gradient checkpointing can recompute a layer without the cache 
 
 from __future__ import annotations
 
-import json
 import types
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -199,42 +198,34 @@ class SavedPrefix:
 
 
 def save_prefix(prefix: SavedPrefix, path) -> Path:
-    from softprompt.prompts import (
-        FORMAT_NAME,
-        FORMAT_VERSION,
-        JSON_FIELDS,
-        write_safetensors_atomic,
-    )
+    """Write the prefix artifact atomically: final keys/values and the shared header."""
+    from softprompt.prompts import header_metadata, write_safetensors_atomic
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "method": "prefix"}
-    for key in JSON_FIELDS:
-        meta[key] = json.dumps(getattr(prefix, key), sort_keys=True)
     tensors = {
         "prefix.keys": prefix.kv.keys.detach().float().cpu().contiguous(),
         "prefix.values": prefix.kv.values.detach().float().cpu().contiguous(),
     }
-    write_safetensors_atomic(tensors, meta, target)
+    write_safetensors_atomic(tensors, header_metadata(prefix), target)
     return target
 
 
 def load_prefix(path) -> SavedPrefix:
     """Read and validate a prefix artifact."""
-    from softprompt.prompts import JSON_FIELDS, parse_json_field, read_safetensors
+    from softprompt.prompts import read_artifact
 
-    tensors, meta = read_safetensors(path)
-    if meta.get("method") != "prefix":
-        raise PromptFileError(f"{path} holds a {meta.get('method', 'prompt')!r}, not a prefix")
+    tensors, fields = read_artifact(path, "prefix")
     keys, values = tensors.get("prefix.keys"), tensors.get("prefix.values")
     if keys is None or values is None:
         raise PromptFileError(f"{path} has no 'prefix.keys'/'prefix.values' tensors")
-    if keys.ndim != 4 or keys.shape != values.shape or not torch.isfinite(keys).all():
+    if keys.ndim != 4 or keys.shape != values.shape:
         raise PromptFileError(
-            f"{path}: prefix keys/values must be finite [layers, kv_heads, L, head_dim] "
-            f"tensors of one shape, got {list(keys.shape)} and {list(values.shape)}"
+            f"{path}: prefix keys/values must be [layers, kv_heads, L, head_dim] tensors of one "
+            f"shape, got {list(keys.shape)} and {list(values.shape)}"
         )
-    fields = {key: parse_json_field(meta, key, path) for key in JSON_FIELDS}
+    if not (torch.isfinite(keys).all() and torch.isfinite(values).all()):
+        raise PromptFileError(f"{path}: the prefix holds NaN or infinite values")
     return SavedPrefix(kv=PrefixKV(keys.float(), values.float()), **fields)
 
 

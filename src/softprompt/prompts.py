@@ -45,10 +45,7 @@ class SoftPrompt:
         return int(self.embedding.shape[1])
 
     def metadata(self) -> dict[str, str]:
-        meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "method": self.method}
-        for key in JSON_FIELDS:
-            meta[key] = json.dumps(getattr(self, key), sort_keys=True)
-        return meta
+        return header_metadata(self)
 
     def check_fits(self, hidden_size: int, model_name: str, source: str = "prompt") -> None:
         """Raise a clear error when this prompt was made for another hidden size."""
@@ -58,6 +55,37 @@ class SoftPrompt:
                 f"{source} has hidden size {self.hidden_size} (trained on {trained}) but model "
                 f"{model_name} has hidden size {hidden_size}; use a prompt made for this model"
             )
+
+
+def header_metadata(artifact) -> dict[str, str]:
+    """The safetensors header of a prompt or prefix artifact: format, version, method and the
+    JSON fields (models, task, init, training)."""
+    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "method": artifact.method}
+    for key in JSON_FIELDS:
+        meta[key] = json.dumps(getattr(artifact, key), sort_keys=True)
+    return meta
+
+
+METHOD_NAMES = {"prompt": "soft prompt", "prefix": "prefix"}
+
+
+def read_artifact(path: str | os.PathLike, method: str) -> tuple[dict[str, torch.Tensor], dict]:
+    """Tensors and validated header fields of an artifact that must hold `method`."""
+    tensors, meta = read_safetensors(path)
+    if meta.get("format", FORMAT_NAME) != FORMAT_NAME:
+        raise PromptFileError(f"{path} is a {meta['format']!r} file, not a softprompt artifact")
+    version = meta.get("format_version", FORMAT_VERSION)
+    if version != FORMAT_VERSION:
+        raise PromptFileError(
+            f"{path} has format version {version}; this softprompt reads version {FORMAT_VERSION}"
+        )
+    found = meta.get("method", "prompt")
+    if found != method:
+        raise PromptFileError(f"{path} holds a {found!r}, not a {METHOD_NAMES[method]}")
+    fields = {key: parse_json_field(meta, key, path) for key in JSON_FIELDS}
+    if not all(isinstance(m, dict) for m in fields["models"]):
+        raise PromptFileError(f"{path}: metadata 'models' must be a list of objects")
+    return tensors, fields
 
 
 def model_record(backbone) -> dict:
@@ -160,17 +188,7 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
 
 def load_prompt(path: str | os.PathLike) -> SoftPrompt:
     """Read and validate a prompt artifact; metadata is parsed, never trusted blindly."""
-    tensors, meta = read_safetensors(path)
-    if meta.get("format", FORMAT_NAME) != FORMAT_NAME:
-        raise PromptFileError(f"{path} is a {meta['format']!r} file, not a softprompt artifact")
-    version = meta.get("format_version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
-        raise PromptFileError(
-            f"{path} has format version {version}; this softprompt reads version {FORMAT_VERSION}"
-        )
-    method = meta.get("method", "prompt")
-    if method != "prompt":
-        raise PromptFileError(f"{path} holds a {method!r}, not a soft prompt")
+    tensors, fields = read_artifact(path, "prompt")
     if "prompt" not in tensors:
         raise PromptFileError(f"{path} has no 'prompt' tensor (found: {', '.join(tensors)})")
     embedding = tensors["prompt"]
@@ -181,12 +199,7 @@ def load_prompt(path: str | os.PathLike) -> SoftPrompt:
         )
     if not torch.isfinite(embedding).all():
         raise PromptFileError(f"{path}: 'prompt' holds NaN or infinite values")
-    fields = {key: parse_json_field(meta, key, path) for key in JSON_FIELDS}
-    if not isinstance(fields["models"], list) or not all(
-        isinstance(m, dict) for m in fields["models"]
-    ):
-        raise PromptFileError(f"{path}: metadata 'models' must be a list of objects")
-    return SoftPrompt(embedding=embedding.float(), method=method, **fields)
+    return SoftPrompt(embedding=embedding.float(), **fields)
 
 
 def parse_json_field(meta: dict[str, str], key: str, path) -> object:
