@@ -40,6 +40,48 @@ def test_causal_single_token_scores_match_the_full_model(tiny, family):
         )
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma3"])
+def test_prompt_gradient_matches_the_plain_concatenated_forward(tiny, family):
+    """The causal path runs the prompt once and the texts after its keys/values; its loss and
+    gradient must equal running every row as [prompt; text] through the model."""
+    backbone = tiny[family]
+    task = ClassificationTask(backbone, "review: {text} sentiment:", VERBALIZER, prompt_length=4)
+    examples = [Example("great movie", "positive"), Example("it was awful , bad bad", "negative")]
+    batch = task.collate([task.encode(e) for e in examples])
+    start = torch.randn(4, 32) * 0.1
+    prompt = start.clone().requires_grad_(True)
+    scores = task.class_scores(prompt, batch, full_vocab=True)
+    (-scores.gather(1, batch.labels[:, None])).sum().backward()
+    reference = start.clone().requires_grad_(True)
+    total = 0.0
+    for example in examples:
+        ids = backbone.tokenizer(f"review: {example.text} sentiment:").input_ids
+        embeds = torch.cat([reference[None], backbone.embed(torch.tensor([ids]))], dim=1)
+        logits = backbone.model(inputs_embeds=embeds).logits[0, -1].float()
+        label = task.class_token_ids[task.label_index(example)]
+        total = total - torch.log_softmax(logits, dim=-1)[label]
+    total.backward()
+    torch.testing.assert_close(prompt.grad, reference.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_lm_loss_with_a_prompt_matches_the_concatenated_forward(tiny):
+    backbone = tiny["llama"]
+    task = LanguageModelingTask(backbone, max_length=64, prompt_length=3)
+    windows = task.encode_all([Example("great movie it was good"), Example("awful")])
+    prompt = torch.randn(3, 32) * 0.1
+    with torch.no_grad():
+        nll, count = task.token_losses(prompt, task.collate(windows))
+        assert count == sum(len(w) - 1 for w in windows)
+        reference = 0.0
+        for window in windows:
+            embeds = torch.cat([prompt[None], backbone.embed(torch.tensor([window]))], dim=1)
+            logits = backbone.model(inputs_embeds=embeds).logits[0, 3:-1].float()
+            reference += torch.nn.functional.cross_entropy(
+                logits, torch.tensor(window[1:]), reduction="sum"
+            )
+    torch.testing.assert_close(nll, reference, atol=1e-4, rtol=1e-5)
+
+
 def test_causal_multi_token_words_sum_their_log_probs(tiny):
     backbone = tiny["llama"]
     verbalizer = {"positive": " great movie", "negative": " bad"}

@@ -267,10 +267,28 @@ def prompted_hidden(
         return _prefixed_hidden(backbone, prompt, embeds, attention_mask), 0
     n, length = input_ids.shape[0], prompt.shape[-2]
     soft = prompt.to(device=device, dtype=embeds.dtype)
+    if backbone.kind == "causal" and soft.ndim == 2:
+        return _prefixed_hidden(backbone, prompt_states(backbone, soft), embeds, attention_mask), 0
     soft = soft.expand(n, -1, -1) if soft.ndim == 3 else soft.unsqueeze(0).expand(n, -1, -1)
     embeds = torch.cat([soft, embeds], dim=1)
     ones = torch.ones((n, length), dtype=attention_mask.dtype, device=device)
     return backbone.body(embeds, torch.cat([ones, attention_mask], dim=1)), length
+
+
+def prompt_states(backbone: Backbone, prompt: torch.Tensor) -> PrefixKV:
+    """The keys/values a soft prompt [L, d] leaves at every layer of a causal model.
+
+    They depend only on the prompt (it comes first and attends to nothing after it), so one
+    pass serves the whole batch: the text then runs after them as after a prefix. This skips
+    L positions per example in the forward and the backward pass."""
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=backbone.model.config)
+    ones = torch.ones((1, prompt.shape[0]), dtype=torch.long, device=prompt.device)
+    backbone.body(prompt.unsqueeze(0), ones, past_key_values=cache)
+    keys = torch.stack([layer.keys[0] for layer in cache.layers])
+    values = torch.stack([layer.values[0] for layer in cache.layers])
+    return PrefixKV(keys, values)
 
 
 def _prefixed_hidden(backbone: Backbone, prefix: PrefixKV, embeds, attention_mask):
