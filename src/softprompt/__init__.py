@@ -5,6 +5,13 @@ The public Python API (everything the CLI does):
     from softprompt import load_config, train, evaluate, predict, generate, load_backbone
 """
 
+from softprompt.alignment import (
+    Alignment,
+    fit_alignment,
+    load_alignment,
+    shared_vocabulary,
+    transfer_prompt,
+)
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import TrainConfig, load_config
 from softprompt.demo import run_demo
@@ -21,6 +28,7 @@ from softprompt.transfer import transfer_matrix, write_matrix
 
 __version__ = "0.1.0"
 __all__ = [
+    "Alignment",
     "Backbone",
     "SamplingOptions",
     "SavedPrefix",
@@ -28,8 +36,10 @@ __all__ = [
     "SoftpromptError",
     "TrainConfig",
     "evaluate",
+    "fit_alignment",
     "generate",
     "import_esp",
+    "load_alignment",
     "load_artifact",
     "load_backbone",
     "load_config",
@@ -41,8 +51,10 @@ __all__ = [
     "run_study",
     "save_prefix",
     "save_prompt",
+    "shared_vocabulary",
     "tiny_family",
     "train",
     "transfer_matrix",
+    "transfer_prompt",
     "write_matrix",
 ]

@@ -263,6 +263,90 @@ def transfer_matrix(
 
 
 @app.command()
+def transfer(
+    prompt: Annotated[Path, typer.Argument(help="Prompt .safetensors made for another model.")],
+    to: Annotated[str | None, typer.Option("--to", help="Model to move the prompt to.")] = None,
+    out_path: Annotated[Path | None, typer.Option("--out", help="New .safetensors file.")] = None,
+    method: Annotated[str, typer.Option(help="Embedding map: ridge or procrustes.")] = "procrustes",
+    source: Annotated[
+        str | None, typer.Option("--from", help="Source model (default: the prompt's first).")
+    ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option("--config", help="Also evaluate on the target with this config's task."),
+    ] = None,
+    split: SplitOpt = "test",
+    refit: Annotated[bool, typer.Option(help="Fit the map anew, not from the cache.")] = False,
+    batch_size: BatchOpt = 32,
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Map a prompt into another model's embedding space through their shared tokens."""
+    from softprompt.alignment import run_transfer
+
+    if to is None:
+        raise UsageError("give the target model with --to MODEL")
+    if out_path is None:
+        raise UsageError("give the new file with --out NEW.safetensors")
+    result = run_transfer(
+        prompt,
+        to,
+        out_path,
+        method=method,
+        source=source,
+        config=config,
+        split=split,
+        batch_size=batch_size,
+        dtype=dtype,
+        refit=refit,
+    )
+
+    def render(r: dict) -> None:
+        _print_alignment(r["alignment"])
+        out.print(f"wrote {r['path']}")
+        rows = r.get("evaluation") or []
+        if rows:
+            table = Table("prompt", "model", "accuracy", "loss", title=f"{config} ({split})")
+            for row in rows:
+                accuracy = f"{row['accuracy']:.3f}" if "accuracy" in row else "n/a"
+                table.add_row(row["row"], row["model"], accuracy, f"{row['loss']:.4f}")
+            out.print(table)
+
+    _emit(result, as_json, render)
+
+
+def _print_alignment(a: dict) -> None:
+    q = a.get("quality", a)
+    scores = "n/a (nothing held out)"
+    if q["top1"] is not None:
+        scores = f"top-1 {q['top1']:.3f}, top-10 {q['top10']:.3f}, cosine {q['mean_cosine']:.3f}"
+    out.print(
+        f"{a['source']} -> {a['target']} ({a['method']}): {scores} on {q['heldout_pairs']} "
+        f"held-out of {q['shared_tokens']} shared tokens"
+    )
+
+
+@app.command()
+def align(
+    model_a: Annotated[str, typer.Argument(help="First model spec.")],
+    model_b: Annotated[str, typer.Argument(help="Second model spec.")],
+    method: Annotated[str, typer.Option(help="Embedding map: ridge or procrustes.")] = "procrustes",
+    dtype: DtypeOpt = "float32",
+    as_json: JsonOpt = False,
+) -> None:
+    """Fit (or read from the cache) the embedding map both ways and print its quality."""
+    from softprompt.alignment import align_both
+
+    result = align_both(model_a, model_b, method, dtype=dtype)
+
+    def render(r: dict) -> None:
+        for direction in r["directions"]:
+            _print_alignment({**direction, "method": r["method"]})
+
+    _emit(result, as_json, render)
+
+
+@app.command()
 def study(
     study_file: Annotated[Path, typer.Argument(help="Study YAML (base config and the grid).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Study directory.")] = Path("runs/study"),
