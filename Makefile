@@ -43,9 +43,13 @@ lock: setup
 clean:
 	rm -rf $(VENV) runs .pytest_cache
 
+# Full-size numbers (BENCHMARKS.md): run on an otherwise idle machine.
 bench: setup
 	$(BIN)/python benchmarks/bench_load.py
 	$(BIN)/python benchmarks/bench_joint.py
 	$(BIN)/python benchmarks/bench_train_vs_peft.py
-	rm -rf runs/bench-demo && $(BIN)/softprompt demo --quiet --out runs/bench-demo
+	$(BIN)/python benchmarks/bench_bare_loop.py --dtype float32
+	$(BIN)/python benchmarks/bench_bare_loop.py --dtype bfloat16
+	$(BIN)/python benchmarks/bench_prefix_vs_peft.py
+	$(BIN)/python benchmarks/bench_demo.py --out runs/bench-demo
 	$(BIN)/python benchmarks/bench_explain.py runs/bench-demo/prompt.safetensors

@@ -2,24 +2,24 @@
 
 Peak activations are counted exactly (autograd saved tensors), for softprompt's model-by-model
 backward and for the naive single backward over the summed loss.
-Run: .venv/bin/python benchmarks/bench_joint.py
+Run: .venv/bin/python benchmarks/bench_joint.py [--steps 10]
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from common import ROOT, machine
 
 from softprompt.config import validate_config
 from softprompt.profiling import saved_activation_peak
 from softprompt.tiny import corpus_texts, tiny_family
 from softprompt.train import Trainer
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def config(models: list[str]):
@@ -49,7 +49,7 @@ def naive_peak(trainer: Trainer, prompt: torch.Tensor, indices: list[int]) -> in
 
 
 def main(steps: int = 10) -> None:
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(machine())
     with tempfile.TemporaryDirectory() as folder:
         dirs = [
             str(d)
@@ -76,4 +76,6 @@ def main(steps: int = 10) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=10, help="timed steps per M")
+    main(parser.parse_args().steps)

@@ -1,20 +1,22 @@
 """Load time of the bundled models from the softprompt cache (target: under 2 s each).
 
-Run: .venv/bin/python benchmarks/bench_load.py   (after `make setup`, which fills the cache)
+Run: .venv/bin/python benchmarks/bench_load.py [--repeats 3]
+(after `make setup`, which fills the cache)
 """
 
 from __future__ import annotations
 
+import argparse
 import statistics
 import time
+
+from common import machine
 
 from softprompt.backbones import BUNDLED, ensure_bundled, load_backbone
 
 
 def main(repeats: int = 3) -> None:
-    import torch
-
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
+    print(machine())
     for alias in BUNDLED:
         ensure_bundled(alias)
         load_backbone(alias)  # warm the import and file caches once
@@ -27,4 +29,6 @@ def main(repeats: int = 3) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed loads per model")
+    main(parser.parse_args().repeats)

@@ -1,0 +1,185 @@
+"""Overhead vs the bare limit: softprompt's Trainer against the smallest hand-written PyTorch
+loop that computes the same loss on the same batches (target: the trainer within 10%).
+
+Both train a 16-token prompt for the sample sentiment task on the bundled SmolLM2: the same
+starting prompt, the same examples in the same order, the same batch size, AdamW with the same
+learning rate, constant schedule, no clipping, the same precision. The bare loop tokenises every
+example once up front, prepends the prompt embeddings, runs the frozen model, takes the logits
+of the verbalizer tokens at the label position, cross-entropy, backward, step. The two
+alternate in blocks (A B A B ...) in one process; after the same number of steps their losses
+must agree (the difference is printed).
+
+Also printed: the FLOP/s the model achieves while training, against a large matmul's FLOP/s in
+the same run. FLOPs per step = 4 * N * tokens, N = parameters of the transformer body
+(embeddings and LM head excluded: the verbalizer loss uses 2 rows of the head), tokens = batch
+x (16 prompt positions + padded text width). 4N = forward 2N + backward 2N for the activation
+gradients only: the frozen weights get no weight gradient, so the usual 6N (which adds 2N for
+weight gradients) would overstate the work; 6N is printed too, labelled, for comparison with
+fine-tuning figures. Attention-score FLOPs (about 1% at these lengths) are left out.
+
+Run: .venv/bin/python benchmarks/bench_bare_loop.py [--dtype float32|bfloat16]
+     [--steps 5] [--repeats 4] [--batch-size 8] [--matmul-size 2048]
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from common import ROOT, alternate, device, loss_agreement, machine, median, ratio_line, timed
+
+from softprompt.config import load_config
+from softprompt.data import load_split
+from softprompt.tasks import data_spec
+from softprompt.train import Trainer
+
+PROMPT_LENGTH = 16
+
+
+def make_trainer(dtype: str, batch_size: int) -> Trainer:
+    """softprompt's trainer on the demo task, set to the bare loop's plain AdamW."""
+    config = load_config(
+        ROOT / "examples/configs/sentiment.yaml",
+        [
+            f"task.data={ROOT / 'examples/data/sentiment'}",
+            f"prompt.length={PROMPT_LENGTH}",
+            f"train.precision={dtype}",
+            f"train.batch_size={batch_size}",
+            f"train.micro_batch_size={batch_size}",
+            "train.steps=100000",
+            "train.schedule=constant",
+            "train.warmup=0",
+            "train.max_grad_norm=null",
+        ],
+    )
+    return Trainer(config, "/tmp/bench-bare-loop", progress=False)
+
+
+class BareLoop:
+    """The smallest loop computing the trainer's loss: everything tokenised and padded once."""
+
+    def __init__(self, trainer: Trainer, prompt: torch.Tensor, schedule: list[list[int]]):
+        backbone = trainer.backbones[0]
+        task_config = trainer.config.task
+        self.model, self.device = backbone.model, backbone.device
+        examples = load_split(data_spec(task_config), "train")
+        words = list(task_config.verbalizer.values())
+        texts = [task_config.template.replace("{text}", e.text) for e in examples]
+        encoded = backbone.tokenizer(texts, padding=True, return_tensors="pt")
+        self.input_ids = encoded.input_ids.to(self.device)
+        self.mask = encoded.attention_mask.to(self.device)
+        self.lengths = self.mask.sum(1)
+        labels = [list(task_config.verbalizer).index(e.label) for e in examples]
+        self.labels = torch.tensor(labels, device=self.device)
+        word_ids = [backbone.tokenizer(w, add_special_tokens=False).input_ids[0] for w in words]
+        self.head_rows = self.model.get_output_embeddings().weight[word_ids]  # [C, d]
+        self.schedule = [torch.tensor(s, device=self.device) for s in schedule]
+        self.prompt = torch.nn.Parameter(prompt.detach().clone())
+        settings = trainer.settings
+        self.optimizer = torch.optim.AdamW(
+            [self.prompt], lr=settings.lr, weight_decay=settings.weight_decay
+        )
+        self.step_number = 0
+
+    def check_tokens(self, trainer: Trainer) -> None:
+        """Stop unless every example's tokens equal the trainer's own encoding of it."""
+        for i, item in enumerate(trainer.slots[0].train):
+            ids = self.input_ids[i, : int(self.lengths[i])].tolist()
+            if ids != item.rows[0][0]:
+                raise SystemExit(f"bare loop tokenises train example {i} differently")
+
+    def step(self) -> float:
+        rows = self.schedule[self.step_number]
+        self.step_number += 1
+        lengths = self.lengths[rows]
+        width = int(lengths.max())
+        ids, mask = self.input_ids[rows, :width], self.mask[rows, :width]
+        embeds = self.model.get_input_embeddings()(ids)
+        soft = self.prompt.to(embeds.dtype).expand(len(rows), -1, -1)
+        mask = torch.cat([mask.new_ones(len(rows), PROMPT_LENGTH), mask], dim=1)
+        hidden = self.model.base_model(
+            inputs_embeds=torch.cat([soft, embeds], dim=1), attention_mask=mask, use_cache=False
+        ).last_hidden_state
+        label_hidden = hidden[
+            torch.arange(len(rows), device=self.device), PROMPT_LENGTH + lengths - 1
+        ]
+        logits = (label_hidden @ self.head_rows.T).float()
+        loss = F.cross_entropy(logits, self.labels[rows])
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return float(loss.detach())
+
+
+def body_parameters(model: torch.nn.Module) -> int:
+    """N: the parameters every token passes through (body without embeddings / LM head)."""
+    skip = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+    return sum(p.numel() for p in model.parameters() if id(p) not in skip)
+
+
+def matmul_flops(size: int, dtype: torch.dtype, repeats: int = 5) -> float:
+    """FLOP/s of a size x size matmul on the training device (median of `repeats`)."""
+    a = torch.randn(size, size, dtype=dtype, device=device())
+    b = torch.randn(size, size, dtype=dtype, device=a.device)
+    timed(lambda: a @ b)  # warm-up: kernel selection, allocation
+    return 2 * size**3 / median([timed(lambda: a @ b)[1] for _ in range(repeats)])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument("--steps", type=int, default=5, help="steps per block")
+    parser.add_argument("--repeats", type=int, default=4, help="blocks per contender")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--matmul-size", type=int, default=2048)
+    args = parser.parse_args()
+    print(machine())
+    trainer = make_trainer(args.dtype, args.batch_size)
+    state = trainer._fresh_state()
+    total = 1 + args.steps * args.repeats  # one untimed warm-up step each
+    schedule = [trainer.step_indices(step) for step in range(total)]
+    bare = BareLoop(trainer, state.prompt, schedule)
+    bare.check_tokens(trainer)
+    losses = {"trainer": [], "bare loop": []}
+    contenders = {
+        "trainer": lambda: losses["trainer"].append(trainer.train_step(state)),
+        "bare loop": lambda: losses["bare loop"].append(bare.step()),
+    }
+    for step in contenders.values():
+        step()
+    times = alternate(contenders, args.repeats, args.steps)
+    report(args, bare, schedule, times, losses)
+
+
+def report(args, bare, schedule, times, losses) -> None:
+    """Samples/s and ratio, loss agreement, achieved model FLOP/s against the matmul's."""
+    print(
+        f"prompt tuning, L={PROMPT_LENGTH}, batch {args.batch_size}, {args.dtype}, "
+        f"{args.repeats} blocks x {args.steps} steps each, medians:"
+    )
+    rates = {name: args.batch_size / median(t) for name, t in times.items()}
+    print(ratio_line("  throughput", rates, "samples/s") + "  (target >= 0.90x)")
+    print("  " + loss_agreement(losses))
+    n = body_parameters(bare.model)
+    widths = [int(bare.lengths[torch.tensor(s)].max()) for s in schedule[1:]]
+    tokens = [args.batch_size * (PROMPT_LENGTH + w) for w in widths]
+    matmul_dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    peak = matmul_flops(args.matmul_size, matmul_dtype)
+    print(f"  N = {n / 1e6:.1f}M body parameters, median {median(tokens):.0f} tokens per step")
+    for name, seconds in times.items():
+        achieved = median([4 * n * t / s for t, s in zip(tokens, seconds)])
+        print(
+            f"  {name}: 4N*tokens {achieved / 1e9:.1f} GFLOP/s ({achieved / peak:.0%} of the "
+            f"matmul); 6N*tokens convention {1.5 * achieved / 1e9:.1f} GFLOP/s"
+        )
+    print(f"  {args.matmul_size}x{args.matmul_size} {args.dtype} matmul: {peak / 1e9:.1f} GFLOP/s")
+    other = torch.float32 if matmul_dtype == torch.bfloat16 else torch.bfloat16
+    print(
+        f"  {args.matmul_size}x{args.matmul_size} {str(other).removeprefix('torch.')} matmul: "
+        f"{matmul_flops(args.matmul_size, other) / 1e9:.1f} GFLOP/s"
+    )
+
+
+if __name__ == "__main__":
+    main()
