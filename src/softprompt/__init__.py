@@ -19,6 +19,7 @@ from softprompt.errors import SoftpromptError
 from softprompt.evaluate import evaluate, predict
 from softprompt.generate import SamplingOptions, generate
 from softprompt.interop.esp import import_esp
+from softprompt.interop.peft import export_peft, import_peft
 from softprompt.prefix import SavedPrefix, load_artifact, load_prefix, save_prefix
 from softprompt.prompts import SoftPrompt, load_prompt, save_prompt
 from softprompt.study import load_study, run_study
@@ -36,9 +37,11 @@ __all__ = [
     "SoftpromptError",
     "TrainConfig",
     "evaluate",
+    "export_peft",
     "fit_alignment",
     "generate",
     "import_esp",
+    "import_peft",
     "load_alignment",
     "load_artifact",
     "load_backbone",

@@ -1,0 +1,314 @@
+"""PEFT adapters both ways: a softprompt prompt or prefix as a PEFT prompt-tuning or
+prefix-tuning adapter directory (`adapter_config.json` + `adapter_model.safetensors`), and such
+adapters back as softprompt artifacts.
+
+The layout follows PEFT's own code (peft 0.21, `PeftModel.get_prompt`); the adapter holds one
+tensor, `prompt_embeddings`:
+
+- prompt tuning: [L, hidden], prepended to the input embeddings with attention mask 1, which is
+  what softprompt does with a prompt;
+- prefix tuning: [L, layers * 2 * kv_dim], viewed as [L, layers * 2, kv_heads, head_dim] with the
+  key of layer i at row 2i and its value at 2i + 1. For grouped-query attention PEFT stores the
+  key-value heads in `num_attention_heads` and their width in `token_dim`. With
+  `prefix_projection=True`, PEFT saves the MLP's output, so the file holds the final keys/values
+  too and needs no encoder to run.
+
+PEFT is not needed at run time: the two files are written and read directly. Export also stores
+the softprompt header (models, task, training) in the safetensors metadata, which PEFT ignores,
+so a round trip keeps the template and verbalizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+import torch
+
+from softprompt.backbones import BUNDLED, Backbone, load_backbone
+from softprompt.errors import ModelError, PromptFileError, UsageError
+from softprompt.prefix import PrefixKV, SavedPrefix, load_artifact, prefix_geometry, save_prefix
+from softprompt.prompts import (
+    SoftPrompt,
+    header_metadata,
+    model_record,
+    parse_json_field,
+    read_safetensors,
+    save_prompt,
+    write_safetensors_atomic,
+)
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+TENSOR = "prompt_embeddings"
+HEADER_KEY = "softprompt"
+PEFT_TYPES = {"prompt": "PROMPT_TUNING", "prefix": "PREFIX_TUNING"}
+METHODS = {peft_type: method for method, peft_type in PEFT_TYPES.items()}
+
+
+def export_peft(
+    artifact_path: str | os.PathLike,
+    model: Backbone | str,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """Write a prompt or prefix artifact as a PEFT adapter directory for `model` (a loaded
+    backbone or a model spec) that `PeftModel.from_pretrained(base_model, out_dir)` loads as is.
+
+    The folder appears complete or not at all (written beside it, then renamed); an existing,
+    non-empty folder is replaced only with `overwrite=True`.
+    """
+    backbone = load_backbone(model) if isinstance(model, str) else model
+    if backbone.kind != "causal":
+        raise ModelError(
+            f"PEFT export needs a causal LM; {backbone.name} is a masked LM (PEFT's prompt "
+            "tuning has no masked-LM task type)"
+        )
+    artifact = load_artifact(artifact_path)
+    source = str(artifact_path)
+    if isinstance(artifact, SavedPrefix):
+        artifact.check_fits(backbone.model, backbone.name, source=source)
+        tensor = flatten_prefix(artifact.kv)
+        config = _prefix_config(backbone, artifact.length)
+    else:
+        artifact.check_fits(backbone.hidden_size, backbone.name, source=source)
+        tensor = artifact.embedding
+        config = _prompt_config(backbone, artifact.length)
+    metadata = {"format": "pt", HEADER_KEY: json.dumps(header_metadata(artifact), sort_keys=True)}
+    return _write_adapter_dir(Path(out_dir), config, tensor, metadata, overwrite)
+
+
+def import_peft(
+    adapter_dir: str | os.PathLike,
+    out_path: str | os.PathLike,
+    backbones: list[Backbone] | None = None,
+) -> SoftPrompt | SavedPrefix:
+    """Read a PEFT prompt-tuning or prefix-tuning adapter directory and write it as a softprompt
+    artifact at `out_path`; returns the artifact.
+
+    The header names `backbones` when given (each is checked to fit), else the models recorded
+    by a softprompt export, else the adapter's `base_model_name_or_path`.
+    """
+    config, tensor, metadata = read_peft_adapter(adapter_dir)
+    method = METHODS[config["peft_type"]]
+    header = _embedded_header(metadata, method, adapter_dir)
+    base = config.get("base_model_name_or_path")
+    named = [{"name": base}] if isinstance(base, str) and base else []
+    fields = {
+        "models": header.get("models") or named,
+        "task": header.get("task", {}),
+        "training": header.get("training", {}),
+        "init": {
+            "init": "file",
+            "file": str(adapter_dir),
+            "imported_from": "peft",
+            "peft_type": config["peft_type"],
+            "prefix_projection": bool(config.get("prefix_projection", False)),
+        },
+    }
+    if method == "prompt":
+        artifact = SoftPrompt(embedding=tensor, **fields)
+    else:
+        kv = unflatten_prefix(tensor, config["num_layers"], config["num_attention_heads"])
+        artifact = SavedPrefix(kv=kv, **fields)
+    for backbone in backbones or []:
+        size = backbone.hidden_size if method == "prompt" else backbone.model
+        artifact.check_fits(size, backbone.name, source=str(adapter_dir))
+    if backbones:
+        artifact.models = [model_record(b) for b in backbones]
+    (save_prompt if method == "prompt" else save_prefix)(artifact, out_path)
+    return artifact
+
+
+def flatten_prefix(kv: PrefixKV) -> torch.Tensor:
+    """softprompt keys/values ([layers, kv_heads, L, head_dim] each) as PEFT's flat prefix
+    [L, layers * 2 * kv_heads * head_dim] (layer-major, key before value)."""
+    stacked = torch.stack([kv.keys, kv.values], dim=1)  # [layers, 2, kv_heads, L, head_dim]
+    layers, _, heads, length, head_dim = stacked.shape
+    flat = stacked.permute(3, 0, 1, 2, 4).reshape(length, layers * 2 * heads * head_dim)
+    return flat.detach().float().cpu().contiguous()
+
+
+def unflatten_prefix(flat: torch.Tensor, layers: int, kv_heads: int) -> PrefixKV:
+    """PEFT's flat prefix [L, layers * 2 * kv_dim] as softprompt keys/values."""
+    kv = flat.float().reshape(flat.shape[0], layers, 2, kv_heads, -1).permute(2, 1, 3, 0, 4)
+    return PrefixKV(kv[0].contiguous(), kv[1].contiguous())
+
+
+def read_peft_adapter(adapter_dir: str | os.PathLike) -> tuple[dict, torch.Tensor, dict]:
+    """The validated config, `prompt_embeddings` tensor (float32) and safetensors metadata of a
+    PEFT prompt-tuning or prefix-tuning adapter directory."""
+    folder = Path(adapter_dir)
+    if not folder.is_dir():
+        found = "is a file, not a folder" if folder.exists() else "not found"
+        raise PromptFileError(f"PEFT adapter folder {folder} {found}")
+    config = _read_config(folder)
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        hint = ""
+        if (folder / "adapter_model.bin").is_file():
+            hint = "; only adapter_model.bin is there: re-save it with save_pretrained(...)"
+        raise PromptFileError(f"{folder} has no {WEIGHTS_FILE}{hint}")
+    tensors, metadata = read_safetensors(weights)
+    tensor = tensors.get(TENSOR)
+    if tensor is None:
+        found = ", ".join(tensors) or "nothing"
+        raise PromptFileError(f"{weights} has no {TENSOR!r} tensor (found: {found})")
+    _check_tensor(tensor, config, weights)
+    return config, tensor.float().contiguous(), metadata
+
+
+def _read_config(folder: Path) -> dict:
+    """adapter_config.json, checked for a supported type and sane sizes."""
+    path = folder / CONFIG_FILE
+    if not path.is_file():
+        raise PromptFileError(f"{folder} is not a PEFT adapter folder: it has no {CONFIG_FILE}")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PromptFileError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise PromptFileError(f"{path} must hold a JSON object")
+    peft_type = config.get("peft_type")
+    if peft_type not in METHODS:
+        raise PromptFileError(
+            f"{folder} holds a {peft_type} adapter; softprompt imports only "
+            f"{' and '.join(METHODS)} adapters"
+        )
+    for key in ("num_virtual_tokens", "token_dim", "num_layers", "num_attention_heads"):
+        value = config.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise PromptFileError(f"{path}: {key!r} must be a positive integer, got {value!r}")
+    submodules = config.get("num_transformer_submodules") or 1
+    if submodules != 1:
+        raise PromptFileError(
+            f"{path}: num_transformer_submodules is {submodules} (an encoder-decoder adapter); "
+            "softprompt imports adapters of decoder-only or encoder-only models"
+        )
+    return config
+
+
+def _check_tensor(tensor: torch.Tensor, config: dict, weights: Path) -> None:
+    """The tensor's shape must be what the config says (PEFT's layout), its values finite."""
+    length, width = config["num_virtual_tokens"], config["token_dim"]
+    if config["peft_type"] == "PREFIX_TUNING":
+        if width % config["num_attention_heads"]:
+            raise PromptFileError(
+                f"{weights.parent / CONFIG_FILE}: token_dim {width} is not a multiple of "
+                f"num_attention_heads {config['num_attention_heads']}"
+            )
+        width = config["num_layers"] * 2 * width
+    if not tensor.is_floating_point() or list(tensor.shape) != [length, width]:
+        raise PromptFileError(
+            f"{weights}: {TENSOR!r} is {tensor.dtype} {list(tensor.shape)}, but the adapter "
+            f"config implies a float [{length}, {width}] matrix"
+        )
+    if not torch.isfinite(tensor).all():
+        raise PromptFileError(f"{weights}: {TENSOR!r} holds NaN or infinite values")
+
+
+def _embedded_header(metadata: dict, method: str, adapter_dir) -> dict:
+    """models/task/training stored by a softprompt export (parsed and type-checked), or {}."""
+    text = metadata.get(HEADER_KEY)
+    if text is None:
+        return {}
+    try:
+        inner = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise PromptFileError(f"{adapter_dir}: metadata {HEADER_KEY!r} is not valid JSON") from exc
+    if not isinstance(inner, dict) or inner.get("method") != method:
+        return {}
+    header = {k: parse_json_field(inner, k, adapter_dir) for k in ("models", "task", "training")}
+    if not all(isinstance(m, dict) for m in header["models"]):
+        raise PromptFileError(f"{adapter_dir}: metadata 'models' must be a list of objects")
+    return header
+
+
+def _base_model_name(backbone: Backbone) -> str:
+    """What the adapter records as its base model: a bundled alias as is, a local folder as an
+    absolute path, anything else (a hub id) as given."""
+    name = backbone.name
+    path = Path(name).expanduser()
+    if name not in BUNDLED and path.exists():
+        return str(path.resolve())
+    return name
+
+
+def _common_config(backbone: Backbone, method: str, length: int, token_dim: int, heads: int):
+    """The PromptLearningConfig fields that PEFT 0.21 writes, minus its optional `peft_version`
+    and `init_weights` (newer keys that older PEFT releases may not know)."""
+    return {
+        "peft_type": PEFT_TYPES[method],
+        "task_type": "CAUSAL_LM",
+        "inference_mode": True,
+        "base_model_name_or_path": _base_model_name(backbone),
+        "revision": None,
+        "auto_mapping": None,
+        "modules_to_save": None,
+        "num_virtual_tokens": length,
+        "token_dim": token_dim,
+        "num_transformer_submodules": 1,
+        "num_attention_heads": heads,
+        "num_layers": prefix_geometry(backbone.model)[0],
+    }
+
+
+def _prompt_config(backbone: Backbone, length: int) -> dict:
+    config = backbone.model.config.get_text_config(decoder=True)
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    return {
+        **_common_config(backbone, "prompt", length, backbone.hidden_size, int(heads)),
+        "prompt_tuning_init": "RANDOM",
+        "prompt_tuning_init_text": None,
+        "tokenizer_name_or_path": None,
+        "tokenizer_kwargs": None,
+    }
+
+
+def _prefix_config(backbone: Backbone, length: int) -> dict:
+    """Key-value heads as `num_attention_heads` and their width as `token_dim`: the values PEFT
+    itself derives for grouped-query attention (`_prepare_prompt_learning_config`)."""
+    _, kv_heads, head_dim = prefix_geometry(backbone.model)
+    return {
+        **_common_config(backbone, "prefix", length, kv_heads * head_dim, kv_heads),
+        "encoder_hidden_size": kv_heads * head_dim,
+        "prefix_projection": False,
+    }
+
+
+def _write_adapter_dir(
+    target: Path, config: dict, tensor: torch.Tensor, metadata: dict, overwrite: bool
+) -> Path:
+    """Write both files into a fresh sibling folder, then rename it into place."""
+    if target.exists() and not target.is_dir():
+        raise UsageError(f"--out {target} is a file; give a folder for the PEFT adapter")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise UsageError(f"{target} exists and is not empty; choose another --out or add --force")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    try:
+        (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+        tensors = {TENSOR: tensor.detach().float().cpu().contiguous()}
+        write_safetensors_atomic(tensors, metadata, staging / WEIGHTS_FILE)
+        _move_into_place(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _move_into_place(staging: Path, target: Path) -> None:
+    """Rename `staging` to `target`, replacing an existing folder only after the new one is
+    complete."""
+    if not target.exists():
+        staging.rename(target)
+        return
+    aside = target.parent / f".{target.name}-old-{uuid.uuid4().hex[:8]}"
+    target.rename(aside)
+    staging.rename(target)
+    shutil.rmtree(aside, ignore_errors=True)
