@@ -91,12 +91,18 @@ class TrainSettings(_Strict):
     device: str = "auto"
     devices: list[str] | None = None
     best_model: str | None = None
+    report_to: list[Literal["tensorboard", "wandb", "none"]] = Field(default_factory=list)
 
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_aliases(cls, value: object) -> object:
         aliases = {"float32": "fp32", "bfloat16": "bf16", "fp16": "fp16"}
         return aliases.get(value, value) if isinstance(value, str) else value
+
+    @field_validator("report_to", mode="before")
+    @classmethod
+    def _one_tracker(cls, value: object) -> object:
+        return [value] if isinstance(value, str) else value
 
     @field_validator("warmup")
     @classmethod

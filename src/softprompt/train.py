@@ -7,8 +7,10 @@ continue a run lives in `TrainState` and is checkpointed in one safetensors file
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -21,6 +23,7 @@ import yaml
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import TrainConfig, config_to_dict
 from softprompt.data import load_split
+from softprompt.distributed import launched_processes
 from softprompt.errors import ConfigError, SoftpromptError, UsageError
 from softprompt.evaluate import evaluate_task
 from softprompt.prefix import (
@@ -40,6 +43,7 @@ from softprompt.prompts import (
     write_safetensors_atomic,
 )
 from softprompt.tasks import ClassificationTask, build_task, data_spec, encode_examples
+from softprompt.tracking import Trackers, check_trackers
 
 CHECKPOINT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
@@ -168,8 +172,10 @@ class Trainer:
         self.config = config
         self.settings = config.train
         self.out_dir = Path(out_dir)
-        self.progress = progress
-        self.device = resolve_device(self.settings.device)
+        check_trackers(self.settings.report_to)
+        self.processes = launched_processes(self.settings.device)
+        self.progress = progress and self.processes.is_main
+        self.device = self._process_device()
         self.dtype = "bfloat16" if self.settings.precision == "bf16" else "float32"
         self.backbones = backbones or [
             load_backbone(
@@ -187,6 +193,22 @@ class Trainer:
                 f"({', '.join(config.models)})"
             )
         self.slots = self._build_slots()
+
+    def _process_device(self) -> torch.device:
+        """The training device; under a launcher each process takes its own (e.g. cuda:RANK)."""
+        if self.processes.world == 1:
+            return resolve_device(self.settings.device)
+        if self.settings.devices:
+            raise ConfigError(
+                "train.devices spreads models over devices within one process; with several "
+                "processes (torchrun / accelerate launch) each uses its own device: remove it"
+            )
+        if self.settings.batch_size < self.processes.world:
+            raise ConfigError(
+                f"train.batch_size ({self.settings.batch_size}) is smaller than the number of "
+                f"processes ({self.processes.world}); raise it or launch fewer processes"
+            )
+        return self.processes.device
 
     def _model_devices(self) -> list[torch.device]:
         """Where each model lives: `train.devices` round-robin, else the training device."""
@@ -297,6 +319,8 @@ class Trainer:
         return SoftPrompt(embedding=steer.detach().float().cpu(), **header)
 
     def write_artifact(self, state: TrainState, training: dict, path: Path) -> None:
+        if not self.processes.is_main:
+            return
         artifact = self.artifact(state, training)
         if isinstance(artifact, SavedPrefix):
             save_prefix(artifact, path)
@@ -306,6 +330,9 @@ class Trainer:
     def save_checkpoint(self, state: TrainState) -> Path:
         """Write the whole training state atomically; keep the newest few checkpoints."""
         folder = self.out_dir / CHECKPOINT_DIR
+        path = folder / f"step-{state.step:08d}.safetensors"
+        if not self.processes.is_main:
+            return path
         folder.mkdir(parents=True, exist_ok=True)
         optimizer = state.optimizer.state_dict()
         tensors = {
@@ -325,7 +352,6 @@ class Trainer:
             "scheduler": state.scheduler.state_dict(),
             "history": state.history,
         }
-        path = folder / f"step-{state.step:08d}.safetensors"
         write_safetensors_atomic(tensors, {"state": json.dumps(meta)}, path)
         for old in sorted(folder.glob("step-*.safetensors"))[:-KEEP_CHECKPOINTS]:
             old.unlink()
@@ -394,10 +420,11 @@ class Trainer:
         losses = {}
         for slot in self.slots:
             items = [slot.train[i % len(slot.train)] for i in indices]
-            denominator = self._loss_denominator(slot, items)
+            denominator = self._loss_denominator(slot, items)  # of the whole (global) batch
+            share = self.processes.share(items)
             model_loss = 0.0
-            for start in range(0, len(items), self.settings.micro_batch):
-                micro = items[start : start + self.settings.micro_batch]
+            for start in range(0, len(share), self.settings.micro_batch):
+                micro = share[start : start + self.settings.micro_batch]
                 steer = prompt() if isinstance(prompt, torch.nn.Module) else prompt
                 loss = self._micro_loss(slot, steer, micro) / denominator
                 (loss * slot.weight).backward()
@@ -408,6 +435,8 @@ class Trainer:
     def train_step(self, state: TrainState) -> float:
         """One optimizer step over exactly `batch_size` examples (micro-batches accumulated)."""
         losses = self.accumulate_gradients(state.module, self.step_indices(state.step))
+        if self.processes.world > 1:
+            losses = self._sum_over_processes(state.module, losses)
         total = sum(loss * slot.weight for loss, slot in zip(losses.values(), self.slots))
         grads = [p.grad for p in state.module.parameters() if p.grad is not None]
         if not math.isfinite(total) or not all(torch.isfinite(g).all() for g in grads):
@@ -425,6 +454,21 @@ class Trainer:
         state.step += 1
         state.last_losses = losses
         return total
+
+    def _sum_over_processes(self, module: torch.nn.Module, losses: dict) -> dict[str, float]:
+        """Each process holds its share's gradients and losses; every process gets the sums."""
+        for parameter in module.parameters():
+            if parameter.grad is None:
+                parameter.grad = torch.zeros_like(parameter)
+            self.processes.sum(parameter.grad)
+        summed = self.processes.sum(torch.tensor(list(losses.values()), device=self.device))
+        return dict(zip(losses, summed.tolist()))
+
+    def _any_process(self, flag: bool) -> bool:
+        """True when `flag` holds in any process (so that all stop at the same step)."""
+        if self.processes.world == 1:
+            return flag
+        return bool(self.processes.sum(torch.tensor([float(flag)], device=self.device)) > 0)
 
     def _loss_denominator(self, slot: ModelSlot, items: list) -> float:
         if isinstance(slot.task, ClassificationTask):
@@ -474,14 +518,21 @@ class Trainer:
                 f"{self.out_dir} already holds a training run; continue it with --resume "
                 f"{self.out_dir} or choose another --out"
             )
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         torch.manual_seed(self.settings.seed)
         state = self._fresh_state()
         resumed_from = self.load_checkpoint(state) if resume else None
+        if self.processes.is_main:
+            self._prepare_out_dir(state, resume, resumed_from)
+        self.processes.wait_for_everyone()
+        return state, resumed_from
+
+    def _prepare_out_dir(self, state: TrainState, resume: bool, resumed_from: Path | None):
+        """Config copy, stale temporary files removed, metrics trimmed to the resumed step."""
         if resume and resumed_from is None:
             _warn(f"no checkpoint in {self.out_dir}; starting from step 0")
         elif resumed_from is not None:
             _warn(f"resuming from {resumed_from} (step {state.step})")
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / "config.yaml").write_text(
             yaml.safe_dump(config_to_dict(self.config), sort_keys=False, allow_unicode=True)
         )
@@ -493,7 +544,6 @@ class Trainer:
             lines = metrics_path.read_text(encoding="utf-8").splitlines()
             kept = [line for line in lines if _step_of(line) <= state.step]
         metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-        return state, resumed_from
 
     def _after_eval(self, state: TrainState, dev: dict, best_key: str) -> bool:
         """Keep the best prompt; returns True when early stopping says stop."""
@@ -526,10 +576,18 @@ class Trainer:
         started = time.perf_counter()
         first_step = state.step
         last_dev = None
+        trackers = Trackers(
+            settings.report_to,
+            self.out_dir,
+            config_to_dict(self.config),
+            enabled=self.processes.is_main,
+        )
+        metrics_path = self.out_dir / "metrics.jsonl" if self.processes.is_main else os.devnull
         with (
             _progress_bar(self.progress, settings.steps, state.step) as bar,
-            (self.out_dir / "metrics.jsonl").open("a", encoding="utf-8") as metrics,
+            open(metrics_path, "a", encoding="utf-8") as metrics,
             _DeferredSignals() as signals,
+            contextlib.closing(trackers),
         ):
             while state.step < settings.steps and not stopped_early:
                 try:
@@ -542,6 +600,7 @@ class Trainer:
                 if len(self.slots) > 1:
                     record["model_losses"] = state.last_losses
                 metrics.write(json.dumps(record) + "\n")
+                trackers.log({"train": record}, state.step)
                 bar.update(loss=loss, step=state.step)
                 if state.step % settings.eval_every == 0 or state.step == settings.steps:
                     with torch.no_grad():
@@ -549,16 +608,18 @@ class Trainer:
                     metrics.write(
                         json.dumps({"event": "eval", "step": state.step, "dev": last_dev}) + "\n"
                     )
+                    trackers.log({"dev": last_dev}, state.step)
                     bar.update(dev=last_dev, step=state.step)
                     stopped_early = self._after_eval(state, last_dev, best_key)
                 if state.step % settings.checkpoint_every == 0 or stopped_early:
                     self.save_checkpoint(state)
                 metrics.flush()
-                if signals.received:
+                if self._any_process(signals.received is not None):
                     self.save_checkpoint(state)
                     self._save_last(state)
+                    received = signals.received or "a signal (in another process)"
                     raise Interrupted(
-                        f"{signals.received} received: stopped at step {state.step} with a "
+                        f"{received} received: stopped at step {state.step} with a "
                         f"checkpoint; continue with `softprompt train CONFIG --resume "
                         f"{self.out_dir}`"
                     )
@@ -584,8 +645,11 @@ class Trainer:
             if seconds
             else 0.0,
             "resumed_from": str(resumed_from) if resumed_from else None,
+            "processes": self.processes.world,
         }
-        (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        if self.processes.is_main:
+            (self.out_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        self.processes.wait_for_everyone()
         return summary
 
 
