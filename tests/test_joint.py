@@ -103,12 +103,6 @@ def test_backward_runs_model_by_model(sentiment_dir, family, tmp_path):
     assert runs == ["fwd0", "bwd", "fwd1", "bwd"]
 
 
-def test_hidden_size_mismatch_names_each_model(sentiment_dir, family, tmp_path):
-    config = joint_config(sentiment_dir, [family["dirs"][0], family["wide"]])
-    with pytest.raises(ConfigError, match=r"seed-0 \(32\).*wide \(48\)"):
-        Trainer(config, tmp_path, progress=False)
-
-
 def test_per_model_metrics_and_best_model(sentiment_dir, family, tmp_path):
     models = family["dirs"][:2]
     config = joint_config(sentiment_dir, models, best_model=models[1], best_metric="loss")

@@ -138,6 +138,16 @@ class TrainSettings(_Strict):
         return int(self.warmup)
 
 
+class CrossModelSettings(_Strict):
+    """Joint training on models of different hidden sizes: the prompt lives in the first
+    model's space and reaches each other model through a linear map fitted on the words the
+    vocabularies share."""
+
+    maps: Literal["fixed", "learned"] = "fixed"
+    alignment: Literal["procrustes", "ridge"] = "procrustes"
+    lr: float = Field(1e-4, gt=0)  # learned maps only: their AdamW learning rate
+
+
 class TrainConfig(_Strict):
     """A whole training run."""
 
@@ -148,6 +158,12 @@ class TrainConfig(_Strict):
     task: TaskConfig
     prompt: PromptConfig = Field(default_factory=PromptConfig)
     train: TrainSettings = Field(default_factory=TrainSettings)
+    cross_model: CrossModelSettings = Field(default_factory=CrossModelSettings)
+
+    @field_validator("cross_model", mode="before")
+    @classmethod
+    def _maps_shorthand(cls, value: object) -> object:
+        return {"maps": value} if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _weights_match_models(self) -> TrainConfig:

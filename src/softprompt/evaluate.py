@@ -116,8 +116,7 @@ def steering(artifact, backbone: Backbone, source: str):
     if isinstance(artifact, SavedPrefix):
         artifact.check_fits(backbone.model, backbone.name, source=source)
         return artifact.kv, 0
-    artifact.check_fits(backbone.hidden_size, backbone.name, source=source)
-    return artifact.embedding, artifact.length
+    return artifact.embedding_for(backbone.hidden_size, backbone.name, source), artifact.length
 
 
 def _as_backbone(model, dtype: str) -> Backbone:

@@ -35,6 +35,8 @@ class SoftPrompt:
     init: dict = field(default_factory=dict)
     training: dict = field(default_factory=dict)
     method: str = "prompt"
+    # cross-architecture prompts: model name -> the prompt as that model takes it [L, d_model]
+    views: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def length(self) -> int:
@@ -53,8 +55,18 @@ class SoftPrompt:
             trained = ", ".join(m.get("name", "?") for m in self.models) or "unknown models"
             raise PromptFileError(
                 f"{source} has hidden size {self.hidden_size} (trained on {trained}) but model "
-                f"{model_name} has hidden size {hidden_size}; use a prompt made for this model"
+                f"{model_name} has hidden size {hidden_size}; use a prompt made for this model "
+                "or map it there with `softprompt transfer`"
             )
+
+    def embedding_for(self, hidden_size: int, model_name: str, source: str = "prompt"):
+        """The prompt as a model takes it: that model's view in a cross-architecture prompt,
+        else the prompt itself (which must then have the model's hidden size)."""
+        view = self.views.get(model_name)
+        if view is not None and view.shape[1] == hidden_size:
+            return view
+        self.check_fits(hidden_size, model_name, source)
+        return self.embedding
 
 
 def header_metadata(artifact) -> dict[str, str]:
@@ -149,6 +161,9 @@ def save_prompt(prompt: SoftPrompt, path: str | os.PathLike) -> Path:
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tensors = {"prompt": prompt.embedding.detach().float().cpu().contiguous()}
+    names = [str(m.get("name")) for m in prompt.models]
+    for name, view in prompt.views.items():
+        tensors[f"view.{names.index(name)}"] = view.detach().float().cpu().contiguous()
     write_safetensors_atomic(tensors, prompt.metadata(), target)
     return target
 
@@ -199,7 +214,23 @@ def load_prompt(path: str | os.PathLike) -> SoftPrompt:
         )
     if not torch.isfinite(embedding).all():
         raise PromptFileError(f"{path}: 'prompt' holds NaN or infinite values")
-    return SoftPrompt(embedding=embedding.float(), **fields)
+    views = _read_views(path, tensors, fields["models"], embedding.shape[0])
+    return SoftPrompt(embedding=embedding.float(), views=views, **fields)
+
+
+def _read_views(path, tensors: dict, models: list[dict], length: int) -> dict[str, torch.Tensor]:
+    """The per-model views of a cross-architecture prompt (`view.<model index>` tensors)."""
+    views = {}
+    for key, view in tensors.items():
+        if not key.startswith("view."):
+            continue
+        index = key.removeprefix("view.")
+        if not index.isdigit() or int(index) >= len(models):
+            raise PromptFileError(f"{path}: tensor {key!r} names no model of the header")
+        if view.ndim != 2 or view.shape[0] != length or not torch.isfinite(view).all():
+            raise PromptFileError(f"{path}: {key!r} must be a finite [{length}, hidden] matrix")
+        views[str(models[int(index)].get("name"))] = view.float()
+    return views
 
 
 def parse_json_field(meta: dict[str, str], key: str, path) -> object:

@@ -105,15 +105,42 @@ class TrainState:
         return self.module()
 
 
-class SoftPromptModule(torch.nn.Module):
-    """The trainable [L, d] soft prompt."""
+class LinearMap(torch.nn.Module):
+    """x @ weight + bias: from the prompt's space into one model's; learned or fixed."""
 
-    def __init__(self, embedding: torch.Tensor) -> None:
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, learned: bool) -> None:
+        super().__init__()
+        if learned:
+            self.weight = torch.nn.Parameter(weight.clone())
+            self.bias = torch.nn.Parameter(bias.clone())
+        else:
+            self.register_buffer("weight", weight.clone())
+            self.register_buffer("bias", bias.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
+class SoftPromptModule(torch.nn.Module):
+    """The trainable [L, d] soft prompt; with models of other hidden sizes, also the map into
+    each one's space (`maps[i]` is None for a model that takes the prompt as it is)."""
+
+    def __init__(self, embedding: torch.Tensor, maps: list[LinearMap | None] | None = None) -> None:
         super().__init__()
         self.embedding = torch.nn.Parameter(embedding)
+        self.maps = torch.nn.ModuleList([m or torch.nn.Identity() for m in maps or []])
 
     def forward(self) -> torch.Tensor:
         return self.embedding
+
+    def view(self, model_index: int, prompt: torch.Tensor) -> torch.Tensor:
+        """The prompt as model `model_index` takes it."""
+        if model_index >= len(self.maps):
+            return prompt
+        return self.maps[model_index](prompt)
+
+    def mapped_models(self) -> list[int]:
+        return [i for i, m in enumerate(self.maps) if isinstance(m, LinearMap)]
 
 
 def _stream(start: int, stop: int, n: int, seed: int) -> list[int]:
@@ -186,7 +213,6 @@ class Trainer:
             )
             for spec, device in zip(config.models, self._model_devices())
         ]
-        self._check_hidden_sizes()
         if self.settings.best_model is not None and self.settings.best_model not in config.models:
             raise ConfigError(
                 f"train.best_model {self.settings.best_model!r} is not one of the models "
@@ -214,15 +240,6 @@ class Trainer:
         """Where each model lives: `train.devices` round-robin, else the training device."""
         names = self.settings.devices or [str(self.device)]
         return [resolve_device(names[i % len(names)]) for i in range(len(self.config.models))]
-
-    def _check_hidden_sizes(self) -> None:
-        sizes = {b.name: b.hidden_size for b in self.backbones}
-        if len(set(sizes.values())) > 1:
-            listed = ", ".join(f"{name} ({size})" for name, size in sizes.items())
-            raise ConfigError(
-                f"models have different hidden sizes: {listed}; joint training needs one size "
-                "(cross-architecture prompts are a separate feature)"
-            )
 
     def _build_slots(self) -> list[ModelSlot]:
         spec = data_spec(self.config.task)
@@ -264,7 +281,25 @@ class Trainer:
             text=prompt_cfg.text,
             file=prompt_cfg.file,
         )
-        return SoftPromptModule(embedding)
+        return SoftPromptModule(embedding, self._cross_model_maps())
+
+    def _cross_model_maps(self) -> list[LinearMap | None]:
+        """A map from the first model's embedding space into each model of another hidden
+        size, fitted on the shared vocabulary (cached on disk, see softprompt.alignment)."""
+        first = self.backbones[0]
+        if all(b.hidden_size == first.hidden_size for b in self.backbones):
+            return []
+        from softprompt.alignment import load_alignment
+
+        settings = self.config.cross_model
+        maps: list[LinearMap | None] = []
+        for backbone in self.backbones:
+            if backbone.hidden_size == first.hidden_size:
+                maps.append(None)
+                continue
+            fitted = load_alignment(first, backbone, settings.alignment)
+            maps.append(LinearMap(fitted.weight, fitted.bias, settings.maps == "learned"))
+        return maps
 
     def _fresh_prefix(self) -> torch.nn.Module:
         prompt_cfg = self.config.prompt
@@ -290,8 +325,13 @@ class Trainer:
 
     def _fresh_state(self) -> TrainState:
         module = self._fresh_module().to(self.device)
+        maps = [p for name, p in module.named_parameters() if name.startswith("maps.")]
+        own = [p for name, p in module.named_parameters() if not name.startswith("maps.")]
+        groups = [{"params": own}]
+        if maps:
+            groups.append({"params": maps, "lr": self.config.cross_model.lr})
         optimizer = torch.optim.AdamW(
-            module.parameters(), lr=self.settings.lr, weight_decay=self.settings.weight_decay
+            groups, lr=self.settings.lr, weight_decay=self.settings.weight_decay
         )
         total, warmup, schedule = (
             self.settings.steps,
@@ -316,7 +356,12 @@ class Trainer:
         if isinstance(steer, PrefixKV):
             kv = PrefixKV(steer.keys.detach().cpu(), steer.values.detach().cpu())
             return SavedPrefix(kv=kv, **header)
-        return SoftPrompt(embedding=steer.detach().float().cpu(), **header)
+        with torch.no_grad():
+            views = {
+                self.backbones[i].name: state.module.view(i, steer).float().cpu()
+                for i in state.module.mapped_models()
+            }
+        return SoftPrompt(embedding=steer.detach().float().cpu(), views=views, **header)
 
     def write_artifact(self, state: TrainState, training: dict, path: Path) -> None:
         if not self.processes.is_main:
@@ -418,15 +463,14 @@ class Trainer:
         model is backpropagated before the next forward, so only one model's activations live.
         """
         losses = {}
-        for slot in self.slots:
+        for index, slot in enumerate(self.slots):
             items = [slot.train[i % len(slot.train)] for i in indices]
             denominator = self._loss_denominator(slot, items)  # of the whole (global) batch
             share = self.processes.share(items)
             model_loss = 0.0
             for start in range(0, len(share), self.settings.micro_batch):
                 micro = share[start : start + self.settings.micro_batch]
-                steer = prompt() if isinstance(prompt, torch.nn.Module) else prompt
-                loss = self._micro_loss(slot, steer, micro) / denominator
+                loss = self._micro_loss(slot, self._steer(prompt, index), micro) / denominator
                 (loss * slot.weight).backward()
                 model_loss += float(loss.detach())
             losses[slot.backbone.name] = model_loss
@@ -484,12 +528,21 @@ class Trainer:
         nll, _ = task.token_losses(prompt, task.collate(micro))
         return nll
 
-    def evaluate_dev(self, prompt: torch.Tensor) -> dict:
-        """Dev metrics per model and their mean."""
+    @staticmethod
+    def _steer(prompt, model_index: int):
+        """What model `model_index` is steered with: `prompt` is a tensor, or the trainable
+        module (run anew, then mapped into that model's space where needed)."""
+        if not isinstance(prompt, torch.nn.Module):
+            return prompt
+        steer = prompt()
+        return prompt.view(model_index, steer) if isinstance(prompt, SoftPromptModule) else steer
+
+    def evaluate_dev(self, prompt) -> dict:
+        """Dev metrics per model and their mean (`prompt`: a tensor or the trainable module)."""
         per_model = {}
-        for slot in self.slots:
+        for index, slot in enumerate(self.slots):
             per_model[slot.backbone.name] = evaluate_task(
-                slot.task, prompt, slot.dev, self.settings.eval_batch_size
+                slot.task, self._steer(prompt, index), slot.dev, self.settings.eval_batch_size
             )
         keys = [k for k in next(iter(per_model.values())) if k not in ("examples", "tokens")]
         mean = {k: sum(m[k] for m in per_model.values()) / len(per_model) for k in keys}
@@ -604,7 +657,7 @@ class Trainer:
                 bar.update(loss=loss, step=state.step)
                 if state.step % settings.eval_every == 0 or state.step == settings.steps:
                     with torch.no_grad():
-                        last_dev = self.evaluate_dev(state.steer())
+                        last_dev = self.evaluate_dev(state.module)
                     metrics.write(
                         json.dumps({"event": "eval", "step": state.step, "dev": last_dev}) + "\n"
                     )

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.data import load_split
-from softprompt.errors import UsageError
+from softprompt.errors import PromptFileError, UsageError
 from softprompt.evaluate import evaluate_task, resolve_task
 from softprompt.prompts import SoftPrompt, init_embedding, load_prompt
 from softprompt.tasks import build_task, data_spec, encode_examples
@@ -86,14 +86,17 @@ def transfer_matrix(
 
 
 def _cell(prompt: SoftPrompt | None, backbone: Backbone, task_config, examples, batch_size):
-    if prompt is not None and prompt.hidden_size != backbone.hidden_size:
-        return {
-            "error": f"hidden size {prompt.hidden_size} does not fit {backbone.hidden_size}",
-        }
-    length = prompt.length if prompt is not None else 0
-    task = build_task(task_config, backbone, length)
+    embedding = None
+    if prompt is not None:
+        try:
+            embedding = prompt.embedding_for(backbone.hidden_size, backbone.name)
+        except PromptFileError:
+            return {
+                "error": f"hidden size {prompt.hidden_size} does not fit {backbone.hidden_size}",
+            }
+    task = build_task(task_config, backbone, prompt.length if prompt is not None else 0)
     encoded = encode_examples(task, examples)
-    return evaluate_task(task, prompt.embedding if prompt else None, encoded, batch_size)
+    return evaluate_task(task, embedding, encoded, batch_size)
 
 
 def write_matrix(matrix: dict, out_dir: str | Path) -> list[Path]:

@@ -18,11 +18,8 @@ def compress(prompt: SoftPrompt, keep: list[int], mode: str = "remove") -> SoftP
     kept = sorted(set(keep))
     if not kept or kept[0] < 0 or kept[-1] >= prompt.length:
         raise UsageError(f"tokens to keep must be between 0 and {prompt.length - 1}, got {keep}")
-    if mode == "remove":
-        embedding = prompt.embedding[kept].clone()
-    else:
-        embedding = torch.zeros_like(prompt.embedding)
-        embedding[kept] = prompt.embedding[kept]
+    embedding = _keep_rows(prompt.embedding, kept, mode)
+    views = {name: _keep_rows(view, kept, mode) for name, view in prompt.views.items()}
     training = {
         **prompt.training,
         "compression": {"kept": kept, "mode": mode, "source_length": prompt.length},
@@ -33,7 +30,16 @@ def compress(prompt: SoftPrompt, keep: list[int], mode: str = "remove") -> SoftP
         task=prompt.task,
         init=prompt.init,
         training=training,
+        views=views,
     )
+
+
+def _keep_rows(matrix: torch.Tensor, kept: list[int], mode: str) -> torch.Tensor:
+    if mode == "remove":
+        return matrix[kept].clone()
+    masked = torch.zeros_like(matrix)
+    masked[kept] = matrix[kept]
+    return masked
 
 
 def top_tokens(importance: torch.Tensor, count: int) -> list[int]:

@@ -56,20 +56,18 @@ def explain(
     examples = load_split(data_spec(task_config), split)[:max_examples]
     backbones = [m if isinstance(m, Backbone) else load_backbone(m, dtype=dtype) for m in models]
     per_model, tasks = [], []
-    for backbone in backbones:
-        soft.check_fits(backbone.hidden_size, backbone.name, source=name)
+    points = [soft.embedding_for(b.hidden_size, b.name, source=name) for b in backbones]
+    for backbone, point in zip(backbones, points):
         task = build_task(task_config, backbone, soft.length)
         encoded = encode_examples(task, examples)
         tasks.append((task, encoded))
         per_model.append(
-            _model_analysis(soft, backbone, task, encoded, importance, ablation, top_k, batch_size)
+            _model_analysis(point, backbone, task, encoded, importance, ablation, top_k, batch_size)
         )
     matrix = torch.tensor([m["importance"]["loss"] for m in per_model])
     owner, strength = owners(matrix)
     tables = [embedding_table(b) for b in backbones]
-    location = {
-        d: knn_location(soft.embedding, tables, k=knn, distance=d)[0] for d in ("cosine", "l2")
-    }
+    location = {d: knn_location(points, tables, k=knn, distance=d)[0] for d in ("cosine", "l2")}
     names = [b.name for b in backbones]
     tokens = [
         {
@@ -82,7 +80,7 @@ def explain(
         }
         for i in range(soft.length)
     ]
-    compression = _compression(soft, owner, matrix, tasks, names, keep, batch_size)
+    compression = _compression(soft, owner, matrix, tasks, backbones, keep, batch_size)
     return {
         "name": name,
         "length": soft.length,
@@ -98,16 +96,17 @@ def explain(
     }
 
 
-def _model_analysis(soft, backbone, task, encoded, importance, ablation, top_k, batch_size):
+def _model_analysis(point, backbone, task, encoded, importance, ablation, top_k, batch_size):
+    """Importance and nearest tokens of the prompt as this model takes it (`point`, [L, d])."""
     if not isinstance(task, ClassificationTask):
         raise UsageError("explain needs a classification task")
     if importance == "exact":
-        result = exact_importance(task, soft.embedding, encoded, ablation, batch_size)
+        result = exact_importance(task, point, encoded, ablation, batch_size)
         scores = {k: result[k].tolist() for k in ("loss", "accuracy", "normalised")}
         base_loss, base_accuracy = result["base_loss"], result["base_accuracy"]
     else:
-        estimate = gradient_importance(task, soft.embedding, encoded, ablation, batch_size)
-        base = evaluate_task(task, soft.embedding, encoded, batch_size)
+        estimate = gradient_importance(task, point, encoded, ablation, batch_size)
+        base = evaluate_task(task, point, encoded, batch_size)
         base_loss, base_accuracy = base["loss"], base["accuracy"]
         scores = {
             "loss": estimate.tolist(),
@@ -119,14 +118,13 @@ def _model_analysis(soft, backbone, task, encoded, importance, ablation, top_k, 
         "base_loss": base_loss,
         "base_accuracy": base_accuracy,
         "importance": scores,
-        "neighbours": nearest_tokens(
-            soft.embedding, embedding_table(backbone), backbone.tokenizer, top_k
-        ),
+        "neighbours": nearest_tokens(point, embedding_table(backbone), backbone.tokenizer, top_k),
     }
 
 
-def _compression(soft, owner, matrix, tasks, names, keep, batch_size) -> list[dict]:
+def _compression(soft, owner, matrix, tasks, backbones, keep, batch_size) -> list[dict]:
     """Each model evaluated with only its own tokens (one model: its top `keep` tokens)."""
+    names = [b.name for b in backbones]
     rows = []
     for model, (task, encoded) in enumerate(tasks):
         if len(tasks) > 1:
@@ -148,7 +146,8 @@ def _compression(soft, owner, matrix, tasks, names, keep, batch_size) -> list[di
                 )
                 continue
             smaller = compress(soft, kept, mode)
-            metrics = evaluate_task(task, smaller.embedding, encoded, batch_size)
+            point = smaller.embedding_for(backbones[model].hidden_size, names[model])
+            metrics = evaluate_task(task, point, encoded, batch_size)
             rows.append(
                 {
                     "model": names[model],
