@@ -14,7 +14,7 @@ from softprompt.backbones import Backbone, load_backbone
 from softprompt.data import load_split
 from softprompt.errors import PromptFileError, UsageError
 from softprompt.evaluate import evaluate_task, resolve_task
-from softprompt.prompts import SoftPrompt, init_embedding, load_prompt
+from softprompt.prompts import INIT_MODES, SoftPrompt, init_embedding, load_prompt
 from softprompt.tasks import build_task, data_spec, encode_examples
 
 METRIC_KEYS = ("loss", "accuracy", "macro_f1", "perplexity")
@@ -70,7 +70,7 @@ def transfer_matrix(
         rows.append({"name": "zero-shot", "kind": "zero_shot", "prompt": None})
     for name, prompt in loaded.items():
         rows.append({"name": name, "kind": "prompt", "prompt": prompt})
-        if baselines:
+        if baselines and prompt.init.get("init") in INIT_MODES:  # not for transferred ones
             start = initial_prompt(prompt, backbones, dtype)
             rows.append({"name": f"initial:{name}", "kind": "initial", "prompt": start})
     results = []
