@@ -161,3 +161,19 @@ def test_cross_model_settings_are_validated(sentiment_dir, models):
         cross_config(sentiment_dir, [models[32]], maps="magic")
     with pytest.raises(ConfigError, match="cross_model.lr"):
         cross_config(sentiment_dir, [models[32]], maps={"maps": "learned", "lr": 0})
+
+
+def test_cli_explain_writes_a_report_for_a_cross_architecture_prompt(
+    sentiment_dir, models, tmp_path, monkeypatch, capsys
+):
+    from test_cli import invoke
+
+    pair = [models[32], models[48]]
+    Trainer(cross_config(sentiment_dir, pair, steps=2), tmp_path / "run", progress=False).run()
+    args = ["explain", tmp_path / "run" / "last.safetensors", "-m", pair[0], "-m", pair[1]]
+    args += ["--data", sentiment_dir, "--split", "dev", "--max-examples", "4"]
+    args += ["--projection", "pca", "--out", tmp_path / "report", "--json"]
+    code, out, err = invoke(monkeypatch, capsys, *args)
+    assert code == 0, err
+    assert [m["name"] for m in json.loads(out)["models"]] == pair
+    assert (tmp_path / "report" / "report.html").is_file()

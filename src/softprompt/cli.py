@@ -596,9 +596,13 @@ def explain(
     )
     folder = out_dir or prompt.with_name(prompt.stem + "-explain")
     points = None
-    if projection != "none":
-        tables = [embedding_table(b) for b in backbones]
-        points = project(load_prompt(prompt).embedding, tables, method=projection)
+    if projection != "none":  # in the prompt's own space: models of another size show none
+        soft = load_prompt(prompt)
+        tables = [
+            embedding_table(b) if b.hidden_size == soft.hidden_size else soft.embedding[:0]
+            for b in backbones
+        ]
+        points = project(soft.embedding, tables, method=projection)
     result["files"] = write_report(result, points, folder)
 
     def render(r: dict) -> None:
