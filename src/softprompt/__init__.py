@@ -3,6 +3,9 @@
 The public Python API (everything the CLI does):
 
     from softprompt import load_config, train, evaluate, predict, generate, load_backbone
+    from softprompt import explain, compress_prompt, export_peft, import_peft, transfer_prompt
+
+See README.md "Python API" and examples/python_api.py.
 """
 
 from softprompt.alignment import (
@@ -12,6 +15,10 @@ from softprompt.alignment import (
     shared_vocabulary,
     transfer_prompt,
 )
+from softprompt.analysis.compress_command import compress_prompt
+from softprompt.analysis.explain import explain
+from softprompt.analysis.report import write_report
+from softprompt.analysis.similarity import similarity_matrices
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import TrainConfig, load_config
 from softprompt.demo import run_demo
@@ -36,7 +43,9 @@ __all__ = [
     "SoftPrompt",
     "SoftpromptError",
     "TrainConfig",
+    "compress_prompt",
     "evaluate",
+    "explain",
     "export_peft",
     "fit_alignment",
     "generate",
@@ -55,9 +64,11 @@ __all__ = [
     "save_prefix",
     "save_prompt",
     "shared_vocabulary",
+    "similarity_matrices",
     "tiny_family",
     "train",
     "transfer_matrix",
     "transfer_prompt",
     "write_matrix",
+    "write_report",
 ]
