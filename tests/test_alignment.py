@@ -12,11 +12,11 @@ from transformers import PreTrainedTokenizerFast
 
 from conftest import corpus
 from softprompt import alignment as al
-from softprompt import cli
 from softprompt.backbones import load_backbone
 from softprompt.errors import ModelError, UsageError
 from softprompt.prompts import SoftPrompt, load_prompt, model_record, save_prompt
 from softprompt.tiny import save_tiny
+from test_cli import invoke
 
 # --- tokenizers with different word-boundary markers -----------------------------------------
 
@@ -354,17 +354,6 @@ def test_prompt_without_a_recorded_model_needs_a_source(model_a):
 
 
 # --- command line ----------------------------------------------------------------------------
-
-
-def invoke(monkeypatch, capsys, *args):
-    monkeypatch.setattr("sys.argv", ["softprompt", *map(str, args)])
-    code = 0
-    try:
-        cli.main()
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def one_line_error(code, err, expected_code, fragment):
