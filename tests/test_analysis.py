@@ -270,3 +270,22 @@ def test_compare_and_compress_commands(monkeypatch, capsys, tmp_path, tiny_dirs,
         "elsewhere",
     )
     assert code == 2 and "one of the prompt's models" in err
+
+
+def test_variant_metrics_with_multi_token_words_equal_one_pass_per_variant(tiny):
+    from softprompt.analysis.importance import variant_metrics
+
+    verbalizer = {"negative": " bad movie", "positive": " good"}
+    task = ClassificationTask(
+        tiny["llama"], "review: {text} sentiment:", verbalizer, prompt_length=3
+    )
+    examples = load_split(DataSpec(str(__import__("conftest").SENTIMENT)), "dev")[:5]
+    encoded = [task.encode(e) for e in examples]
+    assert not task.shared  # one row per class: the per-row prefixes follow row_example
+    variants = torch.randn(4, 3, 32, generator=torch.Generator().manual_seed(2))
+    batched = variant_metrics(task, variants, encoded, batch_size=3)
+    batch = task.collate(encoded)
+    for v in range(4):
+        with torch.no_grad():
+            losses = task.losses(task.class_scores(variants[v], batch), batch.labels)
+        assert float(batched["loss"][v]) == pytest.approx(float(losses.mean()), rel=1e-4)

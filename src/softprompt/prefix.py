@@ -45,7 +45,8 @@ def prefix_cache(
     *,
     frozen: bool = False,
 ):
-    """A DynamicCache holding the prefix ([layers, kv_heads, L, head_dim] each) for a batch.
+    """A DynamicCache holding the prefix ([layers, kv_heads, L, head_dim] each) for a batch,
+    or one prefix per row ([layers, batch, kv_heads, L, head_dim]).
 
     `frozen=True` (training): every forward sees exactly the prefix, however often a layer runs.
     `frozen=False` (generation): the cache grows with the generated tokens as usual.
@@ -54,9 +55,13 @@ def prefix_cache(
 
     cache = DynamicCache(config=model.config)
     dtype = model.get_input_embeddings().weight.dtype
+    per_row = keys.ndim == 5
     for index, layer in enumerate(cache.layers):
-        shape = (batch_size, *keys.shape[1:])
-        layer.update(keys[index].to(dtype).expand(shape), values[index].to(dtype).expand(shape))
+        shape = (batch_size, *keys.shape[-3:])
+        layer_keys, layer_values = keys[index].to(dtype), values[index].to(dtype)
+        if not per_row:
+            layer_keys, layer_values = layer_keys.expand(shape), layer_values.expand(shape)
+        layer.update(layer_keys, layer_values)
         if frozen:
             layer.update = types.MethodType(_non_mutating_update, layer)
     return cache
@@ -120,7 +125,12 @@ class PrefixKV:
 
     @property
     def length(self) -> int:
-        return int(self.keys.shape[2])
+        return int(self.keys.shape[-2])
+
+    @property
+    def per_row(self) -> bool:
+        """One prefix per batch row ([layers, rows, kv_heads, L, head_dim])."""
+        return self.keys.ndim == 5
 
 
 class PrefixEncoder(nn.Module):

@@ -220,6 +220,9 @@ class ClassificationTask:
             full_vocab = self.loss_kind == "vocab"
         if getattr(prompt, "ndim", 0) == 3:  # one prompt per example -> per row
             prompt = prompt[batch.row_example.to(prompt.device)]
+        elif isinstance(prompt, PrefixKV) and prompt.per_row:
+            rows = batch.row_example.to(prompt.keys.device)
+            prompt = PrefixKV(prompt.keys[:, rows], prompt.values[:, rows])
         hidden, offset = prompted_hidden(
             self.backbone, prompt, batch.input_ids, batch.attention_mask
         )
@@ -276,18 +279,22 @@ def prompted_hidden(
 
 
 def prompt_states(backbone: Backbone, prompt: torch.Tensor) -> PrefixKV:
-    """The keys/values a soft prompt [L, d] leaves at every layer of a causal model.
+    """The keys/values a soft prompt [L, d] leaves at every layer of a causal model
+    ([layers, kv_heads, L, head_dim] each); for several prompts [P, L, d], one set per prompt
+    ([layers, P, kv_heads, L, head_dim]).
 
     They depend only on the prompt (it comes first and attends to nothing after it), so one
     pass serves the whole batch: the text then runs after them as after a prefix. This skips
     L positions per example in the forward and the backward pass."""
     from transformers import DynamicCache
 
+    many = prompt.ndim == 3
+    prompts = prompt if many else prompt.unsqueeze(0)
     cache = DynamicCache(config=backbone.model.config)
-    ones = torch.ones((1, prompt.shape[0]), dtype=torch.long, device=prompt.device)
-    backbone.body(prompt.unsqueeze(0), ones, past_key_values=cache)
-    keys = torch.stack([layer.keys[0] for layer in cache.layers])
-    values = torch.stack([layer.values[0] for layer in cache.layers])
+    ones = torch.ones(prompts.shape[:2], dtype=torch.long, device=prompt.device)
+    backbone.body(prompts, ones, past_key_values=cache)
+    keys = torch.stack([layer.keys if many else layer.keys[0] for layer in cache.layers])
+    values = torch.stack([layer.values if many else layer.values[0] for layer in cache.layers])
     return PrefixKV(keys, values)
 
 

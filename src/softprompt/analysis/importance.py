@@ -11,7 +11,8 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
-from softprompt.tasks import ClassificationTask, EncodedExample
+from softprompt.prefix import PrefixKV
+from softprompt.tasks import ClassificationTask, EncodedExample, prompt_states
 
 _STDERR = Console(stderr=True)
 
@@ -40,8 +41,13 @@ def variant_metrics(
     batch_size: int = 32,
 ) -> dict[str, torch.Tensor]:
     """Mean loss and accuracy of each prompt variant [V, L, d] over all examples, with
-    (variant, example) pairs packed into shared batches."""
+    (variant, example) pairs packed into shared batches. In a causal model each variant's
+    keys/values are computed once, and the texts run after them."""
     count = variants.shape[0]
+    steer = variants
+    if task.backbone.kind == "causal":
+        device, dtype = task.backbone.device, task.backbone.input_embeddings.weight.dtype
+        steer = prompt_states(task.backbone, variants.to(device=device, dtype=dtype))
     lengths = [max(len(ids) for ids, _, _ in enc.rows) for enc in encoded]
     pairs = sorted(
         ((v, e) for v in range(count) for e in range(len(encoded))), key=lambda p: lengths[p[1]]
@@ -57,11 +63,19 @@ def variant_metrics(
         variant_ids = torch.tensor([v for v, _ in chunk])
         example_ids = torch.tensor([e for _, e in chunk])
         batch = task.collate([encoded[e] for e in example_ids.tolist()])
-        scores = task.class_scores(variants[variant_ids], batch).float().cpu()
+        scores = task.class_scores(_pick(steer, variant_ids), batch).float().cpu()
         losses = task.losses(scores, labels[example_ids])
         loss_sum.index_add_(0, variant_ids, losses)
         correct.index_add_(0, variant_ids, (scores.argmax(1) == labels[example_ids]).float())
     return {"loss": loss_sum / len(encoded), "accuracy": correct / len(encoded)}
+
+
+def _pick(steer: torch.Tensor | PrefixKV, variant_ids: torch.Tensor):
+    """The chosen variants, one per row: prompts [N, L, d] or their keys/values."""
+    if isinstance(steer, PrefixKV):
+        rows = variant_ids.to(steer.keys.device)
+        return PrefixKV(steer.keys[:, rows], steer.values[:, rows])
+    return steer[variant_ids]
 
 
 def exact_importance(
@@ -120,7 +134,8 @@ def naive_importance(
     batch_size: int = 8,
 ) -> torch.Tensor:
     """The research code's way, for benchmarks: one full evaluation pass per ablated token,
-    full-vocabulary logits at every position. Returns the loss importance."""
+    each row the prompt and text concatenated, full-vocabulary logits at every position.
+    Returns the loss importance."""
     from softprompt.tasks import prompted_hidden
 
     def mean_loss(candidate: torch.Tensor) -> float:
@@ -128,8 +143,9 @@ def naive_importance(
         with torch.no_grad():
             for start in range(0, len(encoded), batch_size):
                 batch = task.collate(encoded[start : start + batch_size])
+                rows = candidate.expand(batch.input_ids.shape[0], -1, -1)  # [prompt; text]
                 hidden, offset = prompted_hidden(
-                    task.backbone, candidate, batch.input_ids, batch.attention_mask
+                    task.backbone, rows, batch.input_ids, batch.attention_mask
                 )
                 logits = task.backbone.head_logits(hidden)  # every position, every word
                 rows = torch.arange(hidden.shape[0])
