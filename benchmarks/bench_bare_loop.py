@@ -18,12 +18,13 @@ weight gradients) would overstate the work; 6N is printed too, labelled, for com
 fine-tuning figures. Attention-score FLOPs (about 1% at these lengths) are left out.
 
 Run: .venv/bin/python benchmarks/bench_bare_loop.py [--dtype float32|bfloat16]
-     [--steps 5] [--repeats 4] [--batch-size 8] [--matmul-size 2048]
+     [--steps 5] [--repeats 4] [--batch-size 8] [--matmul-size 2048] [--model smollm2-135m]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 import torch.nn.functional as F
@@ -35,13 +36,15 @@ from softprompt.tasks import data_spec
 from softprompt.train import Trainer
 
 PROMPT_LENGTH = 16
+MODEL = "smollm2-135m"
 
 
-def make_trainer(dtype: str, batch_size: int) -> Trainer:
+def make_trainer(dtype: str, batch_size: int, model: str = MODEL) -> Trainer:
     """softprompt's trainer on the demo task, set to the bare loop's plain AdamW."""
     config = load_config(
         ROOT / "examples/configs/sentiment.yaml",
         [
+            f"models={json.dumps([model])}",
             f"task.data={ROOT / 'examples/data/sentiment'}",
             f"prompt.length={PROMPT_LENGTH}",
             f"train.precision={dtype}",
@@ -133,9 +136,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=4, help="blocks per contender")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--model", default=MODEL, help="model spec (alias, local dir, ...)")
     args = parser.parse_args()
     print(machine())
-    trainer = make_trainer(args.dtype, args.batch_size)
+    print(f"model: {args.model}")
+    trainer = make_trainer(args.dtype, args.batch_size, args.model)
     state = trainer._fresh_state()
     total = 1 + args.steps * args.repeats  # one untimed warm-up step each
     schedule = [trainer.step_indices(step) for step in range(total)]
@@ -163,11 +168,20 @@ def report(args, bare, schedule, times, losses) -> None:
     print("  " + loss_agreement(losses))
     n = body_parameters(bare.model)
     widths = [int(bare.lengths[torch.tensor(s)].max()) for s in schedule[1:]]
-    tokens = [args.batch_size * (PROMPT_LENGTH + w) for w in widths]
+    # positions each one runs through the model: the bare loop [prompt; text] per row; the
+    # trainer (causal fast path) the prompt once, then the texts after its keys/values
+    computed = {
+        "bare loop": [args.batch_size * (PROMPT_LENGTH + w) for w in widths],
+        "trainer": [args.batch_size * w + PROMPT_LENGTH for w in widths],
+    }
     matmul_dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     peak = matmul_flops(args.matmul_size, matmul_dtype)
-    print(f"  N = {n / 1e6:.1f}M body parameters, median {median(tokens):.0f} tokens per step")
+    print(
+        f"  N = {n / 1e6:.1f}M body parameters; median tokens computed per step: "
+        + ", ".join(f"{name} {median(t):.0f}" for name, t in computed.items())
+    )
     for name, seconds in times.items():
+        tokens = computed[name]
         achieved = median([4 * n * t / s for t, s in zip(tokens, seconds)])
         print(
             f"  {name}: 4N*tokens {achieved / 1e9:.1f} GFLOP/s ({achieved / peak:.0%} of the "
