@@ -19,11 +19,13 @@ counts batch x max_new_tokens; the two continuations must be the same text (prin
 Contenders alternate in blocks (A B A B ...) in one process; medians and ratios are printed.
 Run: .venv/bin/python benchmarks/bench_prefix_vs_peft.py [--dtype float32 bfloat16]
      [--steps 5] [--repeats 4] [--batch-size 8] [--gen-batch 4] [--new-tokens 32]
+     [--model smollm2-135m] (any model spec: both sides load the same model)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 from common import ROOT, alternate, device, loss_agreement, machine, median, ratio_line
@@ -46,12 +48,13 @@ def smiley_config(overrides: list[str]):
     return load_config(ROOT / "examples/configs/smiley.yaml", [data, *overrides])
 
 
-def make_trainer(dtype: str, batch_size: int) -> Trainer:
+def make_trainer(dtype: str, batch_size: int, model: str = MODEL) -> Trainer:
     """softprompt's trainer on the smiley config; MLP width = PEFT's token_dim (see above)."""
-    backbone = load_backbone(MODEL, dtype=dtype, device=device())
+    backbone = load_backbone(model, dtype=dtype, device=device())
     _, kv_heads, head_dim = prefix_geometry(backbone.model)
     config = smiley_config(
         [
+            f"models={json.dumps([model])}",
             f"prompt.mlp_hidden={kv_heads * head_dim}",
             f"train.precision={dtype}",
             f"train.batch_size={batch_size}",
@@ -64,11 +67,11 @@ def make_trainer(dtype: str, batch_size: int) -> Trainer:
     return Trainer(config, "/tmp/bench-prefix", backbones=[backbone], progress=False)
 
 
-def peft_prefix_model(dtype: str, length: int, projection_hidden: int | None):
+def peft_prefix_model(dtype: str, length: int, projection_hidden: int | None, model: str = MODEL):
     """A fresh copy of the model wrapped by PEFT prefix tuning (MLP when a width is given)."""
     from peft import PrefixTuningConfig, TaskType, get_peft_model
 
-    base = load_backbone(MODEL, dtype=dtype, device=device()).model
+    base = load_backbone(model, dtype=dtype, device=device()).model
     config = PrefixTuningConfig(
         task_type=TaskType.CAUSAL_LM,
         num_virtual_tokens=length,
@@ -129,9 +132,11 @@ def peft_training_step(trainer: Trainer, peft_model):
 
 def bench_training(args, dtype: str):
     """Alternate the trainer and the PEFT loop; returns the trainer's model and prefix."""
-    trainer = make_trainer(dtype, args.batch_size)
+    trainer = make_trainer(dtype, args.batch_size, args.model)
     state = trainer._fresh_state()
-    peft_model = peft_prefix_model(dtype, state.module.length, state.module.mlp[0].in_features)
+    peft_model = peft_prefix_model(
+        dtype, state.module.length, state.module.mlp[0].in_features, args.model
+    )
     copy_mlp(state.module, peft_model)
     peft_step = peft_training_step(trainer, peft_model)
     losses = {"softprompt": [], "peft": []}
@@ -161,7 +166,7 @@ def bench_generation(args, dtype: str, backbone: Backbone, prefix: PrefixKV) -> 
     prefix = PrefixKV(prefix.keys.detach(), prefix.values.detach())
     texts = first_sentences(args.gen_batch)
     options = SamplingOptions(max_new_tokens=args.new_tokens, greedy=True)
-    peft_model = peft_prefix_model(dtype, prefix.length, None)
+    peft_model = peft_prefix_model(dtype, prefix.length, None, args.model)
     load_kv(prefix, peft_model)
     tokenizer = backbone.tokenizer
     tokenizer.padding_side = "left"
@@ -204,11 +209,14 @@ def main() -> None:
     parser.add_argument("--gen-batch", type=int, default=4)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--gen-calls", type=int, default=2, help="generate calls per block")
+    parser.add_argument(
+        "--model", default=MODEL, help="model spec (alias, local dir, ...) for both sides"
+    )
     args = parser.parse_args()
     print(machine())
     for dtype in args.dtype:
         length = smiley_config([]).prompt.length
-        print(f"prefix tuning, {MODEL}, L={length}, {dtype}, {args.repeats} blocks, medians:")
+        print(f"prefix tuning, {args.model}, L={length}, {dtype}, {args.repeats} blocks, medians:")
         backbone, prefix = bench_training(args, dtype)
         bench_generation(args, dtype, backbone, prefix)
 

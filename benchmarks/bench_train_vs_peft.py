@@ -5,11 +5,13 @@ same full-vocabulary loss on the label word, the same precision and number of st
 Contenders alternate in blocks within one process (A B A B ...); medians and ratios are
 printed with the machine. Peak activations are counted exactly (autograd saved tensors).
 Run: .venv/bin/python benchmarks/bench_train_vs_peft.py [--rounds 4] [--steps 5]
+     [--model smollm2-135m] (any model spec: both sides load the same model)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 
 import torch
 from common import ROOT, alternate, device, machine, median
@@ -20,12 +22,14 @@ from softprompt.profiling import saved_activation_peak
 from softprompt.train import Trainer
 
 BATCH = 8
+MODEL = "smollm2-135m"
 
 
-def softprompt_trainer(precision: str, bucketing: int = 0) -> Trainer:
+def softprompt_trainer(precision: str, bucketing: int = 0, model: str = MODEL) -> Trainer:
     config = load_config(
         ROOT / "examples/configs/sentiment.yaml",
         [
+            f"models={json.dumps([model])}",
             f"task.data={ROOT / 'examples/data/sentiment'}",
             "task.loss=vocab",
             f"train.precision={precision}",
@@ -43,19 +47,17 @@ def softprompt_step(trainer: Trainer):
     return lambda: trainer.train_step(state)
 
 
-def peft_step(precision: str, trainer: Trainer):
+def peft_step(precision: str, trainer: Trainer, model_spec: str = MODEL):
     """PEFT on exactly the batches softprompt trains on, step by step."""
-    import json
-
     from peft import PromptTuningConfig, TaskType, get_peft_model
 
     dtype = "bfloat16" if precision == "bf16" else "float32"
-    model = load_backbone("smollm2-135m", dtype=dtype, device=device()).model
+    model = load_backbone(model_spec, dtype=dtype, device=device()).model
     model = get_peft_model(
         model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=16)
     )
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
-    tokenizer = load_backbone("smollm2-135m").tokenizer
+    tokenizer = load_backbone(model_spec).tokenizer
     rows = [
         json.loads(line)
         for line in (ROOT / "examples/data/sentiment/train.jsonl").read_text().splitlines()
@@ -94,11 +96,18 @@ def main() -> None:
         default=0,
         help="softprompt's train.length_bucketing (batches per window)",
     )
+    parser.add_argument(
+        "--model", default=MODEL, help="model spec (alias, local dir, ...) for both sides"
+    )
     args = parser.parse_args()
     print(machine())
+    print(f"model: {args.model}")
     for precision in args.precision:
-        trainer = softprompt_trainer(precision, args.bucketing)
-        steps = {"softprompt": softprompt_step(trainer), "peft": peft_step(precision, trainer)}
+        trainer = softprompt_trainer(precision, args.bucketing, args.model)
+        steps = {
+            "softprompt": softprompt_step(trainer),
+            "peft": peft_step(precision, trainer, args.model),
+        }
         peaks = {}
         for name, step in steps.items():  # step 0 for both: the same batch
             with saved_activation_peak() as meter:
