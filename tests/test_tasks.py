@@ -3,6 +3,7 @@ import torch
 
 from softprompt.data import Example
 from softprompt.errors import ConfigError, DataError
+from softprompt.packing import first_fit_decreasing, plan_packing
 from softprompt.tasks import ClassificationTask, LanguageModelingTask, check_template
 
 VERBALIZER = {"negative": " bad", "positive": " good"}
@@ -46,8 +47,11 @@ def test_prompt_gradient_matches_the_plain_concatenated_forward(tiny, family):
     gradient must equal running every row as [prompt; text] through the model."""
     backbone = tiny[family]
     task = ClassificationTask(backbone, "review: {text} sentiment:", VERBALIZER, prompt_length=4)
-    examples = [Example("great movie", "positive"), Example("it was awful , bad bad", "negative")]
+    texts = ["great movie", "it was awful , bad bad", "good", "bad", "it was a great movie , good"]
+    examples = [Example(t, "positive" if "good" in t else "negative") for t in texts]
     batch = task.collate([task.encode(e) for e in examples])
+    packing = plan_packing(batch.attention_mask, 4)  # short texts share rows: packed path
+    assert packing is not None and packing.rows < len(examples)
     start = torch.randn(4, 32) * 0.1
     prompt = start.clone().requires_grad_(True)
     scores = task.class_scores(prompt, batch, full_vocab=True)
@@ -64,10 +68,21 @@ def test_prompt_gradient_matches_the_plain_concatenated_forward(tiny, family):
     torch.testing.assert_close(prompt.grad, reference.grad, atol=1e-5, rtol=1e-4)
 
 
-def test_lm_loss_with_a_prompt_matches_the_concatenated_forward(tiny):
-    backbone = tiny["llama"]
+def test_first_fit_decreasing_fills_rows_without_overflow():
+    lengths = [12, 10, 6, 5, 5, 2]
+    bins = first_fit_decreasing(lengths, 12)
+    assert sorted(i for b in bins for i in b) == list(range(6))
+    assert all(sum(lengths[i] for i in b) <= 12 for b in bins)
+    assert len(bins) == 4  # 12 | 10+2 | 6+5 | 5
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2"])
+def test_lm_loss_with_a_prompt_matches_the_concatenated_forward(tiny, family):
+    backbone = tiny[family]
     task = LanguageModelingTask(backbone, max_length=64, prompt_length=3)
-    windows = task.encode_all([Example("great movie it was good"), Example("awful")])
+    texts = ["great movie it was good", "awful", "bad", "it was good , good movie"]
+    windows = task.encode_all([Example(t) for t in texts])
+    assert plan_packing(task.collate(windows).attention_mask, 3) is not None
     prompt = torch.randn(3, 32) * 0.1
     with torch.no_grad():
         nll, count = task.token_losses(prompt, task.collate(windows))

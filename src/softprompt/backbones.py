@@ -22,7 +22,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from softprompt.errors import ModelError, UsageError
+from softprompt.errors import ConfigError, ModelError, UsageError
 
 ModelKind = Literal["causal", "masked"]
 KIND_CHOICES = ("auto", "causal", "masked")
@@ -145,13 +145,18 @@ class Backbone:
         return self.input_embeddings(input_ids)
 
     def body(
-        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, past_key_values=None
+        self,
+        inputs_embeds: torch.Tensor,
+        attention_mask: torch.Tensor,
+        past_key_values=None,
+        position_ids: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Last hidden states of the transformer body (no LM head), after a cache if given."""
         out = self.model.base_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             past_key_values=past_key_values,
+            position_ids=position_ids,
             use_cache=past_key_values is not None,
         )
         return out.last_hidden_state
@@ -206,6 +211,16 @@ def _auto_class(kind: ModelKind):
     from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
 
     return AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
+
+
+def resolve_device(name: str | torch.device, setting: str = "train.device") -> torch.device:
+    """A torch device from a name; `auto` is the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        return torch.device(name)
+    except RuntimeError as exc:
+        raise ConfigError(f"{setting}: unknown device {name!r}") from exc
 
 
 def load_backbone(

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from softprompt.backbones import Backbone
 from softprompt.data import DataSpec, Example
 from softprompt.errors import ConfigError, DataError, ModelError
+from softprompt.packing import attention_mask_for, pack, plan_packing, unpack
 from softprompt.prefix import PrefixKV, keep_cache_when_checkpointing, prefix_cache
 
 PLACEHOLDER = re.compile(r"\{(\w*)\}")
@@ -270,7 +271,10 @@ def prompted_hidden(
         return _prefixed_hidden(backbone, prompt, embeds, attention_mask), 0
     n, length = input_ids.shape[0], prompt.shape[-2]
     soft = prompt.to(device=device, dtype=embeds.dtype)
-    if backbone.kind == "causal" and soft.ndim == 2:
+    if backbone.kind == "causal" and soft.ndim == 2 and device.type == "cpu":
+        # the prompt once, the texts after its keys/values: fewer FLOPs, which is what a CPU
+        # step costs; on a GPU a small model's step costs kernel launches, which the extra
+        # pass doubles (BENCHMARKS.md, "On a GPU"), so there the rows stay [prompt; text]
         return _prefixed_hidden(backbone, prompt_states(backbone, soft), embeds, attention_mask), 0
     soft = soft.expand(n, -1, -1) if soft.ndim == 3 else soft.unsqueeze(0).expand(n, -1, -1)
     embeds = torch.cat([soft, embeds], dim=1)
@@ -304,11 +308,29 @@ def _prefixed_hidden(backbone: Backbone, prefix: PrefixKV, embeds, attention_mas
     if getattr(model, "is_activation_checkpointing", False):
         keep_cache_when_checkpointing(model)
     batch, device = embeds.shape[0], embeds.device
+    if device.type == "cpu" and not prefix.per_row:
+        packing = plan_packing(attention_mask, prefix.length)
+        if packing is not None:
+            return _packed_hidden(backbone, prefix, embeds, packing)
     cache = prefix_cache(
         model, prefix.keys.to(device), prefix.values.to(device), batch, frozen=True
     )
     ones = torch.ones((batch, prefix.length), dtype=attention_mask.dtype, device=device)
     return backbone.body(embeds, torch.cat([ones, attention_mask], dim=1), past_key_values=cache)
+
+
+def _packed_hidden(backbone: Backbone, prefix: PrefixKV, embeds, packing) -> torch.Tensor:
+    """`_prefixed_hidden` with the texts packed several to a row (softprompt.packing)."""
+    model, device = backbone.model, embeds.device
+    cache = prefix_cache(
+        model, prefix.keys.to(device), prefix.values.to(device), packing.rows, frozen=True
+    )
+    width = embeds.shape[1]
+    mask = attention_mask_for(model, packing.mask, embeds.dtype)
+    hidden = backbone.body(
+        pack(embeds, packing, width), mask, past_key_values=cache, position_ids=packing.positions
+    )
+    return unpack(hidden, packing, embeds.shape[0])
 
 
 @dataclass
