@@ -224,3 +224,11 @@ def test_debug_shows_the_traceback(monkeypatch, capsys, tmp_path):
     code, _, err = invoke(monkeypatch, capsys, "train", tmp_path / "nope.yaml")
     assert_one_line_error(code, err, 2, "config file not found")
     assert "SOFTPROMPT_DEBUG" not in __import__("os").environ
+
+
+def test_unknown_device_is_a_one_line_error(monkeypatch, capsys, tiny_dirs):
+    code, _, err = invoke(
+        monkeypatch, capsys, "predict", "-m", tiny_dirs["llama"], "-t", "x", "--device", "gpu0"
+    )
+    assert code == 2
+    assert err.strip() == "error: --device: unknown device 'gpu0'"

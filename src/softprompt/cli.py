@@ -46,6 +46,9 @@ VerbalizerOpt = Annotated[
 DataOpt = Annotated[str | None, typer.Option(help="Folder, file or hf:NAME.")]
 SplitOpt = Annotated[str, typer.Option(help="train, dev or test.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per forward pass.")]
+DeviceOpt = Annotated[
+    str, typer.Option(help="cpu, cuda, cuda:1 ..., or auto: the GPU when there is one.")
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="Take the task (template, verbalizer) from a config."),
@@ -160,19 +163,21 @@ def evaluate(
         str | None, typer.Option(help="Override the task type, e.g. suffix (the smiley metric).")
     ] = None,
     samples: Annotated[int, typer.Option(min=1, help="Suffix task: continuations sampled.")] = 40,
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Loss, accuracy and macro-F1 of a prompt (or the bare model) on a data split.
 
     With several --model, one result per model (JSON: a list), each marked trained_on_model."""
-    from softprompt.backbones import load_backbone
+    from softprompt.backbones import load_backbone, resolve_device
     from softprompt.evaluate import evaluate as run_evaluation
 
     names = model or [_default_model(prompt, None)]
+    place = resolve_device(device, "--device")
     results = [
         run_evaluation(
             prompt,
-            load_backbone(name, dtype=dtype),
+            load_backbone(name, dtype=dtype, device=place),
             data,
             split=split,
             config=config,
@@ -406,17 +411,20 @@ def predict(
     template: TemplateOpt = None,
     verbalizer: VerbalizerOpt = None,
     dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """The label and the probability of each label for one or more texts."""
+    from softprompt.backbones import load_backbone, resolve_device
     from softprompt.evaluate import predict as run_prediction
 
     if not text:
         raise UsageError("give at least one --text to classify")
+    place = resolve_device(device, "--device")
     results = run_prediction(
         prompt,
         text,
-        _default_model(prompt, model),
+        load_backbone(_default_model(prompt, model), dtype=dtype, device=place),
         config=config,
         template=template,
         verbalizer=_verbalizer(verbalizer),
@@ -449,11 +457,12 @@ def generate(
         int, typer.Option(min=1, help="Samples per text (sampling draws each separately).")
     ] = 1,
     dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Continue texts as given (no template) with a prompt or prefix; --compare shows the bare
     model too."""
-    from softprompt.backbones import load_backbone
+    from softprompt.backbones import load_backbone, resolve_device
     from softprompt.evaluate import steering
     from softprompt.generate import SamplingOptions
     from softprompt.generate import generate as run_generation
@@ -465,7 +474,8 @@ def generate(
         raise UsageError("--compare needs a PROMPT to compare against the bare model")
     options = SamplingOptions(max_new_tokens, greedy, temperature, top_k, top_p, seed)
     options.check()
-    backbone = load_backbone(_default_model(prompt, model), dtype=dtype)
+    place = resolve_device(device, "--device")
+    backbone = load_backbone(_default_model(prompt, model), dtype=dtype, device=place)
     soft = load_artifact(prompt) if prompt is not None else None
     steer, _ = steering(soft, backbone, str(prompt))
     if num_samples > 1 and greedy:

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from softprompt.backbones import Backbone, load_backbone
+from softprompt.backbones import Backbone, load_backbone, resolve_device
 from softprompt.config import TrainConfig, config_to_dict
 from softprompt.data import load_split
 from softprompt.distributed import launched_processes
@@ -47,15 +47,6 @@ from softprompt.tracking import Trackers, check_trackers
 
 CHECKPOINT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        return torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"train.device: unknown device {name!r}") from exc
 
 
 def lr_factor(step: int, total: int, warmup: int, schedule: str) -> float:
