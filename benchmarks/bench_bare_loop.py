@@ -11,11 +11,13 @@ must agree (the difference is printed).
 
 Also printed: the FLOP/s the model achieves while training, against a large matmul's FLOP/s in
 the same run. FLOPs per step = 4 * N * tokens, N = parameters of the transformer body
-(embeddings and LM head excluded: the verbalizer loss uses 2 rows of the head), tokens = batch
-x (16 prompt positions + padded text width). 4N = forward 2N + backward 2N for the activation
-gradients only: the frozen weights get no weight gradient, so the usual 6N (which adds 2N for
-weight gradients) would overstate the work; 6N is printed too, labelled, for comparison with
-fine-tuning figures. Attention-score FLOPs (about 1% at these lengths) are left out.
+(embeddings and LM head excluded: the verbalizer loss uses 2 rows of the head), tokens = the
+positions each contender runs through the model: batch x (16 + padded text width) for the bare
+loop; for the trainer on a CPU 16 (the prompt, once) + packed rows x text width. 4N = forward
+2N + backward 2N for the activation gradients only: the frozen weights get no weight gradient,
+so the usual 6N (which adds 2N for weight gradients) would overstate the work; 6N is printed
+too, labelled, for comparison with fine-tuning figures. Attention-score FLOPs (about 1% at
+these lengths) are left out.
 
 Run: .venv/bin/python benchmarks/bench_bare_loop.py [--dtype float32|bfloat16]
      [--steps 5] [--repeats 4] [--batch-size 8] [--matmul-size 2048] [--model smollm2-135m]
@@ -32,6 +34,7 @@ from common import ROOT, alternate, device, loss_agreement, machine, median, rat
 
 from softprompt.config import load_config
 from softprompt.data import load_split
+from softprompt.packing import first_fit_decreasing
 from softprompt.tasks import data_spec
 from softprompt.train import Trainer
 
@@ -167,13 +170,16 @@ def report(args, bare, schedule, times, losses) -> None:
     print(ratio_line("  throughput", rates, "samples/s") + "  (target >= 0.90x)")
     print("  " + loss_agreement(losses))
     n = body_parameters(bare.model)
-    widths = [int(bare.lengths[torch.tensor(s)].max()) for s in schedule[1:]]
+    lengths = [bare.lengths[torch.tensor(s)].tolist() for s in schedule[1:]]
+    widths = [max(batch) for batch in lengths]
     # positions each one runs through the model: the bare loop [prompt; text] per row; the
-    # trainer (causal fast path) the prompt once, then the texts after its keys/values
-    computed = {
-        "bare loop": [args.batch_size * (PROMPT_LENGTH + w) for w in widths],
-        "trainer": [args.batch_size * w + PROMPT_LENGTH for w in widths],
-    }
+    # trainer on a CPU the prompt once, then the texts packed into rows after its keys/values
+    # (on a GPU it runs [prompt; text] rows too)
+    computed = {"bare loop": [args.batch_size * (PROMPT_LENGTH + w) for w in widths]}
+    computed["trainer"] = computed["bare loop"]
+    if next(bare.model.parameters()).device.type == "cpu":
+        rows = [len(first_fit_decreasing(batch, max(batch))) for batch in lengths]
+        computed["trainer"] = [r * w + PROMPT_LENGTH for r, w in zip(rows, widths)]
     matmul_dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     peak = matmul_flops(args.matmul_size, matmul_dtype)
     print(
