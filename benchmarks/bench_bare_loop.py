@@ -13,7 +13,7 @@ Also printed: the FLOP/s the model achieves while training, against a large matm
 the same run. FLOPs per step = 4 * N * tokens, N = parameters of the transformer body
 (embeddings and LM head excluded: the verbalizer loss uses 2 rows of the head), tokens = the
 positions each contender runs through the model: batch x (16 + padded text width) for the bare
-loop; for the trainer on a CPU 16 (the prompt, once) + packed rows x text width. 4N = forward
+loop; for the trainer on a CPU, rows of [prompt | text | text ...] x their width. 4N = forward
 2N + backward 2N for the activation gradients only: the frozen weights get no weight gradient,
 so the usual 6N (which adds 2N for weight gradients) would overstate the work; 6N is printed
 too, labelled, for comparison with fine-tuning figures. Attention-score FLOPs (about 1% at
@@ -34,7 +34,7 @@ from common import ROOT, alternate, device, loss_agreement, machine, median, rat
 
 from softprompt.config import load_config
 from softprompt.data import load_split
-from softprompt.packing import first_fit_decreasing
+from softprompt.packing import PROMPT_ROW_TOKENS, first_fit_decreasing
 from softprompt.tasks import data_spec
 from softprompt.train import Trainer
 
@@ -160,6 +160,12 @@ def main() -> None:
     report(args, bare, schedule, times, losses)
 
 
+def packed_positions(lengths: list[int]) -> int:
+    """Positions the trainer computes for a batch on a CPU (softprompt.packing)."""
+    bins = first_fit_decreasing(lengths, max(max(lengths), PROMPT_ROW_TOKENS))
+    return len(bins) * (PROMPT_LENGTH + max(sum(lengths[i] for i in b) for b in bins))
+
+
 def report(args, bare, schedule, times, losses) -> None:
     """Samples/s and ratio, loss agreement, achieved model FLOP/s against the matmul's."""
     print(
@@ -173,13 +179,11 @@ def report(args, bare, schedule, times, losses) -> None:
     lengths = [bare.lengths[torch.tensor(s)].tolist() for s in schedule[1:]]
     widths = [max(batch) for batch in lengths]
     # positions each one runs through the model: the bare loop [prompt; text] per row; the
-    # trainer on a CPU the prompt once, then the texts packed into rows after its keys/values
-    # (on a GPU it runs [prompt; text] rows too)
+    # trainer on a CPU rows of [prompt | text | text ...] (on a GPU [prompt; text] rows too)
     computed = {"bare loop": [args.batch_size * (PROMPT_LENGTH + w) for w in widths]}
     computed["trainer"] = computed["bare loop"]
     if next(bare.model.parameters()).device.type == "cpu":
-        rows = [len(first_fit_decreasing(batch, max(batch))) for batch in lengths]
-        computed["trainer"] = [r * w + PROMPT_LENGTH for r, w in zip(rows, widths)]
+        computed["trainer"] = [packed_positions(batch) for batch in lengths]
     matmul_dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     peak = matmul_flops(args.matmul_size, matmul_dtype)
     print(

@@ -3,8 +3,14 @@ import torch
 
 from softprompt.data import Example
 from softprompt.errors import ConfigError, DataError
-from softprompt.packing import first_fit_decreasing, plan_packing
-from softprompt.tasks import ClassificationTask, LanguageModelingTask, check_template
+from softprompt.packing import first_fit_decreasing, plan_packing, plan_prompt_packing
+from softprompt.prefix import PrefixKV, prefix_geometry
+from softprompt.tasks import (
+    ClassificationTask,
+    LanguageModelingTask,
+    check_template,
+    prompted_hidden,
+)
 
 VERBALIZER = {"negative": " bad", "positive": " good"}
 
@@ -50,8 +56,8 @@ def test_prompt_gradient_matches_the_plain_concatenated_forward(tiny, family):
     texts = ["great movie", "it was awful , bad bad", "good", "bad", "it was a great movie , good"]
     examples = [Example(t, "positive" if "good" in t else "negative") for t in texts]
     batch = task.collate([task.encode(e) for e in examples])
-    packing = plan_packing(batch.attention_mask, 4)  # short texts share rows: packed path
-    assert packing is not None and packing.rows < len(examples)
+    packing = plan_prompt_packing(batch.attention_mask, 4)  # texts share rows: packed path
+    assert packing.rows < len(examples)
     start = torch.randn(4, 32) * 0.1
     prompt = start.clone().requires_grad_(True)
     scores = task.class_scores(prompt, batch, full_vocab=True)
@@ -82,7 +88,7 @@ def test_lm_loss_with_a_prompt_matches_the_concatenated_forward(tiny, family):
     task = LanguageModelingTask(backbone, max_length=64, prompt_length=3)
     texts = ["great movie it was good", "awful", "bad", "it was good , good movie"]
     windows = task.encode_all([Example(t) for t in texts])
-    assert plan_packing(task.collate(windows).attention_mask, 3) is not None
+    assert plan_prompt_packing(task.collate(windows).attention_mask, 3).rows == 1
     prompt = torch.randn(3, 32) * 0.1
     with torch.no_grad():
         nll, count = task.token_losses(prompt, task.collate(windows))
@@ -232,3 +238,25 @@ def test_lm_windows_cover_every_token(tiny):
         flat
         == task.specials_before + tiny["llama"].tokenizer(text, add_special_tokens=False).input_ids
     )
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma3"])
+def test_packed_texts_after_a_prefix_equal_each_text_alone(tiny, family):
+    backbone = tiny[family]
+    layers, heads, dim = prefix_geometry(backbone.model)
+    generator = torch.Generator().manual_seed(4)
+    prefix = PrefixKV(
+        torch.randn(layers, heads, 3, dim, generator=generator),
+        torch.randn(layers, heads, 3, dim, generator=generator),
+    )
+    task = LanguageModelingTask(backbone, max_length=64)
+    texts = ["great movie it was good and bad", "awful", "bad movie", "good", "it was"]
+    batch = task.collate(task.encode_all([Example(t) for t in texts]))
+    assert plan_packing(batch.attention_mask, 3) is not None  # rows are shared: packed path
+    with torch.no_grad():
+        packed, _ = prompted_hidden(backbone, prefix, batch.input_ids, batch.attention_mask)
+        for row in range(len(texts)):
+            n = int(batch.attention_mask[row].sum())
+            ids, mask = batch.input_ids[row : row + 1, :n], batch.attention_mask[row : row + 1, :n]
+            alone, _ = prompted_hidden(backbone, prefix, ids, mask)
+            torch.testing.assert_close(packed[row, :n], alone[0], atol=1e-5, rtol=1e-4)

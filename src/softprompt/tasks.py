@@ -16,7 +16,13 @@ import torch.nn.functional as F
 from softprompt.backbones import Backbone
 from softprompt.data import DataSpec, Example
 from softprompt.errors import ConfigError, DataError, ModelError
-from softprompt.packing import attention_mask_for, pack, plan_packing, unpack
+from softprompt.packing import (
+    attention_mask_for,
+    pack,
+    plan_packing,
+    plan_prompt_packing,
+    unpack,
+)
 from softprompt.prefix import PrefixKV, keep_cache_when_checkpointing, prefix_cache
 
 PLACEHOLDER = re.compile(r"\{(\w*)\}")
@@ -272,14 +278,28 @@ def prompted_hidden(
     n, length = input_ids.shape[0], prompt.shape[-2]
     soft = prompt.to(device=device, dtype=embeds.dtype)
     if backbone.kind == "causal" and soft.ndim == 2 and device.type == "cpu":
-        # the prompt once, the texts after its keys/values: fewer FLOPs, which is what a CPU
-        # step costs; on a GPU a small model's step costs kernel launches, which the extra
-        # pass doubles (BENCHMARKS.md, "On a GPU"), so there the rows stay [prompt; text]
-        return _prefixed_hidden(backbone, prompt_states(backbone, soft), embeds, attention_mask), 0
+        # the prompt once per packed row, the texts after it: fewer positions, which is what a
+        # CPU step costs; on a GPU a small model's step costs kernel launches, so there the
+        # rows stay [prompt; text] (BENCHMARKS.md, "On a GPU")
+        return _prompt_packed_hidden(backbone, soft, embeds, attention_mask), 0
     soft = soft.expand(n, -1, -1) if soft.ndim == 3 else soft.unsqueeze(0).expand(n, -1, -1)
     embeds = torch.cat([soft, embeds], dim=1)
     ones = torch.ones((n, length), dtype=attention_mask.dtype, device=device)
     return backbone.body(embeds, torch.cat([ones, attention_mask], dim=1)), length
+
+
+def _prompt_packed_hidden(backbone: Backbone, prompt, embeds, attention_mask) -> torch.Tensor:
+    """Hidden states of the texts, run as rows of [prompt | text | text ...] in one pass
+    (softprompt.packing.plan_prompt_packing); returned in the batch's padded shape."""
+    length = prompt.shape[0]
+    packing = plan_prompt_packing(attention_mask, length)
+    row_width = packing.mask.shape[-1]
+    texts = embeds.new_zeros((packing.rows, row_width, embeds.shape[-1]))
+    texts[packing.target] = embeds[packing.source]
+    rows = torch.cat([prompt.unsqueeze(0).expand(packing.rows, -1, -1), texts[:, length:]], 1)
+    mask = attention_mask_for(backbone.model, packing.mask, embeds.dtype)
+    hidden = backbone.body(rows, mask, position_ids=packing.positions)
+    return unpack(hidden, packing, embeds.shape[0])[:, : embeds.shape[1]]
 
 
 def prompt_states(backbone: Backbone, prompt: torch.Tensor) -> PrefixKV:
@@ -288,8 +308,8 @@ def prompt_states(backbone: Backbone, prompt: torch.Tensor) -> PrefixKV:
     ([layers, P, kv_heads, L, head_dim]).
 
     They depend only on the prompt (it comes first and attends to nothing after it), so one
-    pass serves the whole batch: the text then runs after them as after a prefix. This skips
-    L positions per example in the forward and the backward pass."""
+    pass serves many texts: exact importance runs each ablated prompt once this way and the
+    texts after it as after a prefix."""
     from transformers import DynamicCache
 
     many = prompt.ndim == 3
