@@ -56,7 +56,9 @@ def peft_step(precision: str, trainer: Trainer, model_spec: str = MODEL):
     model = get_peft_model(
         model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=16)
     )
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.01)
+    optimizer = torch.optim.AdamW(
+        [p for p in model.parameters() if p.requires_grad], lr=trainer.settings.lr
+    )
     tokenizer = load_backbone(model_spec).tokenizer
     rows = [
         json.loads(line)
