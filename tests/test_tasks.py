@@ -260,3 +260,11 @@ def test_packed_texts_after_a_prefix_equal_each_text_alone(tiny, family):
             ids, mask = batch.input_ids[row : row + 1, :n], batch.attention_mask[row : row + 1, :n]
             alone, _ = prompted_hidden(backbone, prefix, ids, mask)
             torch.testing.assert_close(packed[row, :n], alone[0], atol=1e-5, rtol=1e-4)
+
+
+def test_packing_refuses_left_padded_rows():
+    left_padded = torch.tensor([[0, 1, 1], [1, 1, 1]])
+    with pytest.raises(ValueError, match="right-padded"):
+        plan_prompt_packing(left_padded, 2)
+    with pytest.raises(ValueError, match="right-padded"):
+        plan_packing(left_padded, 2)

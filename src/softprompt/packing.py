@@ -47,6 +47,7 @@ class Packing:
 def plan_packing(attention_mask: torch.Tensor, prefix_length: int) -> Packing | None:
     """The packing of a right-padded batch after a cached prefix, or None when it would not
     save a row."""
+    _check_right_padded(attention_mask)
     rows, width = attention_mask.shape
     lengths = attention_mask.sum(1).tolist()
     bins = first_fit_decreasing(lengths, width)
@@ -65,6 +66,7 @@ def plan_prompt_packing(
     """Rows of [prompt | text | text | ...] for one forward pass with no cache: each text sees
     the prompt and its own earlier tokens at the positions it would have alone. Texts share a
     row up to `capacity` text tokens (default PROMPT_ROW_TOKENS; a longer text gets its own)."""
+    _check_right_padded(attention_mask)
     width = attention_mask.shape[1]
     lengths = attention_mask.sum(1).tolist()
     bins = first_fit_decreasing(lengths, max(width, capacity or PROMPT_ROW_TOKENS))
@@ -78,6 +80,12 @@ def plan_prompt_packing(
     mask |= prompt[:, None] & prompt[None, :] & (place[:, :, None] >= place[:, None, :])
     mask |= torch.eye(row_width, dtype=torch.bool, device=device)  # pads: no empty rows (NaN)
     return Packing(len(bins), source, target, place + prompt_length, mask[:, None])
+
+
+def _check_right_padded(attention_mask: torch.Tensor) -> None:
+    ordered = attention_mask.sort(dim=1, descending=True, stable=True).values
+    if not torch.equal(ordered, attention_mask):
+        raise ValueError("packing needs right-padded rows (every text's tokens first)")
 
 
 def _layout(bins, lengths, width: int, start: int, device):
