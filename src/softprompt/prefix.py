@@ -61,6 +61,8 @@ def prefix_cache(
         layer_keys, layer_values = keys[index].to(dtype), values[index].to(dtype)
         if not per_row:
             layer_keys, layer_values = layer_keys.expand(shape), layer_values.expand(shape)
+            if not frozen:  # generation grows each row's cache: give every row its own copy
+                layer_keys, layer_values = layer_keys.contiguous(), layer_values.contiguous()
         layer.update(layer_keys, layer_values)
         if frozen:
             layer.update = types.MethodType(_non_mutating_update, layer)
