@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from softprompt.analysis.explain import embedding_table
-from softprompt.backbones import Backbone, cache_root, load_backbone
+from softprompt.backbones import Backbone, as_backbone, cache_root, load_backbone
 from softprompt.errors import ModelError, PromptFileError, UsageError
 from softprompt.prompts import (
     SoftPrompt,
@@ -443,10 +443,6 @@ def read_alignment(path: str | Path, key: str | None = None) -> Alignment:
     )
 
 
-def _as_backbone(model: Backbone | str, dtype: str) -> Backbone:
-    return model if isinstance(model, Backbone) else load_backbone(model, dtype=dtype)
-
-
 def load_alignment(
     source: Backbone | str,
     target: Backbone | str,
@@ -464,7 +460,7 @@ def load_alignment(
     A cache file that is unreadable or for other models is ignored and replaced.
     """
     check_settings(method, holdout, ridge_lambda)
-    source, target = _as_backbone(source, dtype), _as_backbone(target, dtype)
+    source, target = as_backbone(source, dtype), as_backbone(target, dtype)
     settings = settings_of(method, holdout, seed, ridge_lambda)
     path, key = alignment_cache_path(source, target, settings)
     if not refit and path.is_file():
@@ -516,9 +512,9 @@ def transfer_prompt(
     """
     soft = prompt if isinstance(prompt, SoftPrompt) else load_prompt(prompt)
     check_settings(method, holdout, ridge_lambda)
-    target = _as_backbone(target, dtype)
+    target = as_backbone(target, dtype)
     if alignment is None:
-        model = _as_backbone(_source_model(soft, source), dtype)
+        model = as_backbone(_source_model(soft, source), dtype)
         soft.check_fits(model.hidden_size, model.name)
         alignment = load_alignment(
             model,

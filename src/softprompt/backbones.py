@@ -213,6 +213,11 @@ def _auto_class(kind: ModelKind):
     return AutoModelForCausalLM if kind == "causal" else AutoModelForMaskedLM
 
 
+def as_backbone(model: Backbone | str, dtype: str = "float32") -> Backbone:
+    """A loaded backbone as given, or loaded from a model spec."""
+    return model if isinstance(model, Backbone) else load_backbone(model, dtype=dtype)
+
+
 def resolve_device(name: str | torch.device, setting: str = "train.device") -> torch.device:
     """A torch device from a name; `auto` is the GPU when there is one, else the CPU."""
     if name == "auto":

@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 from sklearn.metrics import f1_score
 
-from softprompt.backbones import DEFAULT_MODEL, Backbone, load_backbone
+from softprompt.backbones import DEFAULT_MODEL, Backbone, as_backbone
 from softprompt.config import TaskConfig, describe_error, load_config
 from softprompt.data import Example, load_split
 from softprompt.errors import UsageError
@@ -119,10 +119,6 @@ def steering(artifact, backbone: Backbone, source: str):
     return artifact.embedding_for(backbone.hidden_size, backbone.name, source), artifact.length
 
 
-def _as_backbone(model, dtype: str) -> Backbone:
-    return model if isinstance(model, Backbone) else load_backbone(model, dtype=dtype)
-
-
 def resolve_task(
     prompt: SoftPrompt | None,
     data: str | None = None,
@@ -170,7 +166,7 @@ def evaluate(
     )
     if not task_config.data:
         raise UsageError("no data given: pass --data (a folder, a file or hf:NAME)")
-    backbone = _as_backbone(model, dtype)
+    backbone = as_backbone(model, dtype)
     steer, length = steering(soft, backbone, str(prompt))
     examples = load_split(data_spec(task_config), split)
     if task_config.type == "suffix":
@@ -209,7 +205,7 @@ def predict(
     task_config = resolve_task(soft, config=config, template=template, verbalizer=verbalizer)
     if task_config.type != "classification":
         raise UsageError("predict needs a classification task (template and verbalizer)")
-    backbone = _as_backbone(model, dtype)
+    backbone = as_backbone(model, dtype)
     steer, length = steering(soft, backbone, str(prompt))
     task = build_task(task_config, backbone, length)
     pairs = text_b or [None] * len(texts)

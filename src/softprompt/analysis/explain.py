@@ -10,7 +10,7 @@ from softprompt.analysis.compression import compress, top_tokens
 from softprompt.analysis.importance import ABLATIONS, exact_importance, gradient_importance
 from softprompt.analysis.neighbours import nearest_tokens
 from softprompt.analysis.splitting import alignment, knn_location, owners
-from softprompt.backbones import Backbone, load_backbone
+from softprompt.backbones import Backbone, as_backbone
 from softprompt.data import load_split
 from softprompt.errors import UsageError
 from softprompt.evaluate import evaluate_task, resolve_task
@@ -54,7 +54,7 @@ def explain(
     if task_config.type != "classification" or not task_config.data:
         raise UsageError("explain needs a classification task with data (--data)")
     examples = load_split(data_spec(task_config), split)[:max_examples]
-    backbones = [m if isinstance(m, Backbone) else load_backbone(m, dtype=dtype) for m in models]
+    backbones = [as_backbone(m, dtype) for m in models]
     per_model, tasks = [], []
     points = [soft.embedding_for(b.hidden_size, b.name, source=name) for b in backbones]
     for backbone, point in zip(backbones, points):

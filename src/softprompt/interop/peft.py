@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from softprompt.backbones import BUNDLED, Backbone, load_backbone
+from softprompt.backbones import BUNDLED, Backbone, as_backbone
 from softprompt.errors import ModelError, PromptFileError, UsageError
 from softprompt.prefix import PrefixKV, SavedPrefix, load_artifact, prefix_geometry, save_prefix
 from softprompt.prompts import (
@@ -63,7 +63,7 @@ def export_peft(
     The folder appears complete or not at all (written beside it, then renamed); an existing,
     non-empty folder is replaced only with `overwrite=True`.
     """
-    backbone = load_backbone(model) if isinstance(model, str) else model
+    backbone = as_backbone(model)
     if backbone.kind != "causal":
         raise ModelError(
             f"PEFT export needs a causal LM; {backbone.name} is a masked LM (PEFT's prompt "
