@@ -22,6 +22,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from softprompt.attention import NAME as SEGMENT_ATTENTION
+from softprompt.attention import Segments, use_segment_attention
 from softprompt.errors import ConfigError, ModelError, UsageError
 
 ModelKind = Literal["causal", "masked"]
@@ -137,6 +139,11 @@ class Backbone:
         return self.input_embeddings.weight.dtype
 
     @property
+    def segment_attention(self) -> bool:
+        """Whether the model runs softprompt.attention's segment attention."""
+        return getattr(self.model.config, "_attn_implementation", None) == SEGMENT_ATTENTION
+
+    @property
     def tokenizer_name(self) -> str:
         return str(getattr(self.tokenizer, "name_or_path", "") or self.name)
 
@@ -150,14 +157,18 @@ class Backbone:
         attention_mask: torch.Tensor,
         past_key_values=None,
         position_ids: torch.Tensor | None = None,
+        segments: Segments | None = None,
     ) -> torch.Tensor:
-        """Last hidden states of the transformer body (no LM head), after a cache if given."""
+        """Last hidden states of the transformer body (no LM head), after a cache if given.
+        `segments`: the mask's blocks, for a model running segment attention."""
+        extra = {"segments": segments} if segments is not None and self.segment_attention else {}
         out = self.model.base_model(
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
             past_key_values=past_key_values,
             position_ids=position_ids,
             use_cache=past_key_values is not None,
+            **extra,
         )
         return out.last_hidden_state
 
@@ -263,6 +274,8 @@ def load_backbone(
     model.requires_grad_(False)
     model.eval()
     model.to(device)
+    if chosen == "causal" and torch.device(device).type == "cpu":
+        use_segment_attention(model)  # packed rows compute only what each text sees
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
     return Backbone(name=spec, model=model, tokenizer=tokenizer, kind=chosen)

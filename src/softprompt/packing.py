@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from softprompt.attention import NAME as ATTENTION_NAME
+from softprompt.attention import Segments, prompt_row_segments
+
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
     """Bins of item indices, each bin's lengths summing to at most `capacity`."""
@@ -42,6 +45,7 @@ class Packing:
     target: tuple[torch.Tensor, torch.Tensor]  # (row, column) of each token in the packed batch
     positions: torch.Tensor  # [rows, width] position ids (prefix length + place in its text)
     mask: torch.Tensor  # [rows, 1, width, prefix + width] True where a query may attend
+    segments: Segments | None = None  # the same mask as blocks, for segment attention
 
 
 def plan_packing(attention_mask: torch.Tensor, prefix_length: int) -> Packing | None:
@@ -79,7 +83,8 @@ def plan_prompt_packing(
     prompt = torch.arange(row_width, device=device) < prompt_length
     mask |= prompt[:, None] & prompt[None, :] & (place[:, :, None] >= place[:, None, :])
     mask |= torch.eye(row_width, dtype=torch.bool, device=device)  # pads: no empty rows (NaN)
-    return Packing(len(bins), source, target, place + prompt_length, mask[:, None])
+    segments = prompt_row_segments(bins, lengths, row_width, prompt_length)
+    return Packing(len(bins), source, target, place + prompt_length, mask[:, None], segments)
 
 
 def _check_right_padded(attention_mask: torch.Tensor) -> None:
@@ -136,7 +141,7 @@ def unpack(values: torch.Tensor, packing: Packing, rows: int) -> torch.Tensor:
 
 def attention_mask_for(model, mask: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The boolean mask as the model's attention takes it: sdpa a boolean, others additive."""
-    if model.config._attn_implementation == "sdpa":
+    if model.config._attn_implementation in ("sdpa", ATTENTION_NAME):
         return mask
     return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(
         ~mask, torch.finfo(dtype).min

@@ -298,7 +298,7 @@ def _prompt_packed_hidden(backbone: Backbone, prompt, embeds, attention_mask) ->
     texts[packing.target] = embeds[packing.source]
     rows = torch.cat([prompt.unsqueeze(0).expand(packing.rows, -1, -1), texts[:, length:]], 1)
     mask = attention_mask_for(backbone.model, packing.mask, embeds.dtype)
-    hidden = backbone.body(rows, mask, position_ids=packing.positions)
+    hidden = backbone.body(rows, mask, position_ids=packing.positions, segments=packing.segments)
     return unpack(hidden, packing, embeds.shape[0])[:, : embeds.shape[1]]
 
 
