@@ -25,6 +25,7 @@ from torch import nn
 from softprompt.attention import NAME as SEGMENT_ATTENTION
 from softprompt.attention import Segments, use_segment_attention
 from softprompt.errors import ConfigError, ModelError, UsageError
+from softprompt.logprobs import vocab_logprobs
 
 ModelKind = Literal["causal", "masked"]
 KIND_CHOICES = ("auto", "causal", "masked")
@@ -193,6 +194,20 @@ class Backbone:
         if cap:
             logits = torch.tanh(logits / cap) * cap
         return logits
+
+    def vocab_logprobs(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
+        """Full-vocabulary log-probabilities (float32) of `token_ids` [..., C] at hidden
+        states [..., d]; on CPUs in one pass over the head (softprompt.logprobs)."""
+        head = _head_module(self.model)
+        capped = getattr(self.model.config, "final_logit_softcapping", None)
+        if (
+            isinstance(head, nn.Linear)
+            and hidden.device.type == "cpu"
+            and not capped
+            and not head.weight.requires_grad
+        ):
+            return vocab_logprobs(hidden, head.weight, head.bias, token_ids)
+        return torch.log_softmax(self.head_logits(hidden), dim=-1).gather(-1, token_ids)
 
 
 def _head_module(model: nn.Module) -> nn.Module:

@@ -239,11 +239,11 @@ class ClassificationTask:
             h = hidden[rows, offset + batch.positions[:, 0].to(device)]
             class_ids = self.class_token_ids.to(device)
             if full_vocab:
-                return torch.log_softmax(self.backbone.head_logits(h), dim=-1)[:, class_ids]
+                return self.backbone.vocab_logprobs(h, class_ids.expand(h.shape[0], -1))
             return self.backbone.head_logits(h, class_ids)
         h = hidden[rows[:, None], offset + batch.positions.to(device)]
-        logp = torch.log_softmax(self.backbone.head_logits(h), dim=-1)
-        token_logp = logp.gather(-1, batch.targets.to(device)[..., None]).squeeze(-1)
+        targets = batch.targets.to(device)[..., None]
+        token_logp = self.backbone.vocab_logprobs(h, targets).squeeze(-1)
         row_scores = (token_logp * batch.target_mask.to(device)).sum(-1)
         scores = torch.full((batch.size, len(self.labels)), float("-inf"), device=device)
         scores[batch.row_example.to(device), batch.row_class.to(device)] = row_scores
