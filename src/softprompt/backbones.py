@@ -25,6 +25,7 @@ from torch import nn
 from softprompt.attention import NAME as SEGMENT_ATTENTION
 from softprompt.attention import Segments, use_segment_attention
 from softprompt.errors import ConfigError, ModelError, UsageError
+from softprompt.last_layer import last_mlp_at
 from softprompt.logprobs import vocab_logprobs
 
 ModelKind = Literal["causal", "masked"]
@@ -159,18 +160,23 @@ class Backbone:
         past_key_values=None,
         position_ids: torch.Tensor | None = None,
         segments: Segments | None = None,
+        read: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Last hidden states of the transformer body (no LM head), after a cache if given.
-        `segments`: the mask's blocks, for a model running segment attention."""
+
+        `segments`: the mask's blocks, for a model running segment attention. `read`: the only
+        flat positions (row * width + column) the caller reads; the others' last MLP is skipped
+        and their states are not final (softprompt.last_layer)."""
         extra = {"segments": segments} if segments is not None and self.segment_attention else {}
-        out = self.model.base_model(
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values,
-            position_ids=position_ids,
-            use_cache=past_key_values is not None,
-            **extra,
-        )
+        with last_mlp_at(self.model, read):
+            out = self.model.base_model(
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                past_key_values=past_key_values,
+                position_ids=position_ids,
+                use_cache=past_key_values is not None,
+                **extra,
+            )
         return out.last_hidden_state
 
     def head_logits(

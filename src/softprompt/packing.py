@@ -125,6 +125,15 @@ def _text_mask(segment: torch.Tensor, place: torch.Tensor) -> torch.Tensor:
     return same & (place[:, :, None] >= place[:, None, :])
 
 
+def packed_positions(packing: Packing, positions: torch.Tensor, width: int) -> torch.Tensor:
+    """Flat packed positions (row * width + column) of padded-batch positions [N, K]."""
+    rows, columns = packing.source
+    shape = (int(rows.max()) + 1, int(columns.max()) + 1)
+    lookup = torch.zeros(shape, dtype=torch.long, device=positions.device)
+    lookup[packing.source] = packing.target[0] * width + packing.target[1]
+    return lookup.gather(1, positions).flatten().unique()
+
+
 def pack(values: torch.Tensor, packing: Packing, width: int) -> torch.Tensor:
     """[N, T, ...] padded rows -> [packed rows, T, ...]."""
     packed = values.new_zeros((packing.rows, width, *values.shape[2:]))

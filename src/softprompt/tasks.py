@@ -19,6 +19,7 @@ from softprompt.errors import ConfigError, DataError, ModelError
 from softprompt.packing import (
     attention_mask_for,
     pack,
+    packed_positions,
     plan_packing,
     plan_prompt_packing,
     unpack,
@@ -231,7 +232,7 @@ class ClassificationTask:
             rows = batch.row_example.to(prompt.keys.device)
             prompt = PrefixKV(prompt.keys[:, rows], prompt.values[:, rows])
         hidden, offset = prompted_hidden(
-            self.backbone, prompt, batch.input_ids, batch.attention_mask
+            self.backbone, prompt, batch.input_ids, batch.attention_mask, read=batch.positions
         )
         device = hidden.device
         rows = torch.arange(hidden.shape[0], device=device)
@@ -263,32 +264,48 @@ def prompted_hidden(
     prompt: torch.Tensor | None,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
+    read: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, int]:
     """Hidden states with the soft prompt prepended (mask 1 over it); returns them and L.
 
-    `prompt` is one [L, d] prompt for every row, or [N, L, d]: a prompt per row.
+    `prompt` is one [L, d] prompt for every row, or [N, L, d]: a prompt per row. `read`: the
+    token positions [N, K] the caller will read; only those states are final (the last
+    layer's MLP skips the others). None: all.
     """
     device = backbone.device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     embeds = backbone.embed(input_ids)
+    if read is not None:
+        read = read.to(device)
     if prompt is None:
-        return backbone.body(embeds, attention_mask), 0
+        return backbone.body(embeds, attention_mask, read=_flat(read, embeds.shape[1], 0)), 0
     if isinstance(prompt, PrefixKV):
-        return _prefixed_hidden(backbone, prompt, embeds, attention_mask), 0
+        return _prefixed_hidden(backbone, prompt, embeds, attention_mask, read), 0
     n, length = input_ids.shape[0], prompt.shape[-2]
     soft = prompt.to(device=device, dtype=embeds.dtype)
     if backbone.kind == "causal" and soft.ndim == 2 and device.type == "cpu":
         # the prompt once per packed row, the texts after it: fewer positions, which is what a
         # CPU step costs; on a GPU a small model's step costs kernel launches, so there the
         # rows stay [prompt; text] (BENCHMARKS.md, "On a GPU")
-        return _prompt_packed_hidden(backbone, soft, embeds, attention_mask), 0
+        return _prompt_packed_hidden(backbone, soft, embeds, attention_mask, read), 0
     soft = soft.expand(n, -1, -1) if soft.ndim == 3 else soft.unsqueeze(0).expand(n, -1, -1)
     embeds = torch.cat([soft, embeds], dim=1)
     ones = torch.ones((n, length), dtype=attention_mask.dtype, device=device)
-    return backbone.body(embeds, torch.cat([ones, attention_mask], dim=1)), length
+    mask = torch.cat([ones, attention_mask], dim=1)
+    return backbone.body(embeds, mask, read=_flat(read, embeds.shape[1], length)), length
 
 
-def _prompt_packed_hidden(backbone: Backbone, prompt, embeds, attention_mask) -> torch.Tensor:
+def _flat(read: torch.Tensor | None, width: int, offset: int) -> torch.Tensor | None:
+    """Flat positions (row * width + column) of token positions [N, K] shifted by `offset`."""
+    if read is None:
+        return None
+    rows = torch.arange(read.shape[0], device=read.device)[:, None]
+    return (rows * width + offset + read).flatten().unique()
+
+
+def _prompt_packed_hidden(
+    backbone: Backbone, prompt, embeds, attention_mask, read=None
+) -> torch.Tensor:
     """Hidden states of the texts, run as rows of [prompt | text | text ...] in one pass
     (softprompt.packing.plan_prompt_packing); returned in the batch's padded shape."""
     length = prompt.shape[0]
@@ -298,7 +315,10 @@ def _prompt_packed_hidden(backbone: Backbone, prompt, embeds, attention_mask) ->
     texts[packing.target] = embeds[packing.source]
     rows = torch.cat([prompt.unsqueeze(0).expand(packing.rows, -1, -1), texts[:, length:]], 1)
     mask = attention_mask_for(backbone.model, packing.mask, embeds.dtype)
-    hidden = backbone.body(rows, mask, position_ids=packing.positions, segments=packing.segments)
+    keep = None if read is None else packed_positions(packing, read, row_width)
+    hidden = backbone.body(
+        rows, mask, position_ids=packing.positions, segments=packing.segments, read=keep
+    )
     return unpack(hidden, packing, embeds.shape[0])[:, : embeds.shape[1]]
 
 
@@ -322,7 +342,7 @@ def prompt_states(backbone: Backbone, prompt: torch.Tensor) -> PrefixKV:
     return PrefixKV(keys, values)
 
 
-def _prefixed_hidden(backbone: Backbone, prefix: PrefixKV, embeds, attention_mask):
+def _prefixed_hidden(backbone: Backbone, prefix: PrefixKV, embeds, attention_mask, read=None):
     """Hidden states of the text after a key/value prefix (positions start at L)."""
     model = backbone.model
     if getattr(model, "is_activation_checkpointing", False):
@@ -331,15 +351,19 @@ def _prefixed_hidden(backbone: Backbone, prefix: PrefixKV, embeds, attention_mas
     if device.type == "cpu" and not prefix.per_row:
         packing = plan_packing(attention_mask, prefix.length)
         if packing is not None:
-            return _packed_hidden(backbone, prefix, embeds, packing)
+            return _packed_hidden(backbone, prefix, embeds, packing, read)
     cache = prefix_cache(
         model, prefix.keys.to(device), prefix.values.to(device), batch, frozen=True
     )
     ones = torch.ones((batch, prefix.length), dtype=attention_mask.dtype, device=device)
-    return backbone.body(embeds, torch.cat([ones, attention_mask], dim=1), past_key_values=cache)
+    mask = torch.cat([ones, attention_mask], dim=1)
+    keep = _flat(read, embeds.shape[1], 0)
+    return backbone.body(embeds, mask, past_key_values=cache, read=keep)
 
 
-def _packed_hidden(backbone: Backbone, prefix: PrefixKV, embeds, packing) -> torch.Tensor:
+def _packed_hidden(
+    backbone: Backbone, prefix: PrefixKV, embeds, packing, read=None
+) -> torch.Tensor:
     """`_prefixed_hidden` with the texts packed several to a row (softprompt.packing)."""
     model, device = backbone.model, embeds.device
     cache = prefix_cache(
@@ -347,8 +371,13 @@ def _packed_hidden(backbone: Backbone, prefix: PrefixKV, embeds, packing) -> tor
     )
     width = embeds.shape[1]
     mask = attention_mask_for(model, packing.mask, embeds.dtype)
+    keep = None if read is None else packed_positions(packing, read, width)
     hidden = backbone.body(
-        pack(embeds, packing, width), mask, past_key_values=cache, position_ids=packing.positions
+        pack(embeds, packing, width),
+        mask,
+        past_key_values=cache,
+        position_ids=packing.positions,
+        read=keep,
     )
     return unpack(hidden, packing, embeds.shape[0])
 
