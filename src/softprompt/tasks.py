@@ -275,8 +275,8 @@ def prompted_hidden(
     device = backbone.device
     input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
     embeds = backbone.embed(input_ids)
-    if read is not None:
-        read = read.to(device)
+    # a GPU step is bound by kernel launches, not arithmetic: the cut would cost, not pay
+    read = read.to(device) if read is not None and device.type == "cpu" else None
     if prompt is None:
         return backbone.body(embeds, attention_mask, read=_flat(read, embeds.shape[1], 0)), 0
     if isinstance(prompt, PrefixKV):
