@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 NAME = "softprompt_segments"
 
@@ -113,26 +114,35 @@ def segment_attention(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
         )
     rows, heads, width, dim = query.shape
-    kv_heads = key.shape[1]
-    group = heads // kv_heads
-    count, length = segments.query_gather.shape
-    q = _gather(query, segments.query_gather)
-    k, v = _gather(key, segments.keys), _gather(value, segments.keys)
-    # query head h uses key head h // group: fold each key head's queries into one matrix
-    q = q.view(count, length, kv_heads, group, dim).permute(0, 2, 3, 1, 4)
-    q = q.reshape(count, kv_heads, group * length, dim)
-    k, v = k.permute(0, 2, 1, 3), v.permute(0, 2, 1, 3)
-    scale = scaling if scaling is not None else dim**-0.5
-    scores = (q @ k.transpose(-1, -2)).view(count, kv_heads, group, length, -1) * scale
+    q = _gather(query, segments.query_gather).transpose(1, 2)  # [N, H, Q, D]
+    k = _gather(key, segments.keys).transpose(1, 2)  # [N, H_kv, K, D]
+    v = _gather(value, segments.keys).transpose(1, 2)
     visible = segments.visible(kwargs.get("sliding_window"))
-    scores = scores.masked_fill(~visible[:, :, None], float("-inf"))
-    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-    out = probs.view(count, kv_heads, group * length, -1) @ v
-    out = out.view(count, kv_heads, group, length, dim).permute(0, 3, 1, 2, 4)
-    out = out.reshape(count * length, heads, dim)
+    scale = scaling if scaling is not None else dim**-0.5
+    out = _blocks(q, k, v, visible, scale)
+    out = out.transpose(1, 2).reshape(-1, heads, dim)
     result = out.new_zeros((segments.positions + 1, heads, dim))
     result = result.index_copy(0, segments.query_scatter, out)
     return result[:-1].view(rows, width, heads, dim), None
+
+
+def _blocks(q, k, v, visible: torch.Tensor, scale: float) -> torch.Tensor:
+    """Masked attention of the segments ([N, H, Q, D] queries, grouped keys/values): torch's
+    fused kernel in float32; plain matmuls in half precision, where CPUs run them faster."""
+    if q.dtype == torch.float32:
+        return F.scaled_dot_product_attention(
+            q, k, v, attn_mask=visible, scale=scale, enable_gqa=True
+        )
+    count, heads, length, dim = q.shape
+    kv_heads = k.shape[1]
+    group = heads // kv_heads
+    # query head h uses key head h // group: fold each key head's queries into one matrix
+    q = q.reshape(count, kv_heads, group * length, dim)
+    scores = (q @ k.transpose(-1, -2)).view(count, kv_heads, group, length, -1) * scale
+    scores = scores.masked_fill(~visible[:, :, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+    out = probs.view(count, kv_heads, group * length, -1) @ v
+    return out.view(count, heads, length, dim)
 
 
 def _gather(states: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
