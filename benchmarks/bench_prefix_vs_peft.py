@@ -72,6 +72,7 @@ def peft_prefix_model(dtype: str, length: int, projection_hidden: int | None, mo
     from peft import PrefixTuningConfig, TaskType, get_peft_model
 
     base = load_backbone(model, dtype=dtype, device=device()).model
+    base.set_attn_implementation("sdpa")  # as users run PEFT: transformers' default attention
     config = PrefixTuningConfig(
         task_type=TaskType.CAUSAL_LM,
         num_virtual_tokens=length,

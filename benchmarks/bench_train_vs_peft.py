@@ -53,6 +53,7 @@ def peft_step(precision: str, trainer: Trainer, model_spec: str = MODEL):
 
     dtype = "bfloat16" if precision == "bf16" else "float32"
     model = load_backbone(model_spec, dtype=dtype, device=device()).model
+    model.set_attn_implementation("sdpa")  # as users run PEFT: transformers' default attention
     model = get_peft_model(
         model, PromptTuningConfig(task_type=TaskType.CAUSAL_LM, num_virtual_tokens=16)
     )
