@@ -4,7 +4,7 @@ same full-vocabulary loss on the label word, the same precision and number of st
 
 Contenders alternate in blocks within one process (A B A B ...); medians and ratios are
 printed with the machine. Peak activations are counted exactly (autograd saved tensors).
-Run: .venv/bin/python benchmarks/bench_train_vs_peft.py [--rounds 4] [--steps 5]
+Run: .venv/bin/python benchmarks/bench_train_vs_peft.py [--rounds 8] [--steps 5]
      [--model smollm2-135m] (any model spec: both sides load the same model)
 """
 
@@ -90,7 +90,7 @@ def peft_step(precision: str, trainer: Trainer, model_spec: str = MODEL):
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--precision", nargs="+", default=["fp32", "bf16"])
     parser.add_argument(
