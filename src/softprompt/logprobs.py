@@ -43,7 +43,7 @@ class _VocabLogProbs(torch.autograd.Function):
             picked = picked + bias[token_ids.reshape(rows.shape[0], -1)]
         if expected is not None:
             ctx.save_for_backward(chosen, expected / total)
-            ctx.hidden_shape = hidden.shape
+            ctx.hidden_shape, ctx.hidden_dtype = hidden.shape, hidden.dtype
         return (picked.float() - running_max - torch.log(total)).view(token_ids.shape)
 
     @staticmethod
@@ -52,7 +52,7 @@ class _VocabLogProbs(torch.autograd.Function):
         grad = grad.reshape(chosen.shape[0], -1)
         wanted = (grad[:, :, None] * chosen.float()).sum(dim=1)
         grad_rows = wanted - grad.sum(dim=-1, keepdim=True) * expected
-        return grad_rows.to(chosen.dtype).view(ctx.hidden_shape), None, None, None
+        return grad_rows.to(ctx.hidden_dtype).view(ctx.hidden_shape), None, None, None
 
 
 def vocab_logprobs(
