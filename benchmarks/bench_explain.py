@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common import ROOT, alternate, machine, median
+from common import ROOT, alternate, device, machine, median
 from scipy.stats import spearmanr
 
 from softprompt.analysis.importance import exact_importance, gradient_importance, naive_importance
@@ -48,7 +48,7 @@ def main() -> None:
     print(machine())
     prompt = load_prompt(args.prompt)
     task_config = resolve_task(prompt, str(ROOT / "examples/data/sentiment"))
-    backbone = load_backbone(str(prompt.models[0]["name"]), dtype=args.dtype)
+    backbone = load_backbone(str(prompt.models[0]["name"]), dtype=args.dtype, device=device())
     task = build_task(task_config, backbone, prompt.length)
     examples = load_split(data_spec(task_config), "test")[: args.examples]
     encoded = encode_examples(task, examples)
