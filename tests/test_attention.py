@@ -131,3 +131,32 @@ def test_gemma3_sliding_window_holds_in_packed_rows():
             logits = model(inputs_embeds=embeds).logits[0, -1].float()
             reference = torch.log_softmax(logits, dim=-1)[task.class_token_ids]
             torch.testing.assert_close(scores[row], reference, atol=1e-5, rtol=1e-4)
+
+
+def test_prompt_gradient_is_unchanged_under_gradient_checkpointing(tiny_dirs):
+    """Checkpointed layers replay with the segments (and without the last-MLP cut): the
+    prompt's gradient must be the one of the plain run."""
+    from softprompt.backbones import load_backbone
+
+    backbone = load_backbone(str(tiny_dirs["llama"]))
+    assert backbone.segment_attention
+    verbalizer = {"negative": " negative", "positive": " positive"}
+    task = ClassificationTask(backbone, "review: {text} sentiment:", verbalizer, prompt_length=3)
+    texts = ["great movie", "it was awful , bad", "good", "bad bad movie"]
+    examples = [
+        Example(t, "positive" if "good" in t or "great" in t else "negative") for t in texts
+    ]
+    batch = task.collate([task.encode(e) for e in examples])
+    start = torch.randn(3, 32, generator=torch.Generator().manual_seed(0)) * 0.1
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            backbone.model.activation_checkpointing_enable({"use_reentrant": False})
+            backbone.model.train()
+        prompt = start.clone().requires_grad_(True)
+        scores = task.class_scores(prompt, batch, full_vocab=True)
+        task.losses(scores, batch.labels).sum().backward()
+        grads.append(prompt.grad)
+    assert backbone.model.is_activation_checkpointing
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-6, rtol=1e-5)
+    assert grads[0].abs().sum() > 0
