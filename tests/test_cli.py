@@ -226,9 +226,17 @@ def test_debug_shows_the_traceback(monkeypatch, capsys, tmp_path):
     assert "SOFTPROMPT_DEBUG" not in __import__("os").environ
 
 
-def test_unknown_device_is_a_one_line_error(monkeypatch, capsys, tiny_dirs):
-    code, _, err = invoke(
-        monkeypatch, capsys, "predict", "-m", tiny_dirs["llama"], "-t", "x", "--device", "gpu0"
-    )
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["predict", "-t", "x"],
+        ["explain", "p.safetensors"],
+        ["compress", "p.safetensors", "--keep", "2", "--out", "q.safetensors"],
+        ["transfer-matrix", "p.safetensors"],
+    ],
+)
+def test_unknown_device_is_a_one_line_error(monkeypatch, capsys, tiny_dirs, command):
+    arguments = [*command, "-m", tiny_dirs["llama"], "--device", "gpu0"]
+    code, _, err = invoke(monkeypatch, capsys, *arguments)
     assert code == 2
     assert err.strip() == "error: --device: unknown device 'gpu0'"

@@ -230,9 +230,11 @@ def transfer_matrix(
     ] = False,
     batch_size: BatchOpt = 32,
     dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Every prompt on every model, with zero-shot and untrained-prompt baselines."""
+    from softprompt.backbones import resolve_device
     from softprompt.transfer import transfer_matrix as build_matrix
     from softprompt.transfer import write_matrix
 
@@ -249,6 +251,7 @@ def transfer_matrix(
         batch_size=batch_size,
         dtype=dtype,
         baselines=not no_baselines,
+        device=resolve_device(device, "--device"),
     )
     if out_dir is not None:
         write_matrix(matrix, out_dir)
@@ -574,6 +577,7 @@ def explain(
     verbalizer: VerbalizerOpt = None,
     batch_size: BatchOpt = 32,
     dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Which tokens matter to which model, where they lie, and how far the prompt compresses."""
@@ -581,13 +585,14 @@ def explain(
     from softprompt.analysis.explain import explain as run_explain
     from softprompt.analysis.projection import project
     from softprompt.analysis.report import write_report
-    from softprompt.backbones import load_backbone
+    from softprompt.backbones import load_backbone, resolve_device
     from softprompt.prompts import load_prompt
 
     if projection not in ("tsne", "umap", "pca", "none"):
         raise UsageError("--projection must be tsne, umap, pca or none")
     names = model or [_default_model(prompt, None)]
-    backbones = [load_backbone(name, dtype=dtype) for name in names]
+    place = resolve_device(device, "--device")
+    backbones = [load_backbone(name, dtype=dtype, device=place) for name in names]
     result = run_explain(
         prompt,
         backbones,
@@ -646,10 +651,12 @@ def compress(
     mode: Annotated[str, typer.Option(help="remove (shorter) or mask (zeroed).")] = "remove",
     ablation: Annotated[str, typer.Option(help="zero, mean or remove.")] = "zero",
     batch_size: BatchOpt = 32,
+    device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
     """Keep the N most important tokens (or those MODEL owns among the prompt's models)."""
     from softprompt.analysis.compress_command import compress_prompt
+    from softprompt.backbones import resolve_device
 
     result = compress_prompt(
         prompt,
@@ -661,6 +668,7 @@ def compress(
         mode=mode,
         ablation=ablation,
         batch_size=batch_size,
+        device=resolve_device(device, "--device"),
     )
 
     def render(r: dict) -> None:

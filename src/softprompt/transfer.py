@@ -10,6 +10,8 @@ import csv
 import json
 from pathlib import Path
 
+import torch
+
 from softprompt.backbones import Backbone, load_backbone
 from softprompt.data import load_split
 from softprompt.errors import PromptFileError, UsageError
@@ -52,9 +54,10 @@ def transfer_matrix(
     batch_size: int = 32,
     dtype: str = "float32",
     baselines: bool = True,
+    device: str | torch.device = "cpu",
 ) -> dict:
-    """Metrics of every prompt (and baseline) on every model; cells a prompt cannot run on
-    (another hidden size) are null with the reason."""
+    """Metrics of every prompt (and baseline) on every model (loaded on `device`); cells a
+    prompt cannot run on (another hidden size) are null with the reason."""
     if not prompts or not models:
         raise UsageError("a transfer matrix needs at least one prompt and one model")
     loaded = {str(p): load_prompt(p) for p in prompts}
@@ -64,7 +67,7 @@ def transfer_matrix(
     if not task_config.data:
         raise UsageError("no data given: pass --data (a folder, a file or hf:NAME)")
     examples = load_split(data_spec(task_config), split)
-    backbones = {name: load_backbone(name, dtype=dtype) for name in models}
+    backbones = {name: load_backbone(name, dtype=dtype, device=device) for name in models}
     rows = []
     if baselines:
         rows.append({"name": "zero-shot", "kind": "zero_shot", "prompt": None})

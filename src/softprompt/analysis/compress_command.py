@@ -28,9 +28,11 @@ def compress_prompt(
     mode: str = "remove",
     ablation: str = "zero",
     batch_size: int = 32,
+    device: str | torch.device = "cpu",
 ) -> dict:
     """Keep `keep` most important tokens for `model`, or ('owned') the tokens `model` owns
-    among the models the prompt was trained on; returns before/after metrics."""
+    among the models the prompt was trained on; returns before/after metrics. The models
+    load on `device`."""
     soft = load_prompt(prompt_path)
     task_config = resolve_task(soft, data)
     if not task_config.data:
@@ -40,7 +42,7 @@ def compress_prompt(
 
     def task_for(name: str):
         if name not in loaded:
-            loaded[name] = _task(name, task_config, soft, examples)
+            loaded[name] = _task(name, task_config, soft, examples, device)
         return loaded[name]
 
     if str(keep) == "owned":
@@ -87,8 +89,8 @@ def compress_prompt(
     }
 
 
-def _task(name, task_config, soft, examples):
-    backbone = load_backbone(name)
+def _task(name, task_config, soft, examples, device):
+    backbone = load_backbone(name, device=device)
     soft.check_fits(backbone.hidden_size, backbone.name)
     task = build_task(task_config, backbone, soft.length)
     return task, encode_examples(task, examples)

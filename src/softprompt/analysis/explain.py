@@ -19,8 +19,9 @@ from softprompt.tasks import ClassificationTask, build_task, data_spec, encode_e
 
 
 def embedding_table(backbone: Backbone) -> torch.Tensor:
-    """The input-embedding matrix in the space the prompt lives in (Gemma's scale applied)."""
-    table = backbone.input_embeddings.weight.detach().float()
+    """The input-embedding matrix in the space the prompt lives in (Gemma's scale applied), on
+    the CPU beside the prompt whatever device the model is on."""
+    table = backbone.input_embeddings.weight.detach().float().cpu()
     scale = getattr(backbone.input_embeddings, "embed_scale", None)
     return table * float(scale) if scale is not None else table
 
