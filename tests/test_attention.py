@@ -10,7 +10,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from softprompt.attention import segment_attention, use_segment_attention
 from softprompt.backbones import Backbone
 from softprompt.data import Example
-from softprompt.packing import plan_prompt_packing
+from softprompt.packing import plan_packing, plan_prompt_packing
 from softprompt.tasks import ClassificationTask
 from softprompt.tiny import build_tokenizer
 
@@ -75,6 +75,42 @@ def test_segments_equal_the_dense_masked_attention(window, dtype):
     torch.testing.assert_close(results["segments"][0], results["dense"][0], **tolerance)
     for got, want in zip(results["segments"][1], results["dense"][1]):
         torch.testing.assert_close(got, want, **tolerance)
+
+
+@pytest.mark.parametrize("window", [None, 3])
+def test_prefix_segments_equal_the_dense_masked_attention(window):
+    """Texts packed after a cached prefix: keys are [prefix | row], queries the row."""
+    lengths = [6, 2, 3, 5, 1, 4]
+    mask = torch.zeros((len(lengths), max(lengths)), dtype=torch.long)
+    for row, length in enumerate(lengths):
+        mask[row, :length] = 1
+    packing = plan_packing(mask, PROMPT)
+    assert packing is not None and packing.segments is not None
+    rows, width = packing.mask.shape[0], packing.mask.shape[2]
+    generator = torch.Generator().manual_seed(1)
+    shapes = [(rows, 4, width, 8), (rows, 2, PROMPT + width, 8), (rows, 2, PROMPT + width, 8)]
+    start = [torch.randn(shape, generator=generator) for shape in shapes]
+    real = torch.zeros(rows, width, dtype=torch.bool)
+    real[packing.target] = True
+    upstream = torch.randn(rows, width, 4, 8, generator=generator) * real[..., None, None]
+    dense_mask = packing.mask
+    if window is not None:
+        keys = torch.cat([torch.arange(PROMPT).expand(rows, -1), packing.positions], dim=1)
+        distance = packing.positions[:, :, None] - keys[:, None, :]
+        dense_mask = dense_mask & (distance < window)[:, None]
+    results = {}
+    for name in ("dense", "segments"):
+        inputs = [t.clone().requires_grad_(True) for t in start]
+        if name == "dense":
+            out, _ = sdpa_attention_forward(_Layer(), *inputs, dense_mask, scaling=0.3)
+        else:
+            kwargs = {"sliding_window": window} if window else {}
+            out = _attend(segment_attention, packing, inputs, segments=packing.segments, **kwargs)
+        (out * upstream).sum().backward()
+        results[name] = (out[real], [t.grad for t in inputs])
+    torch.testing.assert_close(results["segments"][0], results["dense"][0])
+    for got, want in zip(results["segments"][1], results["dense"][1]):
+        torch.testing.assert_close(got, want)
 
 
 def test_without_segments_it_is_plain_sdpa():

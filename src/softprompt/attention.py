@@ -1,8 +1,9 @@
 """Attention over packed rows that computes only the scores a text may use.
 
-In a packed row [prompt | text | text ...] each text sees the prompt and its own earlier
-tokens, nothing else. A dense kernel still computes the whole row's score matrix and masks
-most of it away: for 8 texts of 20 tokens after a 16-token prompt, 86% of it. Here each
+In a packed row [prompt | text | text ...] (or [text | text ...] after a cached prefix) each
+text sees the prompt (prefix) and its own earlier tokens, nothing else. A dense kernel still
+computes the whole row's score matrix and masks most of it away: for 8 texts of 20 tokens
+after a 16-token prompt, 86% of it. Here each
 segment of a row (its prompt, or one text) gathers its queries and the keys it may see, and
 the segments attend as one small batch. The result is the dense masked attention's (tested).
 
@@ -50,14 +51,29 @@ def prompt_row_segments(
     """Segments of rows [prompt | text | text ...] (`bins[r]`: the texts in row r, in order):
     each row's prompt attends causally to itself; each text to the prompt and, causally, itself.
     """
+    return _segments(bins, lengths, width, width, prompt_length, in_row=True)
+
+
+def prefix_row_segments(
+    bins: list[list[int]], lengths: list[int], width: int, prefix_length: int
+) -> Segments:
+    """Segments of rows [text | text ...] after a cached prefix (keys: [prefix | row]): each
+    text attends to the prefix and, causally, itself."""
+    return _segments(bins, lengths, width, prefix_length + width, prefix_length, in_row=False)
+
+
+def _segments(bins, lengths, width: int, key_width: int, shared: int, in_row: bool) -> Segments:
+    """Blocks of packed rows whose first `shared` keys every text sees: the row's own prompt
+    (`in_row`: also queries, causal among themselves) or a cached prefix (keys only)."""
     longest = max(max(lengths[i] for i in row) for row in bins)
-    queries = max(prompt_length, longest)
-    keys = prompt_length + longest
-    blocks = [(r * width, 0, prompt_length, True) for r in range(len(bins))]
+    queries = max(shared if in_row else 1, longest)
+    keys = shared + longest
+    shift = key_width - width  # a query's column + shift = its own key's column
+    blocks = [(r, 0, shared, True) for r in range(len(bins))] if in_row else []
     for r, row in enumerate(bins):
-        start = prompt_length
+        start = shared if in_row else 0
         for item in row:
-            blocks.append((r * width, start, int(lengths[item]), False))
+            blocks.append((r, start, int(lengths[item]), False))
             start += int(lengths[item])
     count = len(blocks)
     query_gather = torch.zeros((count, queries), dtype=torch.long)
@@ -65,23 +81,23 @@ def prompt_row_segments(
     key_index = torch.zeros((count, keys), dtype=torch.long)
     query_positions = torch.zeros((count, queries), dtype=torch.long)
     key_positions = torch.zeros((count, keys), dtype=torch.long)
-    key_positions[:, :prompt_length] = torch.arange(prompt_length)
+    key_positions[:, :shared] = torch.arange(shared)
     mask = torch.zeros((count, queries, keys), dtype=torch.bool)
     mask[:, :, 0] = True  # pad queries see one key (no empty softmax); their result is dropped
     causal = torch.ones((queries, queries), dtype=torch.bool).tril()
-    for n, (base, start, length, is_prompt) in enumerate(blocks):
-        span = torch.arange(base + start, base + start + length)
-        query_gather[n, :length] = span
-        query_scatter[n, :length] = span
-        query_positions[n, :length] = torch.arange(length) + (0 if is_prompt else prompt_length)
-        key_index[n, :prompt_length] = torch.arange(base, base + prompt_length)
+    for n, (row, start, length, is_prompt) in enumerate(blocks):
+        span = torch.arange(start, start + length)
+        query_gather[n, :length] = row * width + span
+        query_scatter[n, :length] = row * width + span
+        query_positions[n, :length] = torch.arange(length) + (0 if is_prompt else shared)
+        key_index[n, :shared] = row * key_width + torch.arange(shared)
         if is_prompt:
-            mask[n, :length, :prompt_length] = causal[:length, :length]
+            mask[n, :length, :shared] = causal[:length, :length]
             continue
-        key_index[n, prompt_length : prompt_length + length] = span
-        key_positions[n, prompt_length : prompt_length + length] = query_positions[n, :length]
-        mask[n, :length, :prompt_length] = True
-        mask[n, :length, prompt_length : prompt_length + length] = causal[:length, :length]
+        key_index[n, shared : shared + length] = row * key_width + shift + span
+        key_positions[n, shared : shared + length] = query_positions[n, :length]
+        mask[n, :length, :shared] = True
+        mask[n, :length, shared : shared + length] = causal[:length, :length]
     return Segments(
         query_gather,
         query_scatter.flatten(),

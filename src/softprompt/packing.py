@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from softprompt.attention import NAME as ATTENTION_NAME
-from softprompt.attention import Segments, prompt_row_segments
+from softprompt.attention import Segments, prefix_row_segments, prompt_row_segments
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -61,7 +61,8 @@ def plan_packing(attention_mask: torch.Tensor, prefix_length: int) -> Packing | 
     text = _text_mask(segment, place)
     prefix = torch.ones((len(bins), width, prefix_length), dtype=torch.bool, device=text.device)
     mask = torch.cat([prefix, text], dim=-1)[:, None]
-    return Packing(len(bins), source, target, place + prefix_length, mask)
+    segments = prefix_row_segments(bins, lengths, width, prefix_length)
+    return Packing(len(bins), source, target, place + prefix_length, mask, segments)
 
 
 def plan_prompt_packing(

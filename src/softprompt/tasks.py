@@ -377,6 +377,7 @@ def _packed_hidden(
         mask,
         past_key_values=cache,
         position_ids=packing.positions,
+        segments=packing.segments,
         read=keep,
     )
     return unpack(hidden, packing, embeds.shape[0])
