@@ -44,22 +44,18 @@ def _attend(function, packing, inputs, **kwargs):
     return out
 
 
-@pytest.mark.parametrize(("window", "dtype"), [(None, "float32"), (2, "float32"), (2, "bfloat16")])
-def test_segments_equal_the_dense_masked_attention(window, dtype):
-    packing = _packed_batch([5, 3, 7, 2, 4, 6], capacity=9)
-    assert packing.rows > 1 and packing.segments is not None
-    rows, width = packing.mask.shape[0], packing.mask.shape[-1]
+def _assert_segments_match_dense(packing, real, key_positions, window, dtype="float32"):
+    """Segment attention vs sdpa with the packing's dense mask (narrowed to the window): the
+    outputs at the `real` query positions and all gradients must agree."""
+    rows, width, keys = packing.mask.shape[0], packing.mask.shape[2], key_positions.shape[1]
     generator = torch.Generator().manual_seed(0)
-    shapes = [(rows, 4, width, 8), (rows, 2, width, 8), (rows, 2, width, 8)]  # grouped queries
+    shapes = [(rows, 4, width, 8), (rows, 2, keys, 8), (rows, 2, keys, 8)]  # grouped queries
     start = [torch.randn(shape, generator=generator).to(getattr(torch, dtype)) for shape in shapes]
-    real = _real_positions(packing)
     upstream = torch.randn(rows, width, 4, 8, generator=generator) * real[..., None, None]
     upstream = upstream.to(start[0].dtype)
-
     dense_mask = packing.mask
     if window is not None:
-        positions = packing.positions
-        distance = positions[:, :, None] - positions[:, None, :]
+        distance = packing.positions[:, :, None] - key_positions[:, None, :]
         dense_mask = dense_mask & (distance < window)[:, None]
     results = {}
     for name in ("dense", "segments"):
@@ -77,6 +73,14 @@ def test_segments_equal_the_dense_masked_attention(window, dtype):
         torch.testing.assert_close(got, want, **tolerance)
 
 
+@pytest.mark.parametrize(("window", "dtype"), [(None, "float32"), (2, "float32"), (2, "bfloat16")])
+def test_segments_equal_the_dense_masked_attention(window, dtype):
+    packing = _packed_batch([5, 3, 7, 2, 4, 6], capacity=9)
+    assert packing.rows > 1 and packing.segments is not None
+    real = _real_positions(packing)
+    _assert_segments_match_dense(packing, real, packing.positions, window, dtype)
+
+
 @pytest.mark.parametrize("window", [None, 3])
 def test_prefix_segments_equal_the_dense_masked_attention(window):
     """Texts packed after a cached prefix: keys are [prefix | row], queries the row."""
@@ -86,31 +90,10 @@ def test_prefix_segments_equal_the_dense_masked_attention(window):
         mask[row, :length] = 1
     packing = plan_packing(mask, PROMPT)
     assert packing is not None and packing.segments is not None
-    rows, width = packing.mask.shape[0], packing.mask.shape[2]
-    generator = torch.Generator().manual_seed(1)
-    shapes = [(rows, 4, width, 8), (rows, 2, PROMPT + width, 8), (rows, 2, PROMPT + width, 8)]
-    start = [torch.randn(shape, generator=generator) for shape in shapes]
-    real = torch.zeros(rows, width, dtype=torch.bool)
+    real = torch.zeros(packing.mask.shape[0], packing.mask.shape[2], dtype=torch.bool)
     real[packing.target] = True
-    upstream = torch.randn(rows, width, 4, 8, generator=generator) * real[..., None, None]
-    dense_mask = packing.mask
-    if window is not None:
-        keys = torch.cat([torch.arange(PROMPT).expand(rows, -1), packing.positions], dim=1)
-        distance = packing.positions[:, :, None] - keys[:, None, :]
-        dense_mask = dense_mask & (distance < window)[:, None]
-    results = {}
-    for name in ("dense", "segments"):
-        inputs = [t.clone().requires_grad_(True) for t in start]
-        if name == "dense":
-            out, _ = sdpa_attention_forward(_Layer(), *inputs, dense_mask, scaling=0.3)
-        else:
-            kwargs = {"sliding_window": window} if window else {}
-            out = _attend(segment_attention, packing, inputs, segments=packing.segments, **kwargs)
-        (out * upstream).sum().backward()
-        results[name] = (out[real], [t.grad for t in inputs])
-    torch.testing.assert_close(results["segments"][0], results["dense"][0])
-    for got, want in zip(results["segments"][1], results["dense"][1]):
-        torch.testing.assert_close(got, want)
+    prefix = torch.arange(PROMPT).expand(packing.rows, -1)
+    _assert_segments_match_dense(packing, real, torch.cat([prefix, packing.positions], 1), window)
 
 
 def test_without_segments_it_is_plain_sdpa():
