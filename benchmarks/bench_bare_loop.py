@@ -34,9 +34,9 @@ from common import ROOT, alternate, device, loss_agreement, machine, median, rat
 
 from softprompt.config import load_config
 from softprompt.data import load_split
-from softprompt.packing import PROMPT_ROW_TOKENS, first_fit_decreasing
+from softprompt.steering.packing import PROMPT_ROW_TOKENS, first_fit_decreasing
 from softprompt.tasks import data_spec
-from softprompt.train import Trainer
+from softprompt.training.trainer import Trainer
 
 PROMPT_LENGTH = 16
 MODEL = "smollm2-135m"
@@ -161,7 +161,7 @@ def main() -> None:
 
 
 def packed_positions(lengths: list[int]) -> int:
-    """Positions the trainer computes for a batch on a CPU (softprompt.packing)."""
+    """Positions the trainer computes for a batch on a CPU (softprompt.steering.packing)."""
     bins = first_fit_decreasing(lengths, max(max(lengths), PROMPT_ROW_TOKENS))
     return len(bins) * (PROMPT_LENGTH + max(sum(lengths[i] for i in b) for b in bins))
 

@@ -18,10 +18,10 @@ from common import ROOT, alternate, device, machine, median
 from scipy.stats import spearmanr
 
 from softprompt.analysis.importance import exact_importance, gradient_importance, naive_importance
-from softprompt.backbones import load_backbone
 from softprompt.data import load_split
-from softprompt.evaluate import resolve_task
-from softprompt.prompts import load_prompt
+from softprompt.evaluation import resolve_task
+from softprompt.methods.prompt import load_prompt
+from softprompt.models.backbone import load_backbone
 from softprompt.tasks import build_task, data_spec, encode_examples
 
 

@@ -17,9 +17,9 @@ import torch
 from common import ROOT, machine
 
 from softprompt.config import validate_config
+from softprompt.models.tiny import corpus_texts, tiny_family
 from softprompt.profiling import saved_activation_peak
-from softprompt.tiny import corpus_texts, tiny_family
-from softprompt.train import Trainer
+from softprompt.training.trainer import Trainer
 
 
 def config(models: list[str]):

@@ -12,7 +12,7 @@ weights (output rows reordered to PEFT's layer-major layout), so both compute th
 and their losses must agree step by step (the difference is printed).
 
 Generation: greedy decoding of the same prompts (a batch of the smiley test set's first
-sentences, left-padded), the same max_new_tokens, with the trained prefix: softprompt.generate
+sentences, left-padded), the same max_new_tokens, with the trained prefix: softprompt.generation
 vs PeftModel.generate with that exact prefix loaded as PEFT's key/value embedding. Tokens/s
 counts batch x max_new_tokens; the two continuations must be the same text (printed).
 
@@ -30,14 +30,14 @@ import json
 import torch
 from common import ROOT, alternate, device, loss_agreement, machine, median, ratio_line
 
-from softprompt.backbones import Backbone, load_backbone
 from softprompt.config import load_config
 from softprompt.data import load_split
-from softprompt.generate import SamplingOptions, generate
-from softprompt.prefix import PrefixEncoder, PrefixKV, prefix_geometry
+from softprompt.generation import SamplingOptions, generate
+from softprompt.methods.prefix import PrefixEncoder, PrefixKV, prefix_geometry
+from softprompt.models.backbone import Backbone, load_backbone
 from softprompt.suffix import sentence_ends
 from softprompt.tasks import data_spec
-from softprompt.train import Trainer
+from softprompt.training.trainer import Trainer
 
 MODEL = "smollm2-135m"
 

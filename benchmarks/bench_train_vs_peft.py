@@ -16,10 +16,10 @@ import json
 import torch
 from common import ROOT, alternate, device, machine, median
 
-from softprompt.backbones import load_backbone
 from softprompt.config import load_config
+from softprompt.models.backbone import load_backbone
 from softprompt.profiling import saved_activation_peak
-from softprompt.train import Trainer
+from softprompt.training.trainer import Trainer
 
 BATCH = 8
 MODEL = "smollm2-135m"

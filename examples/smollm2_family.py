@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from softprompt.backbones import ensure_bundled
-from softprompt.tiny import corpus_texts
+from softprompt.models.backbone import ensure_bundled
+from softprompt.models.tiny import corpus_texts
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,8 +33,13 @@ def build_variant(out: Path, seed: int, steps: int, lr: float, batch: int) -> No
     model.train()
     for step in range(steps):
         rows = torch.randint(0, len(texts), (batch,), generator=generator).tolist()
-        enc = tokenizer([texts[i] for i in rows], return_tensors="pt", padding=True,
-                        truncation=True, max_length=64)
+        enc = tokenizer(
+            [texts[i] for i in rows],
+            return_tensors="pt",
+            padding=True,
+            truncation=True,
+            max_length=64,
+        )
         labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
         loss = model(**enc, labels=labels).loss
         loss.backward()

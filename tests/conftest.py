@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from softprompt.tiny import FAMILIES, save_tiny
+from softprompt.models.tiny import FAMILIES, save_tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 SENTIMENT = ROOT / "examples" / "data" / "sentiment"
@@ -35,7 +35,7 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny(tiny_dirs):
     """Loaded tiny backbones by family (loaded once per session; they are frozen)."""
-    from softprompt.backbones import load_backbone
+    from softprompt.models.backbone import load_backbone
 
     return {family: load_backbone(str(path)) for family, path in tiny_dirs.items()}
 

@@ -11,11 +11,11 @@ from tokenizers.models import BPE, WordPiece
 from transformers import PreTrainedTokenizerFast
 
 from conftest import corpus
-from softprompt import alignment as al
-from softprompt.backbones import load_backbone
+from softprompt.crossmodel import alignment as al
 from softprompt.errors import ModelError, UsageError
-from softprompt.prompts import SoftPrompt, load_prompt, model_record, save_prompt
-from softprompt.tiny import save_tiny
+from softprompt.methods.prompt import SoftPrompt, load_prompt, model_record, save_prompt
+from softprompt.models.backbone import load_backbone
+from softprompt.models.tiny import save_tiny
 from test_cli import invoke
 
 # --- tokenizers with different word-boundary markers -----------------------------------------

@@ -19,7 +19,7 @@ from softprompt.analysis.report import write_report
 from softprompt.analysis.similarity import inner_complexity, similarity_matrices
 from softprompt.analysis.splitting import alignment, knn_location, owners
 from softprompt.data import DataSpec, load_split
-from softprompt.prompts import SoftPrompt, model_record
+from softprompt.methods.prompt import SoftPrompt, model_record
 from softprompt.tasks import ClassificationTask
 
 R2 = math.sqrt(2)
@@ -143,8 +143,8 @@ def test_gradient_estimate_matches_a_finite_difference(small_task):
 
 def test_explain_two_models_writes_a_self_contained_report(tiny_dirs, tmp_path, sentiment_dir):
     from conftest import corpus
-    from softprompt.backbones import load_backbone
-    from softprompt.tiny import save_tiny
+    from softprompt.models.backbone import load_backbone
+    from softprompt.models.tiny import save_tiny
 
     other = save_tiny(tmp_path / "other", corpus(), "llama", seed=5)
     models = [load_backbone(str(tiny_dirs["llama"])), load_backbone(str(other))]
@@ -203,8 +203,8 @@ def test_one_model_compression_keeps_the_top_tokens(tiny, sentiment_dir):
 
 
 def test_compare_and_compress_commands(monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir):
-    from softprompt.backbones import load_backbone
-    from softprompt.prompts import load_prompt, save_prompt
+    from softprompt.methods.prompt import load_prompt, save_prompt
+    from softprompt.models.backbone import load_backbone
     from test_cli import invoke
 
     backbone = load_backbone(str(tiny_dirs["llama"]))

@@ -7,12 +7,12 @@ import pytest
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from softprompt.attention import segment_attention, use_segment_attention
-from softprompt.backbones import Backbone
 from softprompt.data import Example
-from softprompt.packing import plan_packing, plan_prompt_packing
+from softprompt.models.backbone import Backbone
+from softprompt.models.tiny import build_tokenizer
+from softprompt.steering.attention import segment_attention, use_segment_attention
+from softprompt.steering.packing import plan_packing, plan_prompt_packing
 from softprompt.tasks import ClassificationTask
-from softprompt.tiny import build_tokenizer
 
 PROMPT = 3
 
@@ -155,7 +155,7 @@ def test_gemma3_sliding_window_holds_in_packed_rows():
 def test_prompt_gradient_is_unchanged_under_gradient_checkpointing(tiny_dirs):
     """Checkpointed layers replay with the segments (and without the last-MLP cut): the
     prompt's gradient must be the one of the plain run."""
-    from softprompt.backbones import load_backbone
+    from softprompt.models.backbone import load_backbone
 
     backbone = load_backbone(str(tiny_dirs["llama"]))
     assert backbone.segment_attention

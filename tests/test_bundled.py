@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from softprompt.backbones import load_backbone
 from softprompt.config import load_config
-from softprompt.evaluate import evaluate_task
-from softprompt.train import Trainer
+from softprompt.evaluation import evaluate_task
+from softprompt.models.backbone import load_backbone
+from softprompt.training.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 
@@ -55,7 +55,7 @@ def test_short_training_on_smollm2_beats_zero_shot_on_dev(tmp_path):
 def test_cached_fast_tokenizer_encodes_like_autotokenizer(alias):
     from transformers import AutoTokenizer
 
-    from softprompt.backbones import ensure_bundled
+    from softprompt.models.backbone import ensure_bundled
 
     backbone = load_backbone(alias)
     reference = AutoTokenizer.from_pretrained(ensure_bundled(alias))
@@ -72,7 +72,7 @@ def test_cached_fast_tokenizer_encodes_like_autotokenizer(alias):
 
 @pytest.mark.parametrize("alias", ["smollm2-135m", "gemma3-270m"])
 def test_prefix_training_forward_equals_generation_on_bundled_models(alias):
-    from softprompt.prefix import prefix_cache, prefix_forward, prefix_geometry
+    from softprompt.methods.prefix import prefix_cache, prefix_forward, prefix_geometry
 
     backbone = load_backbone(alias)
     layers, kv_heads, head_dim = prefix_geometry(backbone.model)

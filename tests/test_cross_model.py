@@ -7,15 +7,15 @@ import pytest
 import torch
 
 from conftest import corpus
-from softprompt.alignment import load_alignment
 from softprompt.analysis.explain import explain
-from softprompt.backbones import load_backbone
 from softprompt.config import validate_config
+from softprompt.crossmodel.alignment import load_alignment
 from softprompt.errors import ConfigError, PromptFileError
-from softprompt.evaluate import evaluate
-from softprompt.prompts import SoftPrompt, load_prompt, save_prompt
-from softprompt.tiny import save_tiny
-from softprompt.train import Trainer
+from softprompt.evaluation import evaluate
+from softprompt.methods.prompt import SoftPrompt, load_prompt, save_prompt
+from softprompt.models.backbone import load_backbone
+from softprompt.models.tiny import save_tiny
+from softprompt.training.trainer import Trainer
 
 TEMPLATE = "review: {text} sentiment:"
 VERBALIZER = {"negative": " bad", "positive": " good"}

@@ -10,10 +10,10 @@ import torch
 import yaml
 
 from softprompt.config import validate_config
-from softprompt.distributed import Processes
 from softprompt.errors import ConfigError
-from softprompt.prompts import load_prompt
-from softprompt.train import Trainer
+from softprompt.methods.prompt import load_prompt
+from softprompt.training.distributed import Processes
+from softprompt.training.trainer import Trainer
 
 STEPS = 6
 
@@ -156,7 +156,9 @@ def test_launch_settings_that_cannot_work_are_refused(
     tiny, sentiment_dir, tmp_path, monkeypatch, train, message
 ):
     four = Processes(1, 4, torch.device("cpu"))
-    monkeypatch.setattr(sys.modules["softprompt.train"], "launched_processes", lambda _: four)
+    monkeypatch.setattr(
+        sys.modules["softprompt.training.trainer"], "launched_processes", lambda _: four
+    )
     config = validate_config(settings("tiny", sentiment_dir, **train))
     with pytest.raises(ConfigError, match=message):
         Trainer(config, tmp_path, backbones=[tiny["llama"]], progress=False)

@@ -5,7 +5,7 @@ import subprocess
 import sys
 
 from conftest import ROOT
-from softprompt.prompts import load_prompt
+from softprompt.methods.prompt import load_prompt
 
 
 def test_python_api_example_runs_every_cell(tiny_dirs, tmp_path):

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from softprompt.errors import ModelError, UsageError
-from softprompt.generate import SamplingOptions, generate
+from softprompt.generation import SamplingOptions, generate
 from softprompt.tasks import prompted_hidden
 
 GREEDY = SamplingOptions(max_new_tokens=4, greedy=True)

@@ -5,7 +5,7 @@ import torch
 
 from softprompt.errors import PromptFileError
 from softprompt.interop.esp import import_esp, read_esp_tensor
-from softprompt.prompts import load_prompt, save_prompt
+from softprompt.methods.prompt import load_prompt, save_prompt
 
 
 def test_both_research_layouts_import(tiny, tmp_path):

@@ -7,14 +7,14 @@ import torch
 import yaml
 
 from conftest import corpus
-from softprompt.backbones import load_backbone
 from softprompt.config import validate_config
+from softprompt.crossmodel.matrix import transfer_matrix, write_matrix
 from softprompt.errors import ConfigError
-from softprompt.prompts import load_prompt
+from softprompt.methods.prompt import load_prompt
+from softprompt.models.backbone import load_backbone
+from softprompt.models.tiny import save_tiny
 from softprompt.study import load_study, run_study
-from softprompt.tiny import save_tiny
-from softprompt.train import Trainer
-from softprompt.transfer import transfer_matrix, write_matrix
+from softprompt.training.trainer import Trainer
 
 
 @pytest.fixture(scope="module")

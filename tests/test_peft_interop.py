@@ -18,12 +18,11 @@ from peft import (
 )
 from safetensors.torch import load_file, save_file
 
-from softprompt.backbones import load_backbone
 from softprompt.errors import ModelError, PromptFileError, UsageError
-from softprompt.generate import SamplingOptions, generate
+from softprompt.generation import SamplingOptions, generate
 from softprompt.interop import peft as peft_interop
 from softprompt.interop.peft import export_peft, import_peft
-from softprompt.prefix import (
+from softprompt.methods.prefix import (
     PrefixKV,
     SavedPrefix,
     load_artifact,
@@ -31,7 +30,8 @@ from softprompt.prefix import (
     save_prefix,
     text_prefix,
 )
-from softprompt.prompts import SoftPrompt, init_embedding, model_record, save_prompt
+from softprompt.methods.prompt import SoftPrompt, init_embedding, model_record, save_prompt
+from softprompt.models.backbone import load_backbone
 from softprompt.tasks import prompted_hidden
 from test_cli import assert_one_line_error, invoke
 

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from softprompt.prefix import prefix_cache, prefix_forward, prefix_geometry, text_prefix
+from softprompt.methods.prefix import prefix_cache, prefix_forward, prefix_geometry, text_prefix
 
 CAUSAL = ["llama", "gemma3", "gpt2", "gpt_neox"]
 
@@ -106,8 +106,8 @@ def test_prefix_training_save_load_and_suffix_evaluation(tiny, tmp_path, monkeyp
 
     from conftest import ROOT
     from softprompt.config import validate_config
-    from softprompt.prefix import PrefixKV, load_artifact, load_prefix
-    from softprompt.train import Trainer
+    from softprompt.methods.prefix import PrefixKV, load_artifact, load_prefix
+    from softprompt.training.trainer import Trainer
 
     config = validate_config(
         {
@@ -180,7 +180,7 @@ def test_prefix_training_save_load_and_suffix_evaluation(tiny, tmp_path, monkeyp
 def test_text_init_starts_at_the_models_own_keys_and_values(tiny, tmp_path):
     from conftest import ROOT
     from softprompt.config import validate_config
-    from softprompt.train import Trainer
+    from softprompt.training.trainer import Trainer
 
     config = validate_config(
         {

@@ -5,7 +5,13 @@ import torch
 from safetensors.torch import save_file
 
 from softprompt.errors import PromptFileError, UsageError
-from softprompt.prompts import SoftPrompt, init_embedding, load_prompt, model_record, save_prompt
+from softprompt.methods.prompt import (
+    SoftPrompt,
+    init_embedding,
+    load_prompt,
+    model_record,
+    save_prompt,
+)
 from softprompt.tasks import prompted_hidden
 
 

@@ -13,8 +13,8 @@ import yaml
 
 from softprompt.config import validate_config
 from softprompt.errors import SoftpromptError
-from softprompt.prompts import load_prompt
-from softprompt.train import Trainer
+from softprompt.methods.prompt import load_prompt
+from softprompt.training.trainer import Trainer
 
 
 def config_file(tmp_path, model_dir, sentiment_dir, steps=150):

@@ -4,9 +4,9 @@ from dataclasses import replace
 
 import pytest
 
-from softprompt.backbones import load_backbone
 from softprompt.data import DataSpec, load_split
 from softprompt.errors import DataError, ModelError
+from softprompt.models.backbone import load_backbone
 from softprompt.tasks import ClassificationTask, LanguageModelingTask
 
 

@@ -3,8 +3,8 @@ import torch
 
 from softprompt.data import Example
 from softprompt.errors import ConfigError, DataError
-from softprompt.packing import first_fit_decreasing, plan_packing, plan_prompt_packing
-from softprompt.prefix import PrefixKV, prefix_geometry
+from softprompt.methods.prefix import PrefixKV, prefix_geometry
+from softprompt.steering.packing import first_fit_decreasing, plan_packing, plan_prompt_packing
 from softprompt.tasks import (
     ClassificationTask,
     LanguageModelingTask,

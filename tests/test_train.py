@@ -6,8 +6,8 @@ import torch
 
 from conftest import write_jsonl
 from softprompt.config import validate_config
-from softprompt.prompts import load_prompt
-from softprompt.train import Trainer, lr_factor
+from softprompt.methods.prompt import load_prompt
+from softprompt.training.trainer import Trainer, lr_factor
 
 
 def make_config(sentiment_dir, max_examples=24, **train):
@@ -178,7 +178,7 @@ def test_a_new_run_refuses_to_overwrite_an_existing_one(sentiment_dir, tiny, tmp
 
 
 def test_length_bucketing_covers_each_example_once_per_window_and_cuts_padding():
-    from softprompt.train import _batch_indices
+    from softprompt.training.trainer import _batch_indices
 
     lengths = [(i * 37) % 50 + 1 for i in range(64)]
     batches = [_batch_indices(s, 8, 64, 3, lengths, window=8) for s in range(8)]

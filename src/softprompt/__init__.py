@@ -8,31 +8,31 @@ The public Python API (everything the CLI does):
 See README.md "Python API" and examples/python_api.py.
 """
 
-from softprompt.alignment import (
+from softprompt.analysis.compress_command import compress_prompt
+from softprompt.analysis.explain import explain
+from softprompt.analysis.report import write_report
+from softprompt.analysis.similarity import similarity_matrices
+from softprompt.config import TrainConfig, load_config
+from softprompt.crossmodel.alignment import (
     Alignment,
     fit_alignment,
     load_alignment,
     shared_vocabulary,
     transfer_prompt,
 )
-from softprompt.analysis.compress_command import compress_prompt
-from softprompt.analysis.explain import explain
-from softprompt.analysis.report import write_report
-from softprompt.analysis.similarity import similarity_matrices
-from softprompt.backbones import Backbone, load_backbone
-from softprompt.config import TrainConfig, load_config
+from softprompt.crossmodel.matrix import transfer_matrix, write_matrix
 from softprompt.demo import run_demo
 from softprompt.errors import SoftpromptError
-from softprompt.evaluate import evaluate, predict
-from softprompt.generate import SamplingOptions, generate
+from softprompt.evaluation import evaluate, predict
+from softprompt.generation import SamplingOptions, generate
 from softprompt.interop.esp import import_esp
 from softprompt.interop.peft import export_peft, import_peft
-from softprompt.prefix import SavedPrefix, load_artifact, load_prefix, save_prefix
-from softprompt.prompts import SoftPrompt, load_prompt, save_prompt
+from softprompt.methods.prefix import SavedPrefix, load_artifact, load_prefix, save_prefix
+from softprompt.methods.prompt import SoftPrompt, load_prompt, save_prompt
+from softprompt.models.backbone import Backbone, load_backbone
+from softprompt.models.tiny import tiny_family
 from softprompt.study import load_study, run_study
-from softprompt.tiny import tiny_family
-from softprompt.train import train
-from softprompt.transfer import transfer_matrix, write_matrix
+from softprompt.training.trainer import train
 
 __version__ = "0.1.0"
 __all__ = [

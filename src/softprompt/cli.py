@@ -83,8 +83,8 @@ def _display_name(name: str) -> str:
 
 def _default_model(prompt_path: Path | None, model: str | None) -> str:
     """The given model, else the first model the prompt was trained on, else the default."""
-    from softprompt.backbones import DEFAULT_MODEL
-    from softprompt.prefix import load_artifact
+    from softprompt.methods.prefix import load_artifact
+    from softprompt.models.backbone import DEFAULT_MODEL
 
     if model:
         return model
@@ -123,7 +123,7 @@ def train(
 ) -> None:
     """Train a soft prompt; writes prompt.safetensors (best), metrics.jsonl and summary.json."""
     from softprompt.config import load_config
-    from softprompt.train import train as run_training
+    from softprompt.training.trainer import train as run_training
 
     if resume is not None and out_dir is not None and resume != out_dir:
         raise UsageError("give either --out or --resume (the run directory to continue), not both")
@@ -169,8 +169,8 @@ def evaluate(
     """Loss, accuracy and macro-F1 of a prompt (or the bare model) on a data split.
 
     With several --model, one result per model (JSON: a list), each marked trained_on_model."""
-    from softprompt.backbones import load_backbone, resolve_device
-    from softprompt.evaluate import evaluate as run_evaluation
+    from softprompt.evaluation import evaluate as run_evaluation
+    from softprompt.models.backbone import load_backbone, resolve_device
 
     names = model or [_default_model(prompt, None)]
     place = resolve_device(device, "--device")
@@ -234,9 +234,9 @@ def transfer_matrix(
     as_json: JsonOpt = False,
 ) -> None:
     """Every prompt on every model, with zero-shot and untrained-prompt baselines."""
-    from softprompt.backbones import resolve_device
-    from softprompt.transfer import transfer_matrix as build_matrix
-    from softprompt.transfer import write_matrix
+    from softprompt.crossmodel.matrix import transfer_matrix as build_matrix
+    from softprompt.crossmodel.matrix import write_matrix
+    from softprompt.models.backbone import resolve_device
 
     if not model:
         raise UsageError("give the models to evaluate on with --model (repeat it)")
@@ -290,7 +290,7 @@ def transfer(
     as_json: JsonOpt = False,
 ) -> None:
     """Map a prompt into another model's embedding space through their shared tokens."""
-    from softprompt.alignment import run_transfer
+    from softprompt.crossmodel.alignment import run_transfer
 
     if to is None:
         raise UsageError("give the target model with --to MODEL")
@@ -343,7 +343,7 @@ def align(
     as_json: JsonOpt = False,
 ) -> None:
     """Fit (or read from the cache) the embedding map both ways and print its quality."""
-    from softprompt.alignment import align_both
+    from softprompt.crossmodel.alignment import align_both
 
     result = align_both(model_a, model_b, method, dtype=dtype)
 
@@ -392,8 +392,8 @@ def tiny_family(
     as_json: JsonOpt = False,
 ) -> None:
     """Build a family of tiny models differing only in seed (like MultiBERTs), for experiments."""
-    from softprompt.tiny import FAMILIES, corpus_texts
-    from softprompt.tiny import tiny_family as build_family
+    from softprompt.models.tiny import FAMILIES, corpus_texts
+    from softprompt.models.tiny import tiny_family as build_family
 
     if family not in FAMILIES:
         raise UsageError(f"unknown family {family!r}; use one of {', '.join(FAMILIES)}")
@@ -418,8 +418,8 @@ def predict(
     as_json: JsonOpt = False,
 ) -> None:
     """The label and the probability of each label for one or more texts."""
-    from softprompt.backbones import load_backbone, resolve_device
-    from softprompt.evaluate import predict as run_prediction
+    from softprompt.evaluation import predict as run_prediction
+    from softprompt.models.backbone import load_backbone, resolve_device
 
     if not text:
         raise UsageError("give at least one --text to classify")
@@ -465,11 +465,11 @@ def generate(
 ) -> None:
     """Continue texts as given (no template) with a prompt or prefix; --compare shows the bare
     model too."""
-    from softprompt.backbones import load_backbone, resolve_device
-    from softprompt.evaluate import steering
-    from softprompt.generate import SamplingOptions
-    from softprompt.generate import generate as run_generation
-    from softprompt.prefix import load_artifact
+    from softprompt.evaluation import steering
+    from softprompt.generation import SamplingOptions
+    from softprompt.generation import generate as run_generation
+    from softprompt.methods.prefix import load_artifact
+    from softprompt.models.backbone import load_backbone, resolve_device
 
     if not text:
         raise UsageError("give at least one --text to continue")
@@ -516,7 +516,7 @@ def models(
     as_json: JsonOpt = False,
 ) -> None:
     """List the bundled model aliases, their package, and whether they are cached."""
-    from softprompt.backbones import ensure_bundled, list_models
+    from softprompt.models.backbone import ensure_bundled, list_models
 
     if prepare:
         for row in list_models():
@@ -585,8 +585,8 @@ def explain(
     from softprompt.analysis.explain import explain as run_explain
     from softprompt.analysis.projection import project
     from softprompt.analysis.report import write_report
-    from softprompt.backbones import load_backbone, resolve_device
-    from softprompt.prompts import load_prompt
+    from softprompt.methods.prompt import load_prompt
+    from softprompt.models.backbone import load_backbone, resolve_device
 
     if projection not in ("tsne", "umap", "pca", "none"):
         raise UsageError("--projection must be tsne, umap, pca or none")
@@ -656,7 +656,7 @@ def compress(
 ) -> None:
     """Keep the N most important tokens (or those MODEL owns among the prompt's models)."""
     from softprompt.analysis.compress_command import compress_prompt
-    from softprompt.backbones import resolve_device
+    from softprompt.models.backbone import resolve_device
 
     result = compress_prompt(
         prompt,
@@ -686,7 +686,7 @@ def compare(
 ) -> None:
     """The six similarity metrics between prompts, as matrices."""
     from softprompt.analysis.similarity import METRICS, similarity_matrices
-    from softprompt.prompts import load_prompt
+    from softprompt.methods.prompt import load_prompt
 
     if len(prompts) < 2:
         raise UsageError("compare needs at least two prompts")
@@ -714,8 +714,8 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a prompt or prefix as a PEFT adapter folder that PeftModel.from_pretrained loads."""
-    from softprompt.backbones import load_backbone
     from softprompt.interop.peft import export_peft
+    from softprompt.models.backbone import load_backbone
 
     if format_ != "peft":
         raise UsageError(f"unknown --format {format_!r}; this version exports: peft")
@@ -739,10 +739,10 @@ def import_prompt(
 ) -> None:
     """Import a prompt or prefix saved by another tool into a softprompt artifact (safely: no
     pickles). For peft, --model is optional: it checks the fit and names the model."""
-    from softprompt.backbones import load_backbone
     from softprompt.interop.esp import import_esp
     from softprompt.interop.peft import import_peft
-    from softprompt.prompts import SoftPrompt, save_prompt
+    from softprompt.methods.prompt import SoftPrompt, save_prompt
+    from softprompt.models.backbone import load_backbone
 
     if from_ not in ("esp", "peft"):
         raise UsageError(f"unknown --from {from_!r}; this version imports: esp, peft")

@@ -10,10 +10,10 @@ from pathlib import Path
 from softprompt.config import load_config
 from softprompt.data import load_split
 from softprompt.errors import SoftpromptError
-from softprompt.evaluate import evaluate_task
-from softprompt.prompts import load_prompt
+from softprompt.evaluation import evaluate_task
+from softprompt.methods.prompt import load_prompt
 from softprompt.tasks import data_spec, encode_examples
-from softprompt.train import Trainer
+from softprompt.training.trainer import Trainer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 DEMO_CONFIG = EXAMPLES / "configs" / "sentiment.yaml"

@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from softprompt.config import describe_error, load_config
 from softprompt.errors import ConfigError
-from softprompt.train import train
+from softprompt.training.trainer import train
 
 
 class StudyConfig(BaseModel):

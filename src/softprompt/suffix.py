@@ -158,8 +158,8 @@ def evaluate_suffix(
 ) -> dict:
     """Suffix rate of sampled continuations with and without the prefix (or prompt), and
     held-out perplexity of the suffixed text with and without it."""
-    from softprompt.evaluate import evaluate_lm
-    from softprompt.generate import SamplingOptions, generate
+    from softprompt.evaluation import evaluate_lm
+    from softprompt.generation import SamplingOptions, generate
     from softprompt.tasks import SuffixTask
 
     starts = sentence_starts([e.text for e in examples], samples)

@@ -13,10 +13,11 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from softprompt.backbones import Backbone
 from softprompt.data import DataSpec, Example
 from softprompt.errors import ConfigError, DataError, ModelError
-from softprompt.packing import (
+from softprompt.methods.prefix import PrefixKV, keep_cache_when_checkpointing, prefix_cache
+from softprompt.models.backbone import Backbone
+from softprompt.steering.packing import (
     attention_mask_for,
     pack,
     packed_positions,
@@ -24,7 +25,6 @@ from softprompt.packing import (
     plan_prompt_packing,
     unpack,
 )
-from softprompt.prefix import PrefixKV, keep_cache_when_checkpointing, prefix_cache
 
 PLACEHOLDER = re.compile(r"\{(\w*)\}")
 KNOWN_PLACEHOLDERS = ("text", "text_b", "label")
@@ -307,7 +307,7 @@ def _prompt_packed_hidden(
     backbone: Backbone, prompt, embeds, attention_mask, read=None
 ) -> torch.Tensor:
     """Hidden states of the texts, run as rows of [prompt | text | text ...] in one pass
-    (softprompt.packing.plan_prompt_packing); returned in the batch's padded shape."""
+    (softprompt.steering.packing.plan_prompt_packing); returned in the batch's padded shape."""
     length = prompt.shape[0]
     packing = plan_prompt_packing(attention_mask, length)
     row_width = packing.mask.shape[-1]
@@ -364,7 +364,7 @@ def _prefixed_hidden(backbone: Backbone, prefix: PrefixKV, embeds, attention_mas
 def _packed_hidden(
     backbone: Backbone, prefix: PrefixKV, embeds, packing, read=None
 ) -> torch.Tensor:
-    """`_prefixed_hidden` with the texts packed several to a row (softprompt.packing)."""
+    """`_prefixed_hidden` with the texts packed several to a row (softprompt.steering.packing)."""
     model, device = backbone.model, embeds.device
     cache = prefix_cache(
         model, prefix.keys.to(device), prefix.values.to(device), packing.rows, frozen=True

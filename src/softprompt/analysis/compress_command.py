@@ -9,11 +9,11 @@ import torch
 from softprompt.analysis.compression import compress, top_tokens
 from softprompt.analysis.importance import exact_importance
 from softprompt.analysis.splitting import owners
-from softprompt.backbones import load_backbone
 from softprompt.data import load_split
 from softprompt.errors import UsageError
-from softprompt.evaluate import evaluate_task, resolve_task
-from softprompt.prompts import load_prompt, save_prompt
+from softprompt.evaluation import evaluate_task, resolve_task
+from softprompt.methods.prompt import load_prompt, save_prompt
+from softprompt.models.backbone import load_backbone
 from softprompt.tasks import build_task, data_spec, encode_examples
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from softprompt.errors import UsageError
-from softprompt.prompts import SoftPrompt
+from softprompt.methods.prompt import SoftPrompt
 
 MODES = ("remove", "mask")
 

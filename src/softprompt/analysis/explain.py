@@ -10,11 +10,11 @@ from softprompt.analysis.compression import compress, top_tokens
 from softprompt.analysis.importance import ABLATIONS, exact_importance, gradient_importance
 from softprompt.analysis.neighbours import nearest_tokens
 from softprompt.analysis.splitting import alignment, knn_location, owners
-from softprompt.backbones import Backbone, as_backbone
 from softprompt.data import load_split
 from softprompt.errors import UsageError
-from softprompt.evaluate import evaluate_task, resolve_task
-from softprompt.prompts import SoftPrompt, load_prompt
+from softprompt.evaluation import evaluate_task, resolve_task
+from softprompt.methods.prompt import SoftPrompt, load_prompt
+from softprompt.models.backbone import Backbone, as_backbone
 from softprompt.tasks import ClassificationTask, build_task, data_spec, encode_examples
 
 

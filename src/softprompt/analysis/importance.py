@@ -11,7 +11,7 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
-from softprompt.prefix import PrefixKV
+from softprompt.methods.prefix import PrefixKV
 from softprompt.tasks import ClassificationTask, EncodedExample, prompt_states
 
 _STDERR = Console(stderr=True)

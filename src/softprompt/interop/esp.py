@@ -11,9 +11,9 @@ from pathlib import Path
 
 import torch
 
-from softprompt.backbones import Backbone
 from softprompt.errors import PromptFileError
-from softprompt.prompts import SoftPrompt, model_record
+from softprompt.methods.prompt import SoftPrompt, model_record
+from softprompt.models.backbone import Backbone
 
 STATE_DICT_KEYS = ("weight", "prompt", "embedding.weight", "soft_prompt.weight")
 

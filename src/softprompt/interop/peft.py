@@ -29,10 +29,15 @@ from pathlib import Path
 
 import torch
 
-from softprompt.backbones import BUNDLED, Backbone, as_backbone
 from softprompt.errors import ModelError, PromptFileError, UsageError
-from softprompt.prefix import PrefixKV, SavedPrefix, load_artifact, prefix_geometry, save_prefix
-from softprompt.prompts import (
+from softprompt.methods.prefix import (
+    PrefixKV,
+    SavedPrefix,
+    load_artifact,
+    prefix_geometry,
+    save_prefix,
+)
+from softprompt.methods.prompt import (
     SoftPrompt,
     header_metadata,
     model_record,
@@ -41,6 +46,7 @@ from softprompt.prompts import (
     save_prompt,
     write_safetensors_atomic,
 )
+from softprompt.models.backbone import BUNDLED, Backbone, as_backbone
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

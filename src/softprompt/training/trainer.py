@@ -20,13 +20,11 @@ from pathlib import Path
 import torch
 import yaml
 
-from softprompt.backbones import Backbone, load_backbone, resolve_device
 from softprompt.config import TrainConfig, config_to_dict
 from softprompt.data import load_split
-from softprompt.distributed import launched_processes
 from softprompt.errors import ConfigError, SoftpromptError, UsageError
-from softprompt.evaluate import evaluate_task
-from softprompt.prefix import (
+from softprompt.evaluation import evaluate_task
+from softprompt.methods.prefix import (
     PrefixEncoder,
     PrefixKV,
     SavedPrefix,
@@ -34,7 +32,7 @@ from softprompt.prefix import (
     save_prefix,
     text_prefix,
 )
-from softprompt.prompts import (
+from softprompt.methods.prompt import (
     SoftPrompt,
     init_embedding,
     model_record,
@@ -42,8 +40,10 @@ from softprompt.prompts import (
     save_prompt,
     write_safetensors_atomic,
 )
+from softprompt.models.backbone import Backbone, load_backbone, resolve_device
 from softprompt.tasks import ClassificationTask, build_task, data_spec, encode_examples
-from softprompt.tracking import Trackers, check_trackers
+from softprompt.training.distributed import launched_processes
+from softprompt.training.tracking import Trackers, check_trackers
 
 CHECKPOINT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
@@ -276,11 +276,11 @@ class Trainer:
 
     def _cross_model_maps(self) -> list[LinearMap | None]:
         """A map from the first model's embedding space into each model of another hidden
-        size, fitted on the shared vocabulary (cached on disk, see softprompt.alignment)."""
+        size, fitted on the shared vocabulary (cached on disk, see softprompt.crossmodel)."""
         first = self.backbones[0]
         if all(b.hidden_size == first.hidden_size for b in self.backbones):
             return []
-        from softprompt.alignment import load_alignment
+        from softprompt.crossmodel.alignment import load_alignment
 
         settings = self.config.cross_model
         maps: list[LinearMap | None] = []

@@ -211,7 +211,7 @@ class SavedPrefix:
 
 def save_prefix(prefix: SavedPrefix, path) -> Path:
     """Write the prefix artifact atomically: final keys/values and the shared header."""
-    from softprompt.prompts import header_metadata, write_safetensors_atomic
+    from softprompt.methods.prompt import header_metadata, write_safetensors_atomic
 
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -225,7 +225,7 @@ def save_prefix(prefix: SavedPrefix, path) -> Path:
 
 def load_prefix(path) -> SavedPrefix:
     """Read and validate a prefix artifact."""
-    from softprompt.prompts import read_artifact
+    from softprompt.methods.prompt import read_artifact
 
     tensors, fields = read_artifact(path, "prefix")
     keys, values = tensors.get("prefix.keys"), tensors.get("prefix.values")
@@ -243,7 +243,7 @@ def load_prefix(path) -> SavedPrefix:
 
 def load_artifact(path):
     """A soft prompt or a prefix, whichever the file holds."""
-    from softprompt.prompts import load_prompt, read_safetensors
+    from softprompt.methods.prompt import load_prompt, read_safetensors
 
     _, meta = read_safetensors(path)
     return load_prefix(path) if meta.get("method") == "prefix" else load_prompt(path)

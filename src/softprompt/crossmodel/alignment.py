@@ -26,15 +26,15 @@ import torch
 import torch.nn.functional as F
 
 from softprompt.analysis.explain import embedding_table
-from softprompt.backbones import Backbone, as_backbone, cache_root, load_backbone
 from softprompt.errors import ModelError, PromptFileError, UsageError
-from softprompt.prompts import (
+from softprompt.methods.prompt import (
     SoftPrompt,
     load_prompt,
     model_record,
     read_safetensors,
     write_safetensors_atomic,
 )
+from softprompt.models.backbone import Backbone, as_backbone, cache_root, load_backbone
 
 METHODS = ("ridge", "procrustes")
 DEFAULT_METHOD = "procrustes"
@@ -566,7 +566,7 @@ def evaluate_transfer(
 ) -> list[dict]:
     """Metrics on the config's task: B zero-shot, the transferred prompt on B, a random prompt
     of the same norms on B, and (given) the original prompt on its own model A."""
-    from softprompt.evaluate import evaluate
+    from softprompt.evaluation import evaluate
 
     rows = [
         ("zero-shot", None, target),
@@ -597,7 +597,7 @@ def run_transfer(
 ) -> dict:
     """What `softprompt transfer` does: map, write the new prompt, optionally evaluate on B."""
     from softprompt.config import load_config
-    from softprompt.prompts import save_prompt
+    from softprompt.methods.prompt import save_prompt
 
     check_settings(method, DEFAULT_HOLDOUT, DEFAULT_RIDGE_LAMBDA)
     if config is not None:

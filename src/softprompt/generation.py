@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from softprompt.backbones import Backbone
 from softprompt.errors import ModelError, UsageError
-from softprompt.prefix import PrefixKV, prefix_cache
+from softprompt.methods.prefix import PrefixKV, prefix_cache
+from softprompt.models.backbone import Backbone
 
 
 @dataclass(frozen=True)

@@ -22,11 +22,11 @@ from typing import Literal
 import torch
 from torch import nn
 
-from softprompt.attention import NAME as SEGMENT_ATTENTION
-from softprompt.attention import Segments, use_segment_attention
 from softprompt.errors import ConfigError, ModelError, UsageError
-from softprompt.last_layer import last_mlp_at
-from softprompt.logprobs import vocab_logprobs
+from softprompt.steering.attention import NAME as SEGMENT_ATTENTION
+from softprompt.steering.attention import Segments, use_segment_attention
+from softprompt.steering.last_layer import last_mlp_at
+from softprompt.steering.logprobs import vocab_logprobs
 
 ModelKind = Literal["causal", "masked"]
 KIND_CHOICES = ("auto", "causal", "masked")
@@ -142,7 +142,7 @@ class Backbone:
 
     @property
     def segment_attention(self) -> bool:
-        """Whether the model runs softprompt.attention's segment attention."""
+        """Whether the model runs softprompt.steering.attention's segment attention."""
         return getattr(self.model.config, "_attn_implementation", None) == SEGMENT_ATTENTION
 
     @property
@@ -166,7 +166,7 @@ class Backbone:
 
         `segments`: the mask's blocks, for a model running segment attention. `read`: the only
         flat positions (row * width + column) the caller reads; the others' last MLP is skipped
-        and their states are not final (softprompt.last_layer)."""
+        and their states are not final (softprompt.steering.last_layer)."""
         extra = {"segments": segments} if segments is not None and self.segment_attention else {}
         with last_mlp_at(self.model, read):
             out = self.model.base_model(
@@ -203,7 +203,7 @@ class Backbone:
 
     def vocab_logprobs(self, hidden: torch.Tensor, token_ids: torch.Tensor) -> torch.Tensor:
         """Full-vocabulary log-probabilities (float32) of `token_ids` [..., C] at hidden
-        states [..., d]; on CPUs in one pass over the head (softprompt.logprobs)."""
+        states [..., d]; on CPUs in one pass over the head (softprompt.steering.logprobs)."""
         head = _head_module(self.model)
         capped = getattr(self.model.config, "final_logit_softcapping", None)
         if (

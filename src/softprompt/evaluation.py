@@ -9,12 +9,12 @@ import torch
 from pydantic import ValidationError
 from sklearn.metrics import f1_score
 
-from softprompt.backbones import DEFAULT_MODEL, Backbone, as_backbone
 from softprompt.config import TaskConfig, describe_error, load_config
 from softprompt.data import Example, load_split
 from softprompt.errors import UsageError
-from softprompt.prefix import SavedPrefix, load_artifact
-from softprompt.prompts import SoftPrompt
+from softprompt.methods.prefix import SavedPrefix, load_artifact
+from softprompt.methods.prompt import SoftPrompt
+from softprompt.models.backbone import DEFAULT_MODEL, Backbone, as_backbone
 from softprompt.tasks import (
     ClassificationTask,
     EncodedExample,

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from softprompt.backbones import Backbone, load_backbone
 from softprompt.data import load_split
 from softprompt.errors import PromptFileError, UsageError
-from softprompt.evaluate import evaluate_task, resolve_task
-from softprompt.prompts import INIT_MODES, SoftPrompt, init_embedding, load_prompt
+from softprompt.evaluation import evaluate_task, resolve_task
+from softprompt.methods.prompt import INIT_MODES, SoftPrompt, init_embedding, load_prompt
+from softprompt.models.backbone import Backbone, load_backbone
 from softprompt.tasks import build_task, data_spec, encode_examples
 
 METRIC_KEYS = ("loss", "accuracy", "macro_f1", "perplexity")

@@ -1,0 +1,2 @@
+"""Cross-model work: shared vocabularies, maps between embedding spaces, prompt transfer
+and the transfer matrix."""

@@ -1,0 +1,1 @@
+"""Steering methods, each registered with its config section, trainable module and artifact."""

@@ -1,0 +1,2 @@
+"""The training loop and its pieces: schedule, state, run directory, console, processes,
+trackers."""
