@@ -17,7 +17,8 @@ from pathlib import Path
 from common import ROOT, alternate, device, machine, median
 from scipy.stats import spearmanr
 
-from softprompt.analysis.importance import exact_importance, gradient_importance, naive_importance
+from reference import naive_importance  # tests/reference.py, put on the path by common
+from softprompt.analysis.importance import exact_importance, gradient_importance
 from softprompt.data import load_split
 from softprompt.evaluation import resolve_task
 from softprompt.methods.prompt import load_prompt

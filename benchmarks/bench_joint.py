@@ -18,7 +18,7 @@ from common import ROOT, machine
 
 from softprompt.config import validate_config
 from softprompt.models.tiny import corpus_texts, tiny_family
-from softprompt.profiling import saved_activation_peak
+from profiling import saved_activation_peak
 from softprompt.training.trainer import Trainer
 
 

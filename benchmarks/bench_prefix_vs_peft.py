@@ -33,10 +33,11 @@ from common import ROOT, alternate, device, loss_agreement, machine, median, rat
 from softprompt.config import load_config
 from softprompt.data import load_split
 from softprompt.generation import SamplingOptions, generate
-from softprompt.methods.prefix import PrefixEncoder, PrefixKV, prefix_geometry
+from softprompt.methods.prefix import PrefixEncoder
 from softprompt.models.backbone import Backbone, load_backbone
-from softprompt.suffix import sentence_ends
+from softprompt.steering.prefix import PrefixKV, prefix_geometry
 from softprompt.tasks import data_spec
+from softprompt.text.sentences import sentence_ends
 from softprompt.training.trainer import Trainer
 
 MODEL = "smollm2-135m"

@@ -18,7 +18,7 @@ from common import ROOT, alternate, device, machine, median
 
 from softprompt.config import load_config
 from softprompt.models.backbone import load_backbone
-from softprompt.profiling import saved_activation_peak
+from profiling import saved_activation_peak
 from softprompt.training.trainer import Trainer
 
 BATCH = 8

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import platform
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# the plain reference implementations the benchmarks race against live with the tests
+sys.path.insert(0, str(ROOT / "tests"))
 # CPU features that decide matmul speed in fp32 / bf16 (x86: AVX-512, its bf16 ops, AMX tiles).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
 

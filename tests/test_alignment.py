@@ -13,7 +13,8 @@ from transformers import PreTrainedTokenizerFast
 from conftest import corpus
 from softprompt.crossmodel import alignment as al
 from softprompt.errors import ModelError, UsageError
-from softprompt.methods.prompt import SoftPrompt, load_prompt, model_record, save_prompt
+from softprompt.methods.artifact import model_record
+from softprompt.methods.prompt import SoftPrompt, load_prompt, save_prompt
 from softprompt.models.backbone import load_backbone
 from softprompt.models.tiny import save_tiny
 from test_cli import invoke

@@ -7,20 +7,21 @@ import re
 import pytest
 import torch
 
+from reference import naive_importance
 from softprompt.analysis.compression import compress, top_tokens
 from softprompt.analysis.explain import explain
 from softprompt.analysis.importance import (
     ablated_variants,
     exact_importance,
     gradient_importance,
-    naive_importance,
 )
 from softprompt.analysis.report import write_report
 from softprompt.analysis.similarity import inner_complexity, similarity_matrices
 from softprompt.analysis.splitting import alignment, knn_location, owners
 from softprompt.data import DataSpec, load_split
-from softprompt.methods.prompt import SoftPrompt, model_record
-from softprompt.tasks import ClassificationTask
+from softprompt.methods.artifact import model_record
+from softprompt.methods.prompt import SoftPrompt
+from softprompt.tasks.classification import ClassificationTask
 
 R2 = math.sqrt(2)
 VERBALIZER = {"negative": " bad", "positive": " good"}

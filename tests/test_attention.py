@@ -12,7 +12,7 @@ from softprompt.models.backbone import Backbone
 from softprompt.models.tiny import build_tokenizer
 from softprompt.steering.attention import segment_attention, use_segment_attention
 from softprompt.steering.packing import plan_packing, plan_prompt_packing
-from softprompt.tasks import ClassificationTask
+from softprompt.tasks.classification import ClassificationTask
 
 PROMPT = 3
 

@@ -72,7 +72,8 @@ def test_cached_fast_tokenizer_encodes_like_autotokenizer(alias):
 
 @pytest.mark.parametrize("alias", ["smollm2-135m", "gemma3-270m"])
 def test_prefix_training_forward_equals_generation_on_bundled_models(alias):
-    from softprompt.methods.prefix import prefix_cache, prefix_forward, prefix_geometry
+    from reference import prefix_forward
+    from softprompt.steering.prefix import prefix_cache, prefix_geometry
 
     backbone = load_backbone(alias)
     layers, kv_heads, head_dim = prefix_geometry(backbone.model)

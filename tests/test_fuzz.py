@@ -12,7 +12,7 @@ from softprompt.config import load_config, validate_config
 from softprompt.data import DataSpec, Example, load_split
 from softprompt.errors import ConfigError, DataError, PromptFileError
 from softprompt.methods.prompt import load_prompt
-from softprompt.tasks import ClassificationTask, check_template
+from softprompt.tasks.classification import ClassificationTask, check_template
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 

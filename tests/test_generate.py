@@ -3,7 +3,7 @@ import torch
 
 from softprompt.errors import ModelError, UsageError
 from softprompt.generation import SamplingOptions, generate
-from softprompt.tasks import prompted_hidden
+from softprompt.steering.forward import prompted_hidden
 
 GREEDY = SamplingOptions(max_new_tokens=4, greedy=True)
 

@@ -22,17 +22,13 @@ from softprompt.errors import ModelError, PromptFileError, UsageError
 from softprompt.generation import SamplingOptions, generate
 from softprompt.interop import peft as peft_interop
 from softprompt.interop.peft import export_peft, import_peft
-from softprompt.methods.prefix import (
-    PrefixKV,
-    SavedPrefix,
-    load_artifact,
-    prefix_geometry,
-    save_prefix,
-    text_prefix,
-)
-from softprompt.methods.prompt import SoftPrompt, init_embedding, model_record, save_prompt
+from softprompt.methods import load_artifact
+from softprompt.methods.artifact import model_record
+from softprompt.methods.prefix import SavedPrefix, save_prefix
+from softprompt.methods.prompt import SoftPrompt, init_embedding, save_prompt
 from softprompt.models.backbone import load_backbone
-from softprompt.tasks import prompted_hidden
+from softprompt.steering.forward import prompted_hidden
+from softprompt.steering.prefix import PrefixKV, prefix_geometry, text_prefix
 from test_cli import assert_one_line_error, invoke
 
 TEXTS = ["it was good", "review : a great awful bad movie it was"]

@@ -3,7 +3,8 @@
 import pytest
 import torch
 
-from softprompt.methods.prefix import prefix_cache, prefix_forward, prefix_geometry, text_prefix
+from reference import prefix_forward
+from softprompt.steering.prefix import prefix_cache, prefix_geometry, text_prefix
 
 CAUSAL = ["llama", "gemma3", "gpt2", "gpt_neox"]
 
@@ -106,7 +107,9 @@ def test_prefix_training_save_load_and_suffix_evaluation(tiny, tmp_path, monkeyp
 
     from conftest import ROOT
     from softprompt.config import validate_config
-    from softprompt.methods.prefix import PrefixKV, load_artifact, load_prefix
+    from softprompt.methods import load_artifact
+    from softprompt.methods.prefix import load_prefix
+    from softprompt.steering.prefix import PrefixKV
     from softprompt.training.trainer import Trainer
 
     config = validate_config(

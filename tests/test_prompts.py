@@ -5,14 +5,9 @@ import torch
 from safetensors.torch import save_file
 
 from softprompt.errors import PromptFileError, UsageError
-from softprompt.methods.prompt import (
-    SoftPrompt,
-    init_embedding,
-    load_prompt,
-    model_record,
-    save_prompt,
-)
-from softprompt.tasks import prompted_hidden
+from softprompt.methods.artifact import model_record
+from softprompt.methods.prompt import SoftPrompt, init_embedding, load_prompt, save_prompt
+from softprompt.steering.forward import prompted_hidden
 
 
 def test_random_init_is_seeded_and_scaled(tiny):

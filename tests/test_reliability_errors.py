@@ -7,7 +7,8 @@ import pytest
 from softprompt.data import DataSpec, load_split
 from softprompt.errors import DataError, ModelError
 from softprompt.models.backbone import load_backbone
-from softprompt.tasks import ClassificationTask, LanguageModelingTask
+from softprompt.tasks.classification import ClassificationTask
+from softprompt.tasks.lm import LanguageModelingTask
 
 
 def test_masked_task_needs_a_mask_token(tiny, tiny_dirs):

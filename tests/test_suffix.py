@@ -1,7 +1,8 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from softprompt.suffix import add_suffix, pack, split_sentences, suffix_rate
+from softprompt.tasks.suffix import suffix_rate
+from softprompt.text.sentences import add_suffix, pack, split_sentences
 
 SMILEY = " 😃"
 

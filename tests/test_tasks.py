@@ -3,14 +3,11 @@ import torch
 
 from softprompt.data import Example
 from softprompt.errors import ConfigError, DataError
-from softprompt.methods.prefix import PrefixKV, prefix_geometry
+from softprompt.steering.forward import prompted_hidden
 from softprompt.steering.packing import first_fit_decreasing, plan_packing, plan_prompt_packing
-from softprompt.tasks import (
-    ClassificationTask,
-    LanguageModelingTask,
-    check_template,
-    prompted_hidden,
-)
+from softprompt.steering.prefix import PrefixKV, prefix_geometry
+from softprompt.tasks.classification import ClassificationTask, check_template
+from softprompt.tasks.lm import LanguageModelingTask
 
 VERBALIZER = {"negative": " bad", "positive": " good"}
 

@@ -27,7 +27,8 @@ from softprompt.evaluation import evaluate, predict
 from softprompt.generation import SamplingOptions, generate
 from softprompt.interop.esp import import_esp
 from softprompt.interop.peft import export_peft, import_peft
-from softprompt.methods.prefix import SavedPrefix, load_artifact, load_prefix, save_prefix
+from softprompt.methods import load_artifact
+from softprompt.methods.prefix import SavedPrefix, load_prefix, save_prefix
 from softprompt.methods.prompt import SoftPrompt, load_prompt, save_prompt
 from softprompt.models.backbone import Backbone, load_backbone
 from softprompt.models.tiny import tiny_family

@@ -83,7 +83,7 @@ def _display_name(name: str) -> str:
 
 def _default_model(prompt_path: Path | None, model: str | None) -> str:
     """The given model, else the first model the prompt was trained on, else the default."""
-    from softprompt.methods.prefix import load_artifact
+    from softprompt.methods import load_artifact
     from softprompt.models.backbone import DEFAULT_MODEL
 
     if model:
@@ -468,7 +468,7 @@ def generate(
     from softprompt.evaluation import steering
     from softprompt.generation import SamplingOptions
     from softprompt.generation import generate as run_generation
-    from softprompt.methods.prefix import load_artifact
+    from softprompt.methods import load_artifact
     from softprompt.models.backbone import load_backbone, resolve_device
 
     if not text:
@@ -480,7 +480,7 @@ def generate(
     place = resolve_device(device, "--device")
     backbone = load_backbone(_default_model(prompt, model), dtype=dtype, device=place)
     soft = load_artifact(prompt) if prompt is not None else None
-    steer, _ = steering(soft, backbone, str(prompt))
+    steer = steering(soft, backbone, str(prompt))
     if num_samples > 1 and greedy:
         raise UsageError("--num-samples needs sampling; leave out --greedy")
     text = [t for t in text for _ in range(num_samples)]

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import difflib
+import functools
 from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from softprompt.errors import ConfigError
+from softprompt.methods import get_method
+from softprompt.methods.prompt import PromptSettings
 
 
 class _Strict(BaseModel):
@@ -56,18 +67,6 @@ class TaskConfig(_Strict):
         return self
 
 
-class PromptConfig(_Strict):
-    """The soft prompt's size and initialisation."""
-
-    length: int = Field(16, ge=1, le=4096)
-    init: Literal["random", "text", "vocab", "file"] = "random"
-    seed: int = 0
-    text: str | None = None
-    file: str | None = None
-    reparameterization: Literal["mlp", "none"] = "mlp"
-    mlp_hidden: int = Field(512, ge=1)
-
-
 class TrainSettings(_Strict):
     """Optimisation, evaluation and checkpointing."""
 
@@ -96,7 +95,7 @@ class TrainSettings(_Strict):
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_aliases(cls, value: object) -> object:
-        aliases = {"float32": "fp32", "bfloat16": "bf16", "fp16": "fp16"}
+        aliases = {"float32": "fp32", "bfloat16": "bf16"}
         return aliases.get(value, value) if isinstance(value, str) else value
 
     @field_validator("report_to", mode="before")
@@ -149,14 +148,15 @@ class CrossModelSettings(_Strict):
 
 
 class TrainConfig(_Strict):
-    """A whole training run."""
+    """A whole training run. `prompt` is the section of the run's method
+    (softprompt.methods); `validate_config` picks the class that validates it."""
 
-    method: Literal["prompt", "prefix"] = "prompt"
+    method: str = "prompt"
     models: list[str] = Field(default_factory=lambda: ["smollm2-135m"], min_length=1)
     model_weights: list[float] | None = None
     trust_remote_code: bool = False
     task: TaskConfig
-    prompt: PromptConfig = Field(default_factory=PromptConfig)
+    prompt: PromptSettings = Field(default_factory=PromptSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     cross_model: CrossModelSettings = Field(default_factory=CrossModelSettings)
 
@@ -176,6 +176,24 @@ class TrainConfig(_Strict):
             if any(w < 0 for w in self.model_weights) or sum(self.model_weights) <= 0:
                 raise ValueError("model_weights must be non-negative and not all zero")
         return self
+
+    @model_validator(mode="after")
+    def _method_checks(self) -> TrainConfig:
+        self.prompt.check_run(self.models)
+        return self
+
+
+@functools.cache
+def config_class(method: str) -> type[TrainConfig]:
+    """The TrainConfig whose `prompt` section is validated by `method`'s settings class."""
+    settings = get_method(method).settings
+    if settings is PromptSettings:
+        return TrainConfig
+    return create_model(
+        f"{method.title()}TrainConfig",
+        __base__=TrainConfig,
+        prompt=(settings, Field(default_factory=settings)),
+    )
 
 
 def apply_overrides(raw: dict, overrides: list[str]) -> dict:
@@ -219,10 +237,16 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def validate_config(raw: dict, source: str = "config") -> TrainConfig:
+    """A validated config for the method that `raw` names (default: prompt)."""
+    method = raw.get("method", "prompt")
     try:
-        return TrainConfig.model_validate(raw)
+        model = config_class(str(method))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: method: {exc}") from exc
+    try:
+        return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {describe_error(exc)}") from exc
+        raise ConfigError(f"{source}: {describe_error(exc, model)}") from exc
 
 
 def describe_error(exc: ValidationError, root: type[BaseModel] | None = None) -> str:

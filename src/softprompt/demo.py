@@ -8,11 +8,10 @@ from datetime import datetime
 from pathlib import Path
 
 from softprompt.config import load_config
-from softprompt.data import load_split
 from softprompt.errors import SoftpromptError
 from softprompt.evaluation import evaluate_task
 from softprompt.methods.prompt import load_prompt
-from softprompt.tasks import data_spec, encode_examples
+from softprompt.tasks import load_task
 from softprompt.training.trainer import Trainer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -34,7 +33,7 @@ def run_demo(
     run_dir = Path(out_dir or Path("runs") / f"demo-{datetime.now():%Y%m%d-%H%M%S}")
     trainer = Trainer(config, run_dir, progress=progress)
     slot = trainer.slots[0]
-    test = encode_examples(slot.task, load_split(data_spec(config.task), "test"))
+    _, test = load_task(config.task, slot.backbone, config.prompt.input_length, "test")
     zero_shot = evaluate_task(slot.task, None, test, config.train.eval_batch_size)
     trainer.run()
     best = load_prompt(run_dir / "prompt.safetensors")

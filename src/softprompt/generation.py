@@ -1,4 +1,5 @@
-"""Text generation with a soft prompt (or none), through the model's own `generate`."""
+"""Text generation under any steering (softprompt.steering), through the model's own
+`generate`."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from softprompt.errors import ModelError, UsageError
-from softprompt.methods.prefix import PrefixKV, prefix_cache
 from softprompt.models.backbone import Backbone
+from softprompt.steering.forward import SteeringLike, as_steering
 
 
 @dataclass(frozen=True)
@@ -39,10 +40,11 @@ class SamplingOptions:
 def generate(
     backbone: Backbone,
     texts: list[str],
-    prompt: torch.Tensor | None = None,
+    prompt: SteeringLike = None,
     options: SamplingOptions | None = None,
 ) -> list[str]:
-    """Continue each text as given (no template); the soft prompt, if any, goes first."""
+    """Continue each text as given (no template) under `prompt`: a Steering (soft prompt,
+    prefix, or a list with one per text), a soft-prompt tensor [L, d], or None."""
     options = options or SamplingOptions()
     options.check()
     if backbone.kind != "causal":
@@ -59,19 +61,11 @@ def generate(
     device = backbone.device
     input_ids = encoded.input_ids.to(device)
     attention_mask = encoded.attention_mask.to(device)
-    if isinstance(prompt, PrefixKV):
-        return _generate_after_prefix(backbone, prompt, input_ids, attention_mask, options)
-    embeds = backbone.embed(input_ids)
-    if prompt is not None:
-        soft = prompt.to(device=device, dtype=embeds.dtype).unsqueeze(0)
-        soft = soft.expand(len(texts), -1, -1)
-        embeds = torch.cat([soft, embeds], dim=1)
-        ones = torch.ones(soft.shape[:2], dtype=attention_mask.dtype, device=device)
-        attention_mask = torch.cat([ones, attention_mask], dim=1)
+    inputs = as_steering(prompt).generation_inputs(backbone, input_ids, attention_mask)
     torch.manual_seed(options.seed)
-    output = backbone.model.generate(
-        inputs_embeds=embeds, attention_mask=attention_mask, **_generation_kwargs(backbone, options)
-    )
+    output = backbone.model.generate(**inputs, **_generation_kwargs(backbone, options))
+    if "input_ids" in inputs:  # generate repeats given ids in front of the new tokens
+        output = output[:, inputs["input_ids"].shape[1] :]
     return tokenizer.batch_decode(output, skip_special_tokens=True)
 
 
@@ -87,19 +81,3 @@ def _generation_kwargs(backbone: Backbone, options: SamplingOptions) -> dict:
         if options.top_p is not None:
             kwargs["top_p"] = options.top_p
     return kwargs
-
-
-def _generate_after_prefix(backbone, prefix: PrefixKV, input_ids, attention_mask, options):
-    """Generation with the prefix as the first L cached positions."""
-    batch, device = input_ids.shape[0], input_ids.device
-    cache = prefix_cache(backbone.model, prefix.keys.to(device), prefix.values.to(device), batch)
-    ones = torch.ones((batch, prefix.length), dtype=attention_mask.dtype, device=device)
-    torch.manual_seed(options.seed)
-    output = backbone.model.generate(
-        input_ids=input_ids,
-        attention_mask=torch.cat([ones, attention_mask], dim=1),
-        past_key_values=cache,
-        **_generation_kwargs(backbone, options),
-    )
-    new_tokens = output[:, input_ids.shape[1] :]
-    return backbone.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)

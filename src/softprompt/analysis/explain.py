@@ -10,12 +10,11 @@ from softprompt.analysis.compression import compress, top_tokens
 from softprompt.analysis.importance import ABLATIONS, exact_importance, gradient_importance
 from softprompt.analysis.neighbours import nearest_tokens
 from softprompt.analysis.splitting import alignment, knn_location, owners
-from softprompt.data import load_split
 from softprompt.errors import UsageError
 from softprompt.evaluation import evaluate_task, resolve_task
 from softprompt.methods.prompt import SoftPrompt, load_prompt
 from softprompt.models.backbone import Backbone, as_backbone
-from softprompt.tasks import ClassificationTask, build_task, data_spec, encode_examples
+from softprompt.tasks import load_task
 
 
 def embedding_table(backbone: Backbone) -> torch.Tensor:
@@ -49,18 +48,17 @@ def explain(
         raise UsageError("--importance must be exact or gradient")
     if ablation not in ABLATIONS:
         raise UsageError(f"--ablation must be one of {', '.join(ABLATIONS)}")
-    soft = prompt if isinstance(prompt, SoftPrompt) else load_prompt(prompt)
-    name = str(prompt) if not isinstance(prompt, SoftPrompt) else "prompt"
+    from_file = isinstance(prompt, (str, Path))
+    soft = load_prompt(prompt) if from_file else prompt
+    name = str(prompt) if from_file else "prompt"
     task_config = resolve_task(soft, data, config=config, template=template, verbalizer=verbalizer)
     if task_config.type != "classification" or not task_config.data:
         raise UsageError("explain needs a classification task with data (--data)")
-    examples = load_split(data_spec(task_config), split)[:max_examples]
     backbones = [as_backbone(m, dtype) for m in models]
     per_model, tasks = [], []
     points = [soft.embedding_for(b.hidden_size, b.name, source=name) for b in backbones]
     for backbone, point in zip(backbones, points):
-        task = build_task(task_config, backbone, soft.length)
-        encoded = encode_examples(task, examples)
+        task, encoded = load_task(task_config, backbone, soft.length, split, max_examples)
         tasks.append((task, encoded))
         per_model.append(
             _model_analysis(point, backbone, task, encoded, importance, ablation, top_k, batch_size)
@@ -69,18 +67,9 @@ def explain(
     owner, strength = owners(matrix)
     tables = [embedding_table(b) for b in backbones]
     location = {d: knn_location(points, tables, k=knn, distance=d)[0] for d in ("cosine", "l2")}
-    names = [b.name for b in backbones]
-    tokens = [
-        {
-            "index": i,
-            "owner": names[int(owner[i])],
-            "strength": float(strength[i]),
-            "location_cosine": names[int(location["cosine"][i])],
-            "location_l2": names[int(location["l2"][i])],
-            "nearest": [m["neighbours"][i]["cosine"][0]["token"] for m in per_model],
-        }
-        for i in range(soft.length)
-    ]
+    tokens = _token_table(
+        soft.length, [b.name for b in backbones], owner, strength, location, per_model
+    )
     compression = _compression(soft, owner, matrix, tasks, backbones, keep, batch_size)
     return {
         "name": name,
@@ -99,8 +88,6 @@ def explain(
 
 def _model_analysis(point, backbone, task, encoded, importance, ablation, top_k, batch_size):
     """Importance and nearest tokens of the prompt as this model takes it (`point`, [L, d])."""
-    if not isinstance(task, ClassificationTask):
-        raise UsageError("explain needs a classification task")
     if importance == "exact":
         result = exact_importance(task, point, encoded, ablation, batch_size)
         scores = {k: result[k].tolist() for k in ("loss", "accuracy", "normalised")}
@@ -159,3 +146,18 @@ def _compression(soft, owner, matrix, tasks, backbones, keep, batch_size) -> lis
                 }
             )
     return rows
+
+
+def _token_table(length, names, owner, strength, location, per_model) -> list[dict]:
+    """Per prompt token: its owner, importance, locations and nearest word in each model."""
+    return [
+        {
+            "index": i,
+            "owner": names[int(owner[i])],
+            "strength": float(strength[i]),
+            "location_cosine": names[int(location["cosine"][i])],
+            "location_l2": names[int(location["l2"][i])],
+            "nearest": [m["neighbours"][i]["cosine"][0]["token"] for m in per_model],
+        }
+        for i in range(length)
+    ]

@@ -11,8 +11,9 @@ import torch
 from rich.console import Console
 from rich.progress import track
 
-from softprompt.methods.prefix import PrefixKV
-from softprompt.tasks import ClassificationTask, EncodedExample, prompt_states
+from softprompt.steering.base import Steering
+from softprompt.steering.prompt import PromptSteering, prompt_states
+from softprompt.tasks.classification import ClassificationTask, EncodedExample
 
 _STDERR = Console(stderr=True)
 
@@ -44,7 +45,7 @@ def variant_metrics(
     (variant, example) pairs packed into shared batches. In a causal model each variant's
     keys/values are computed once, and the texts run after them."""
     count = variants.shape[0]
-    steer = variants
+    steer: Steering = PromptSteering(variants)
     if task.backbone.kind == "causal":
         device, dtype = task.backbone.device, task.backbone.input_embeddings.weight.dtype
         steer = prompt_states(task.backbone, variants.to(device=device, dtype=dtype))
@@ -63,19 +64,11 @@ def variant_metrics(
         variant_ids = torch.tensor([v for v, _ in chunk])
         example_ids = torch.tensor([e for _, e in chunk])
         batch = task.collate([encoded[e] for e in example_ids.tolist()])
-        scores = task.class_scores(_pick(steer, variant_ids), batch).float().cpu()
+        scores = task.class_scores(steer.select(variant_ids), batch).float().cpu()
         losses = task.losses(scores, labels[example_ids])
         loss_sum.index_add_(0, variant_ids, losses)
         correct.index_add_(0, variant_ids, (scores.argmax(1) == labels[example_ids]).float())
     return {"loss": loss_sum / len(encoded), "accuracy": correct / len(encoded)}
-
-
-def _pick(steer: torch.Tensor | PrefixKV, variant_ids: torch.Tensor):
-    """The chosen variants, one per row: prompts [N, L, d] or their keys/values."""
-    if isinstance(steer, PrefixKV):
-        rows = variant_ids.to(steer.keys.device)
-        return PrefixKV(steer.keys[:, rows], steer.values[:, rows])
-    return steer[variant_ids]
 
 
 def exact_importance(
@@ -124,35 +117,3 @@ def gradient_importance(
         (task.losses(scores, batch.labels).sum() / len(encoded)).backward()
     target = point.detach().mean(dim=0, keepdim=True) if mode == "mean" else 0.0
     return ((target - point.detach()) * point.grad).sum(dim=-1)
-
-
-def naive_importance(
-    task: ClassificationTask,
-    prompt: torch.Tensor,
-    encoded: list[EncodedExample],
-    mode: str = "zero",
-    batch_size: int = 8,
-) -> torch.Tensor:
-    """The research code's way, for benchmarks: one full evaluation pass per ablated token,
-    each row the prompt and text concatenated, full-vocabulary logits at every position.
-    Returns the loss importance."""
-    from softprompt.tasks import prompted_hidden
-
-    def mean_loss(candidate: torch.Tensor) -> float:
-        total = 0.0
-        with torch.no_grad():
-            for start in range(0, len(encoded), batch_size):
-                batch = task.collate(encoded[start : start + batch_size])
-                rows = candidate.expand(batch.input_ids.shape[0], -1, -1)  # [prompt; text]
-                hidden, offset = prompted_hidden(
-                    task.backbone, rows, batch.input_ids, batch.attention_mask
-                )
-                logits = task.backbone.head_logits(hidden)  # every position, every word
-                rows = torch.arange(hidden.shape[0])
-                picked = logits[rows, offset + batch.positions[:, 0]]
-                scores = torch.log_softmax(picked, dim=-1)[:, task.class_token_ids]
-                total += float(task.losses(scores, batch.labels).sum())
-        return total / len(encoded)
-
-    base = mean_loss(prompt)
-    return torch.tensor([mean_loss(v) - base for v in ablated_variants(prompt.float(), mode)])

@@ -27,13 +27,8 @@ import torch.nn.functional as F
 
 from softprompt.analysis.explain import embedding_table
 from softprompt.errors import ModelError, PromptFileError, UsageError
-from softprompt.methods.prompt import (
-    SoftPrompt,
-    load_prompt,
-    model_record,
-    read_safetensors,
-    write_safetensors_atomic,
-)
+from softprompt.methods.artifact import model_record, read_safetensors, write_safetensors_atomic
+from softprompt.methods.prompt import SoftPrompt, load_prompt
 from softprompt.models.backbone import Backbone, as_backbone, cache_root, load_backbone
 
 METHODS = ("ridge", "procrustes")

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 from softprompt.errors import PromptFileError
-from softprompt.methods.prompt import SoftPrompt, model_record
+from softprompt.methods.artifact import model_record
+from softprompt.methods.prompt import SoftPrompt
 from softprompt.models.backbone import Backbone
 
 STATE_DICT_KEYS = ("weight", "prompt", "embedding.weight", "soft_prompt.weight")

@@ -30,23 +30,18 @@ from pathlib import Path
 import torch
 
 from softprompt.errors import ModelError, PromptFileError, UsageError
-from softprompt.methods.prefix import (
-    PrefixKV,
-    SavedPrefix,
-    load_artifact,
-    prefix_geometry,
-    save_prefix,
-)
-from softprompt.methods.prompt import (
-    SoftPrompt,
+from softprompt.methods import load_artifact
+from softprompt.methods.artifact import (
     header_metadata,
     model_record,
     parse_json_field,
     read_safetensors,
-    save_prompt,
     write_safetensors_atomic,
 )
+from softprompt.methods.prefix import SavedPrefix
+from softprompt.methods.prompt import SoftPrompt
 from softprompt.models.backbone import BUNDLED, Backbone, as_backbone
+from softprompt.steering.prefix import PrefixKV, prefix_geometry
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -76,15 +71,9 @@ def export_peft(
             "tuning has no masked-LM task type)"
         )
     artifact = load_artifact(artifact_path)
-    source = str(artifact_path)
-    if isinstance(artifact, SavedPrefix):
-        artifact.check_fits(backbone.model, backbone.name, source=source)
-        tensor = flatten_prefix(artifact.kv)
-        config = _prefix_config(backbone, artifact.length)
-    else:
-        artifact.check_fits(backbone.hidden_size, backbone.name, source=source)
-        tensor = artifact.embedding
-        config = _prompt_config(backbone, artifact.length)
+    if artifact.method not in CODECS:
+        raise UsageError(f"{artifact_path}: a {artifact.method!r} artifact has no PEFT form")
+    tensor, config = CODECS[artifact.method].to_peft(artifact, backbone, str(artifact_path))
     metadata = {"format": "pt", HEADER_KEY: json.dumps(header_metadata(artifact), sort_keys=True)}
     return _write_adapter_dir(Path(out_dir), config, tensor, metadata, overwrite)
 
@@ -117,18 +106,40 @@ def import_peft(
             "prefix_projection": bool(config.get("prefix_projection", False)),
         },
     }
-    if method == "prompt":
-        artifact = SoftPrompt(embedding=tensor, **fields)
-    else:
-        kv = unflatten_prefix(tensor, config["num_layers"], config["num_attention_heads"])
-        artifact = SavedPrefix(kv=kv, **fields)
+    artifact = CODECS[method].from_peft(tensor, config, fields)
     for backbone in backbones or []:
-        size = backbone.hidden_size if method == "prompt" else backbone.model
-        artifact.check_fits(size, backbone.name, source=str(adapter_dir))
+        artifact.steering_for(backbone, source=str(adapter_dir))  # checks that it fits
     if backbones:
         artifact.models = [model_record(b) for b in backbones]
-    (save_prompt if method == "prompt" else save_prefix)(artifact, out_path)
+    artifact.save(out_path)
     return artifact
+
+
+class _PromptCodec:
+    """Prompt tuning: the [L, hidden] matrix is PEFT's tensor as it is."""
+
+    def to_peft(self, artifact: SoftPrompt, backbone: Backbone, source: str):
+        artifact.check_fits(backbone.hidden_size, backbone.name, source=source)
+        return artifact.embedding, _prompt_config(backbone, artifact.length)
+
+    def from_peft(self, tensor: torch.Tensor, config: dict, fields: dict) -> SoftPrompt:
+        return SoftPrompt(embedding=tensor, **fields)
+
+
+class _PrefixCodec:
+    """Prefix tuning: keys/values flattened the way PEFT lays them out."""
+
+    def to_peft(self, artifact: SavedPrefix, backbone: Backbone, source: str):
+        artifact.check_fits(backbone.model, backbone.name, source=source)
+        return flatten_prefix(artifact.kv), _prefix_config(backbone, artifact.length)
+
+    def from_peft(self, tensor: torch.Tensor, config: dict, fields: dict) -> SavedPrefix:
+        kv = unflatten_prefix(tensor, config["num_layers"], config["num_attention_heads"])
+        return SavedPrefix(kv=kv, **fields)
+
+
+# how each method's artifact maps to a PEFT adapter (by softprompt method name)
+CODECS = {"prompt": _PromptCodec(), "prefix": _PrefixCodec()}
 
 
 def flatten_prefix(kv: PrefixKV) -> torch.Tensor:

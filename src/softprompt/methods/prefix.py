@@ -1,141 +1,51 @@
-"""Prefix injection (Li & Liang): per-layer key/value prefixes of L positions, sized by the
-model's key-value heads, given to the model as a pre-filled cache of the installed transformers.
-
-Positions agree between training and generation because both see the prefix as L cached
-positions (the text starts at position L). For training, the cache layers are made
-non-mutating, so gradient checkpointing can recompute a layer without the cache growing.
-"""
+"""Prefix tuning (Li & Liang): learned keys/values in front of every attention layer of one
+causal LM, trained through an MLP reparameterisation; the artifact keeps only the resulting
+keys/values (`prefix.keys` / `prefix.values`, [layers, kv_heads, L, head_dim])."""
 
 from __future__ import annotations
 
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from softprompt.errors import PromptFileError
+from softprompt.methods.artifact import header_metadata, read_artifact, write_safetensors_atomic
+from softprompt.methods.base import Method, MethodSettings, TrainableModule
+from softprompt.models.backbone import Backbone
+from softprompt.steering.base import Steering
+from softprompt.steering.prefix import PrefixKV, prefix_geometry, text_prefix
 
 
-def prefix_geometry(model: nn.Module) -> tuple[int, int, int]:
-    """(layers, key-value heads, head dim) of a decoder model's attention."""
-    config = model.config.get_text_config(decoder=True)
-    layers = getattr(config, "num_hidden_layers", None) or config.n_layer
-    heads = getattr(config, "num_attention_heads", None) or config.n_head
-    kv_heads = getattr(config, "num_key_value_heads", None) or heads
-    hidden = getattr(config, "hidden_size", None) or config.n_embd
-    head_dim = getattr(config, "head_dim", None) or hidden // heads
-    return int(layers), int(kv_heads), int(head_dim)
+class PrefixSettings(MethodSettings):
+    """The prefix's length, start and reparameterisation."""
+
+    init: str = "random"
+    reparameterization: Literal["mlp", "none"] = "mlp"
+    mlp_hidden: int = Field(512, ge=1)
+
+    @field_validator("init")
+    @classmethod
+    def _known_start(cls, value: str) -> str:
+        if value not in ("random", "text"):
+            raise ValueError("a prefix starts from init 'random' or 'text'")
+        return value
+
+    @model_validator(mode="after")
+    def _text_given(self) -> PrefixSettings:
+        if self.init == "text" and not self.text:
+            raise ValueError("prompt.init 'text' needs prompt.text (the text to start from)")
+        return self
+
+    def check_run(self, models: list[str]) -> None:
+        if len(models) > 1:
+            raise ValueError("method 'prefix' trains on one model; list a single model")
 
 
-def _non_mutating_update(layer, key_states, value_states, *args, **kwargs):
-    """Return prefix + new states without storing the new states (bound to a cache layer)."""
-    return (
-        torch.cat([layer.keys, key_states], dim=-2),
-        torch.cat([layer.values, value_states], dim=-2),
-    )
-
-
-def prefix_cache(
-    model: nn.Module,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    batch_size: int,
-    *,
-    frozen: bool = False,
-):
-    """A DynamicCache holding the prefix ([layers, kv_heads, L, head_dim] each) for a batch,
-    or one prefix per row ([layers, batch, kv_heads, L, head_dim]).
-
-    `frozen=True` (training): every forward sees exactly the prefix, however often a layer runs.
-    `frozen=False` (generation): the cache grows with the generated tokens as usual.
-    """
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    dtype = model.get_input_embeddings().weight.dtype
-    per_row = keys.ndim == 5
-    for index, layer in enumerate(cache.layers):
-        shape = (batch_size, *keys.shape[-3:])
-        layer_keys, layer_values = keys[index].to(dtype), values[index].to(dtype)
-        if not per_row:
-            layer_keys, layer_values = layer_keys.expand(shape), layer_values.expand(shape)
-            if not frozen:  # generation grows each row's cache: give every row its own copy
-                layer_keys, layer_values = layer_keys.contiguous(), layer_values.contiguous()
-        layer.update(layer_keys, layer_values)
-        if frozen:
-            layer.update = types.MethodType(_non_mutating_update, layer)
-    return cache
-
-
-def keep_cache_when_checkpointing(model: nn.Module) -> None:
-    """transformers drops the cache under gradient checkpointing because a recomputed layer
-    would write it twice; the frozen prefix cache is only read, so it may stay."""
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    for module in model.modules():
-        if isinstance(module, GradientCheckpointingLayer):
-            module._can_checkpoint_with_cache = True
-        elif getattr(module, "gradient_checkpointing", False) is True:
-            # a model-level flag (GPT-2) would drop the cache before the layers see it; the
-            # layers' own flags still checkpoint them
-            module.gradient_checkpointing = False
-
-
-def prefix_forward(
-    model: nn.Module,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-) -> torch.Tensor:
-    """Logits of a (right-padded) batch with the prefix in front; differentiable in the prefix."""
-    batch, length = input_ids.shape[0], keys.shape[2]
-    if getattr(model, "is_activation_checkpointing", False):
-        keep_cache_when_checkpointing(model)
-    cache = prefix_cache(model, keys, values, batch, frozen=True)
-    ones = torch.ones((batch, length), dtype=attention_mask.dtype, device=attention_mask.device)
-    out = model(
-        input_ids=input_ids,
-        attention_mask=torch.cat([ones, attention_mask], dim=1),
-        past_key_values=cache,
-        use_cache=True,
-    )
-    return out.logits
-
-
-@torch.no_grad()
-def text_prefix(model: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The frozen model's own keys/values for a text ([layers, kv_heads, L, head_dim]): the
-    `text` initialisation of a prefix."""
-    from transformers import DynamicCache
-
-    cache = DynamicCache(config=model.config)
-    model(input_ids=input_ids, past_key_values=cache, use_cache=True)
-    keys = torch.stack([layer.keys[0] for layer in cache.layers])
-    values = torch.stack([layer.values[0] for layer in cache.layers])
-    return keys, values
-
-
-@dataclass
-class PrefixKV:
-    """Per-layer key/value prefixes, each [layers, kv_heads, L, head_dim]."""
-
-    keys: torch.Tensor
-    values: torch.Tensor
-
-    @property
-    def length(self) -> int:
-        return int(self.keys.shape[-2])
-
-    @property
-    def per_row(self) -> bool:
-        """One prefix per batch row ([layers, rows, kv_heads, L, head_dim])."""
-        return self.keys.ndim == 5
-
-
-class PrefixEncoder(nn.Module):
+class PrefixEncoder(TrainableModule):
     """The trainable prefix. `mlp`: Embedding(L, h) -> Linear(h, h) -> tanh -> Linear(h,
     layers x 2 x kv_dim), added to a fixed starting point (zeros, or a text's real keys/values)
     with the last layer zero-initialised when starting from a text; `none`: the keys/values
@@ -182,6 +92,15 @@ class PrefixEncoder(nn.Module):
         kv = kv + self.start
         return PrefixKV(kv[0], kv[1])
 
+    def steering(self, model_index: int) -> Steering:
+        return self()
+
+    def artifact(self, header: dict, backbones: list[Backbone]) -> SavedPrefix:
+        """The final keys/values (no MLP)."""
+        with torch.no_grad():
+            kv = self()
+        return SavedPrefix(kv=PrefixKV(kv.keys.detach().cpu(), kv.values.detach().cpu()), **header)
+
 
 @dataclass
 class SavedPrefix:
@@ -208,11 +127,16 @@ class SavedPrefix:
                 f"{expected[2]}; use a prefix trained for this model"
             )
 
+    def steering_for(self, backbone: Backbone, source: str = "prefix") -> Steering:
+        self.check_fits(backbone.model, backbone.name, source=source)
+        return self.kv
+
+    def save(self, path) -> Path:
+        return save_prefix(self, path)
+
 
 def save_prefix(prefix: SavedPrefix, path) -> Path:
     """Write the prefix artifact atomically: final keys/values and the shared header."""
-    from softprompt.methods.prompt import header_metadata, write_safetensors_atomic
-
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tensors = {
@@ -225,9 +149,7 @@ def save_prefix(prefix: SavedPrefix, path) -> Path:
 
 def load_prefix(path) -> SavedPrefix:
     """Read and validate a prefix artifact."""
-    from softprompt.methods.prompt import read_artifact
-
-    tensors, fields = read_artifact(path, "prefix")
+    tensors, fields = read_artifact(path, "prefix", "prefix")
     keys, values = tensors.get("prefix.keys"), tensors.get("prefix.values")
     if keys is None or values is None:
         raise PromptFileError(f"{path} has no 'prefix.keys'/'prefix.values' tensors")
@@ -241,9 +163,29 @@ def load_prefix(path) -> SavedPrefix:
     return SavedPrefix(kv=PrefixKV(keys.float(), values.float()), **fields)
 
 
-def load_artifact(path):
-    """A soft prompt or a prefix, whichever the file holds."""
-    from softprompt.methods.prompt import load_prompt, read_safetensors
+class PrefixMethod(Method):
+    """Prefix tuning on one causal LM."""
 
-    _, meta = read_safetensors(path)
-    return load_prefix(path) if meta.get("method") == "prefix" else load_prompt(path)
+    name = "prefix"
+    what = "prefix"
+    settings = PrefixSettings
+
+    def build_module(self, settings, backbones, cross_model) -> PrefixEncoder:
+        backbone = backbones[0]
+        start = None
+        if settings.init == "text":
+            ids = backbone.tokenizer(settings.text, return_tensors="pt").input_ids
+            ids = ids[:, : settings.length]
+            start = PrefixKV(*text_prefix(backbone.model, ids.to(backbone.device)))
+        length = start.length if start is not None else settings.length
+        return PrefixEncoder(
+            prefix_geometry(backbone.model),
+            length,
+            reparameterization=settings.reparameterization,
+            hidden=settings.mlp_hidden,
+            start=start,
+            seed=settings.seed,
+        )
+
+    def load(self, path) -> SavedPrefix:
+        return load_prefix(path)

@@ -1,28 +1,40 @@
-"""Soft prompts: the learned [L, d] matrix, its initialisation, and its one-file artifact.
+"""Prompt tuning: a learned [L, d] matrix of virtual-token embeddings in front of the input.
 
-An artifact is ONE `.safetensors` file: the tensor `prompt` and string metadata in the header
-(method, format version, models, task, init, training summary) so that a prompt file says by
-itself what it was trained for.
+Here live its config section, its initialisations, the trainable module (with the maps into
+models of other hidden sizes for joint training across architectures) and its artifact: ONE
+`.safetensors` file with the tensor `prompt` (and `view.<i>` per mapped model) and the header.
 """
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from pydantic import Field
 
 from softprompt.errors import PromptFileError, UsageError
+from softprompt.methods.artifact import header_metadata, read_artifact, write_safetensors_atomic
+from softprompt.methods.base import Method, MethodSettings, TrainableModule
+from softprompt.models.backbone import Backbone
+from softprompt.steering.base import Steering
+from softprompt.steering.prompt import PromptSteering
 
-FORMAT_NAME = "softprompt"
-FORMAT_VERSION = "1"
 INIT_MODES = ("random", "text", "vocab", "file")
-JSON_FIELDS = ("models", "task", "init", "training")
+
+
+class PromptSettings(MethodSettings):
+    """The soft prompt's size and initialisation."""
+
+    init: Literal["random", "text", "vocab", "file"] = "random"
+    file: str | None = None
+    length: int = Field(16, ge=1, le=4096)
+
+    @property
+    def input_length(self) -> int:
+        return self.length
 
 
 @dataclass
@@ -68,47 +80,11 @@ class SoftPrompt:
         self.check_fits(hidden_size, model_name, source)
         return self.embedding
 
+    def steering_for(self, backbone: Backbone, source: str = "prompt") -> Steering:
+        return PromptSteering(self.embedding_for(backbone.hidden_size, backbone.name, source))
 
-def header_metadata(artifact) -> dict[str, str]:
-    """The safetensors header of a prompt or prefix artifact: format, version, method and the
-    JSON fields (models, task, init, training)."""
-    meta = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, "method": artifact.method}
-    for key in JSON_FIELDS:
-        meta[key] = json.dumps(getattr(artifact, key), sort_keys=True)
-    return meta
-
-
-METHOD_NAMES = {"prompt": "soft prompt", "prefix": "prefix"}
-
-
-def read_artifact(path: str | os.PathLike, method: str) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and validated header fields of an artifact that must hold `method`."""
-    tensors, meta = read_safetensors(path)
-    if meta.get("format", FORMAT_NAME) != FORMAT_NAME:
-        raise PromptFileError(f"{path} is a {meta['format']!r} file, not a softprompt artifact")
-    version = meta.get("format_version", FORMAT_VERSION)
-    if version != FORMAT_VERSION:
-        raise PromptFileError(
-            f"{path} has format version {version}; this softprompt reads version {FORMAT_VERSION}"
-        )
-    found = meta.get("method", "prompt")
-    if found != method:
-        raise PromptFileError(f"{path} holds a {found!r}, not a {METHOD_NAMES[method]}")
-    fields = {key: parse_json_field(meta, key, path) for key in JSON_FIELDS}
-    if not all(isinstance(m, dict) for m in fields["models"]):
-        raise PromptFileError(f"{path}: metadata 'models' must be a list of objects")
-    return tensors, fields
-
-
-def model_record(backbone) -> dict:
-    """What a prompt header records about one model it was trained or made for."""
-    return {
-        "name": backbone.name,
-        "hidden_size": backbone.hidden_size,
-        "tokenizer": backbone.tokenizer_name,
-        "model_type": getattr(backbone.model.config, "model_type", ""),
-        "kind": backbone.kind,
-    }
+    def save(self, path: str | os.PathLike) -> Path:
+        return save_prompt(self, path)
 
 
 def init_embedding(
@@ -168,42 +144,9 @@ def save_prompt(prompt: SoftPrompt, path: str | os.PathLike) -> Path:
     return target
 
 
-def write_safetensors_atomic(
-    tensors: dict[str, torch.Tensor], metadata: dict[str, str], target: Path
-) -> None:
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and header metadata of a safetensors file, with clear errors for bad files."""
-    from safetensors import safe_open
-
-    source = Path(path)
-    if not source.is_file():
-        raise PromptFileError(f"prompt file not found: {source}")
-    try:
-        tensors = load_file(source)
-        with safe_open(source, framework="pt") as handle:
-            metadata = handle.metadata() or {}
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise PromptFileError(
-            f"{source} is not a readable safetensors file ({str(exc).splitlines()[0]})"
-        ) from exc
-    return tensors, metadata
-
-
 def load_prompt(path: str | os.PathLike) -> SoftPrompt:
     """Read and validate a prompt artifact; metadata is parsed, never trusted blindly."""
-    tensors, fields = read_artifact(path, "prompt")
+    tensors, fields = read_artifact(path, "prompt", "soft prompt")
     if "prompt" not in tensors:
         raise PromptFileError(f"{path} has no 'prompt' tensor (found: {', '.join(tensors)})")
     embedding = tensors["prompt"]
@@ -233,14 +176,90 @@ def _read_views(path, tensors: dict, models: list[dict], length: int) -> dict[st
     return views
 
 
-def parse_json_field(meta: dict[str, str], key: str, path) -> object:
-    default = [] if key == "models" else {}
-    if key not in meta:
-        return default
-    try:
-        value = json.loads(meta[key])
-    except json.JSONDecodeError as exc:
-        raise PromptFileError(f"{path}: metadata {key!r} is not valid JSON") from exc
-    if not isinstance(value, type(default)):
-        raise PromptFileError(f"{path}: metadata {key!r} must be a {type(default).__name__}")
-    return value
+class LinearMap(torch.nn.Module):
+    """x @ weight + bias: from the prompt's space into one model's; learned or fixed."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, learned: bool) -> None:
+        super().__init__()
+        if learned:
+            self.weight = torch.nn.Parameter(weight.clone())
+            self.bias = torch.nn.Parameter(bias.clone())
+        else:
+            self.register_buffer("weight", weight.clone())
+            self.register_buffer("bias", bias.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight + self.bias
+
+
+class SoftPromptModule(TrainableModule):
+    """The trainable [L, d] soft prompt; with models of other hidden sizes, also the map into
+    each one's space (`maps[i]` is None for a model that takes the prompt as it is)."""
+
+    def __init__(self, embedding: torch.Tensor, maps: list[LinearMap | None] | None = None) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Parameter(embedding)
+        self.maps = torch.nn.ModuleList([m or torch.nn.Identity() for m in maps or []])
+
+    def forward(self) -> torch.Tensor:
+        return self.embedding
+
+    def view(self, model_index: int, prompt: torch.Tensor) -> torch.Tensor:
+        """The prompt as model `model_index` takes it."""
+        if model_index >= len(self.maps):
+            return prompt
+        return self.maps[model_index](prompt)
+
+    def mapped_models(self) -> list[int]:
+        return [i for i, m in enumerate(self.maps) if isinstance(m, LinearMap)]
+
+    def steering(self, model_index: int) -> Steering:
+        return PromptSteering(self.view(model_index, self.embedding))
+
+    def artifact(self, header: dict, backbones: list[Backbone]) -> SoftPrompt:
+        with torch.no_grad():
+            views = {
+                backbones[i].name: self.view(i, self.embedding).float().cpu()
+                for i in self.mapped_models()
+            }
+        return SoftPrompt(embedding=self.embedding.detach().float().cpu(), views=views, **header)
+
+
+def cross_model_maps(backbones: list[Backbone], cross_model) -> list[LinearMap | None]:
+    """A map from the first model's embedding space into each model of another hidden size,
+    fitted on the shared vocabulary (cached on disk, see softprompt.crossmodel)."""
+    from softprompt.crossmodel.alignment import load_alignment
+
+    first = backbones[0]
+    if all(b.hidden_size == first.hidden_size for b in backbones):
+        return []
+    maps: list[LinearMap | None] = []
+    for backbone in backbones:
+        if backbone.hidden_size == first.hidden_size:
+            maps.append(None)
+            continue
+        fitted = load_alignment(first, backbone, cross_model.alignment)
+        maps.append(LinearMap(fitted.weight, fitted.bias, cross_model.maps == "learned"))
+    return maps
+
+
+class PromptMethod(Method):
+    """Prompt tuning (Lester et al.): one or several models, sharing one prompt."""
+
+    name = "prompt"
+    what = "soft prompt"
+    settings = PromptSettings
+
+    def build_module(self, settings, backbones, cross_model) -> SoftPromptModule:
+        embedding = init_embedding(
+            settings.length,
+            backbones[0],
+            settings.init,
+            seed=settings.seed,
+            text=settings.text,
+            file=settings.file,
+        )
+        return SoftPromptModule(embedding, cross_model_maps(backbones, cross_model))
+
+    def load(self, path) -> SoftPrompt:
+        return load_prompt(path)

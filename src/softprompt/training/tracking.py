@@ -11,7 +11,6 @@ from pathlib import Path
 
 from softprompt.errors import ConfigError
 
-TRACKERS = ("tensorboard", "wandb")
 INSTALL_HINT = {"tensorboard": "pip install tensorboard", "wandb": "pip install wandb"}
 
 

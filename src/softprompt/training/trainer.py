@@ -24,24 +24,13 @@ from softprompt.config import TrainConfig, config_to_dict
 from softprompt.data import load_split
 from softprompt.errors import ConfigError, SoftpromptError, UsageError
 from softprompt.evaluation import evaluate_task
-from softprompt.methods.prefix import (
-    PrefixEncoder,
-    PrefixKV,
-    SavedPrefix,
-    prefix_geometry,
-    save_prefix,
-    text_prefix,
-)
-from softprompt.methods.prompt import (
-    SoftPrompt,
-    init_embedding,
-    model_record,
-    read_safetensors,
-    save_prompt,
-    write_safetensors_atomic,
-)
+from softprompt.methods import get_method
+from softprompt.methods.artifact import model_record, read_safetensors, write_safetensors_atomic
+from softprompt.methods.base import TrainableModule
 from softprompt.models.backbone import Backbone, load_backbone, resolve_device
-from softprompt.tasks import ClassificationTask, build_task, data_spec, encode_examples
+from softprompt.steering.base import Steering
+from softprompt.steering.forward import as_steering
+from softprompt.tasks import build_task, data_spec
 from softprompt.training.distributed import launched_processes
 from softprompt.training.tracking import Trackers, check_trackers
 
@@ -76,7 +65,7 @@ class ModelSlot:
 class TrainState:
     """Everything that changes during training; a checkpoint is exactly this."""
 
-    module: torch.nn.Module  # SoftPromptModule or PrefixEncoder
+    module: TrainableModule  # the method's trainable parameters
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LambdaLR
     step: int = 0
@@ -94,44 +83,6 @@ class TrainState:
     def steer(self):
         """What the model is steered with now: a prompt tensor or a PrefixKV."""
         return self.module()
-
-
-class LinearMap(torch.nn.Module):
-    """x @ weight + bias: from the prompt's space into one model's; learned or fixed."""
-
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, learned: bool) -> None:
-        super().__init__()
-        if learned:
-            self.weight = torch.nn.Parameter(weight.clone())
-            self.bias = torch.nn.Parameter(bias.clone())
-        else:
-            self.register_buffer("weight", weight.clone())
-            self.register_buffer("bias", bias.clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x @ self.weight + self.bias
-
-
-class SoftPromptModule(torch.nn.Module):
-    """The trainable [L, d] soft prompt; with models of other hidden sizes, also the map into
-    each one's space (`maps[i]` is None for a model that takes the prompt as it is)."""
-
-    def __init__(self, embedding: torch.Tensor, maps: list[LinearMap | None] | None = None) -> None:
-        super().__init__()
-        self.embedding = torch.nn.Parameter(embedding)
-        self.maps = torch.nn.ModuleList([m or torch.nn.Identity() for m in maps or []])
-
-    def forward(self) -> torch.Tensor:
-        return self.embedding
-
-    def view(self, model_index: int, prompt: torch.Tensor) -> torch.Tensor:
-        """The prompt as model `model_index` takes it."""
-        if model_index >= len(self.maps):
-            return prompt
-        return self.maps[model_index](prompt)
-
-    def mapped_models(self) -> list[int]:
-        return [i for i, m in enumerate(self.maps) if isinstance(m, LinearMap)]
 
 
 def _stream(start: int, stop: int, n: int, seed: int) -> list[int]:
@@ -167,11 +118,12 @@ def _batch_indices(
     return members[first : first + batch_size]
 
 
-def _item_length(item) -> int:
-    """Token length of an encoded training item (classification rows or an LM window)."""
-    if hasattr(item, "rows"):
-        return max(len(ids) for ids, _, _ in item.rows)
-    return len(item)
+def _steering(source, model_index: int) -> Steering:
+    """What model `model_index` is steered with: `source` is the trainable module (run anew,
+    so gradients reach its parameters) or what a caller steers with (a prompt tensor)."""
+    if isinstance(source, TrainableModule):
+        return source.steering(model_index)
+    return as_steering(source)
 
 
 class Trainer:
@@ -185,9 +137,8 @@ class Trainer:
         backbones: list[Backbone] | None = None,
         progress: bool = True,
     ) -> None:
-        if config.method == "prefix" and len(config.models) > 1:
-            raise ConfigError("method 'prefix' trains on one model; list a single model")
         self.config = config
+        self.method = get_method(config.method)
         self.settings = config.train
         self.out_dir = Path(out_dir)
         check_trackers(self.settings.report_to)
@@ -242,13 +193,13 @@ class Trainer:
         total = sum(weights)
         slots = []
         for backbone, weight in zip(self.backbones, weights):
-            task = build_task(self.config.task, backbone, self._positions_used())
+            task = build_task(self.config.task, backbone, self.config.prompt.input_length)
             slots.append(
                 ModelSlot(
                     backbone=backbone,
                     task=task,
-                    train=encode_examples(task, train_examples),
-                    dev=encode_examples(task, dev_examples),
+                    train=task.encode_split(train_examples),
+                    dev=task.encode_split(dev_examples),
                     weight=weight / total,
                 )
             )
@@ -256,66 +207,11 @@ class Trainer:
 
     # --- state -------------------------------------------------------------------------------
 
-    def _positions_used(self) -> int:
-        """Input positions the prompt takes (a prefix lives in the cache instead)."""
-        return self.config.prompt.length if self.config.method == "prompt" else 0
-
-    def _fresh_module(self) -> torch.nn.Module:
-        prompt_cfg = self.config.prompt
-        if self.config.method == "prefix":
-            return self._fresh_prefix()
-        embedding = init_embedding(
-            prompt_cfg.length,
-            self.backbones[0],
-            prompt_cfg.init,
-            seed=prompt_cfg.seed,
-            text=prompt_cfg.text,
-            file=prompt_cfg.file,
-        )
-        return SoftPromptModule(embedding, self._cross_model_maps())
-
-    def _cross_model_maps(self) -> list[LinearMap | None]:
-        """A map from the first model's embedding space into each model of another hidden
-        size, fitted on the shared vocabulary (cached on disk, see softprompt.crossmodel)."""
-        first = self.backbones[0]
-        if all(b.hidden_size == first.hidden_size for b in self.backbones):
-            return []
-        from softprompt.crossmodel.alignment import load_alignment
-
-        settings = self.config.cross_model
-        maps: list[LinearMap | None] = []
-        for backbone in self.backbones:
-            if backbone.hidden_size == first.hidden_size:
-                maps.append(None)
-                continue
-            fitted = load_alignment(first, backbone, settings.alignment)
-            maps.append(LinearMap(fitted.weight, fitted.bias, settings.maps == "learned"))
-        return maps
-
-    def _fresh_prefix(self) -> torch.nn.Module:
-        prompt_cfg = self.config.prompt
-        model = self.backbones[0].model
-        start = None
-        if prompt_cfg.init == "text":
-            if not prompt_cfg.text:
-                raise ConfigError("prompt.init 'text' needs prompt.text (the text to start from)")
-            ids = self.backbones[0].tokenizer(prompt_cfg.text, return_tensors="pt").input_ids
-            ids = ids[:, : prompt_cfg.length]
-            start = PrefixKV(*text_prefix(model, ids.to(self.backbones[0].device)))
-        elif prompt_cfg.init not in ("random", "text"):
-            raise ConfigError("a prefix starts from init 'random' or 'text'")
-        length = start.length if start is not None else prompt_cfg.length
-        return PrefixEncoder(
-            prefix_geometry(model),
-            length,
-            reparameterization=prompt_cfg.reparameterization,
-            hidden=prompt_cfg.mlp_hidden,
-            start=start,
-            seed=prompt_cfg.seed,
-        )
-
     def _fresh_state(self) -> TrainState:
-        module = self._fresh_module().to(self.device)
+        module = self.method.build_module(
+            self.config.prompt, self.backbones, self.config.cross_model
+        )
+        module = module.to(self.device)
         maps = [p for name, p in module.named_parameters() if name.startswith("maps.")]
         own = [p for name, p in module.named_parameters() if not name.startswith("maps.")]
         groups = [{"params": own}]
@@ -335,33 +231,18 @@ class Trainer:
         return TrainState(module=module, optimizer=optimizer, scheduler=scheduler)
 
     def artifact(self, state: TrainState, training: dict | None = None):
-        """What gets saved: the soft prompt, or the prefix's final keys/values (no MLP)."""
+        """What gets saved: the method's artifact of the trained module, with the header."""
         header = {
             "models": [model_record(b) for b in self.backbones],
             "task": self.config.task.model_dump(mode="json"),
             "init": self.config.prompt.model_dump(mode="json"),
             "training": training or {},
         }
-        with torch.no_grad():
-            steer = state.steer()
-        if isinstance(steer, PrefixKV):
-            kv = PrefixKV(steer.keys.detach().cpu(), steer.values.detach().cpu())
-            return SavedPrefix(kv=kv, **header)
-        with torch.no_grad():
-            views = {
-                self.backbones[i].name: state.module.view(i, steer).float().cpu()
-                for i in state.module.mapped_models()
-            }
-        return SoftPrompt(embedding=steer.detach().float().cpu(), views=views, **header)
+        return state.module.artifact(header, self.backbones)
 
     def write_artifact(self, state: TrainState, training: dict, path: Path) -> None:
-        if not self.processes.is_main:
-            return
-        artifact = self.artifact(state, training)
-        if isinstance(artifact, SavedPrefix):
-            save_prefix(artifact, path)
-        else:
-            save_prompt(artifact, path)
+        if self.processes.is_main:
+            self.artifact(state, training).save(path)
 
     def save_checkpoint(self, state: TrainState) -> Path:
         """Write the whole training state atomically; keep the newest few checkpoints."""
@@ -434,7 +315,7 @@ class Trainer:
         lengths = None
         if self.settings.length_bucketing:
             if getattr(self, "_lengths", None) is None:
-                self._lengths = [_item_length(item) for item in train]
+                self._lengths = [self.slots[0].task.item_length(item) for item in train]
             lengths = self._lengths
         return _batch_indices(
             step,
@@ -456,12 +337,12 @@ class Trainer:
         losses = {}
         for index, slot in enumerate(self.slots):
             items = [slot.train[i % len(slot.train)] for i in indices]
-            denominator = self._loss_denominator(slot, items)  # of the whole (global) batch
+            denominator = slot.task.loss_denominator(items)  # of the whole (global) batch
             share = self.processes.share(items)
             model_loss = 0.0
             for start in range(0, len(share), self.settings.micro_batch):
                 micro = share[start : start + self.settings.micro_batch]
-                loss = self._micro_loss(slot, self._steer(prompt, index), micro) / denominator
+                loss = slot.task.loss(_steering(prompt, index), micro) / denominator
                 (loss * slot.weight).backward()
                 model_loss += float(loss.detach())
             losses[slot.backbone.name] = model_loss
@@ -505,35 +386,12 @@ class Trainer:
             return flag
         return bool(self.processes.sum(torch.tensor([float(flag)], device=self.device)) > 0)
 
-    def _loss_denominator(self, slot: ModelSlot, items: list) -> float:
-        if isinstance(slot.task, ClassificationTask):
-            return float(len(items))
-        return float(sum(len(w) - 1 for w in items))
-
-    def _micro_loss(self, slot: ModelSlot, prompt: torch.Tensor, micro: list) -> torch.Tensor:
-        """Summed loss of a micro-batch (divided by the whole batch's size by the caller)."""
-        task = slot.task
-        if isinstance(task, ClassificationTask):
-            batch = task.collate(micro)
-            return task.losses(task.class_scores(prompt, batch), batch.labels).sum()
-        nll, _ = task.token_losses(prompt, task.collate(micro))
-        return nll
-
-    @staticmethod
-    def _steer(prompt, model_index: int):
-        """What model `model_index` is steered with: `prompt` is a tensor, or the trainable
-        module (run anew, then mapped into that model's space where needed)."""
-        if not isinstance(prompt, torch.nn.Module):
-            return prompt
-        steer = prompt()
-        return prompt.view(model_index, steer) if isinstance(prompt, SoftPromptModule) else steer
-
     def evaluate_dev(self, prompt) -> dict:
         """Dev metrics per model and their mean (`prompt`: a tensor or the trainable module)."""
         per_model = {}
         for index, slot in enumerate(self.slots):
             per_model[slot.backbone.name] = evaluate_task(
-                slot.task, self._steer(prompt, index), slot.dev, self.settings.eval_batch_size
+                slot.task, _steering(prompt, index), slot.dev, self.settings.eval_batch_size
             )
         keys = [k for k in next(iter(per_model.values())) if k not in ("examples", "tokens")]
         mean = {k: sum(m[k] for m in per_model.values()) / len(per_model) for k in keys}
@@ -546,9 +404,7 @@ class Trainer:
         return dev["models"][self.settings.best_model]
 
     def _best_key(self) -> str:
-        if isinstance(self.slots[0].task, ClassificationTask):
-            return self.settings.best_metric
-        return "loss"
+        return self.slots[0].task.selection_metric(self.settings.best_metric)
 
     def _is_better(self, value: float, best: float | None) -> bool:
         if best is None:

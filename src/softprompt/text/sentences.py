@@ -1,7 +1,6 @@
-"""The suffix task (the smiley example): split documents into sentences (English and Japanese
-punctuation), append a suffix to every sentence, and pack the result into chunks of at most N
-tokens without losing any text; plus the metric — the share of generated sentences that end
-with the suffix."""
+"""Sentences of plain text (English and Japanese punctuation): where they end, the text cut
+into them, a suffix after each, and chunks of at most N tokens cut at sentence ends without
+losing any text. Pure text work: the suffix task (softprompt.tasks.suffix) builds on it."""
 
 from __future__ import annotations
 
@@ -111,80 +110,3 @@ def pack(tokenizer, text: str, max_tokens: int) -> list[str]:
     if chunk_start < len(text):
         chunks[-1] += text[chunk_start:]
     return chunks
-
-
-def suffix_rate(generated: list[str], suffix: str) -> tuple[float, int]:
-    """Share of generated sentence ends that carry the suffix, and how many ends were counted.
-
-    A sentence end is a run of final punctuation (optionally followed by the suffix) or the
-    suffix itself; punctuation at the very end of a generation is not counted, since the
-    generation may have been cut off just before the suffix.
-    """
-    marker = re.escape(suffix.strip())
-    pattern = re.compile(rf"{CANDIDATE.pattern}(?:\s*({marker}))?|({marker})")
-    total = hits = 0
-    for text in generated:
-        text = text.rstrip()
-        for match in pattern.finditer(text):
-            carries = bool(match.group(1) or match.group(2))
-            if not carries and match.end() == len(text):
-                continue
-            total += 1
-            hits += carries
-    return (hits / total if total else 0.0), total
-
-
-def sentence_starts(texts: list[str], count: int, words: int = 4) -> list[str]:
-    """Held-out sentence starts: the first few words of each sentence of the given texts."""
-    starts = []
-    for text in texts:
-        for sentence in split_sentences(text):
-            pieces = sentence.split()
-            if len(pieces) > words:
-                starts.append(" ".join(pieces[:words]))
-    return starts[:count]
-
-
-def evaluate_suffix(
-    backbone,
-    prefix,
-    examples,
-    suffix: str,
-    *,
-    samples: int = 40,
-    max_new_tokens: int = 40,
-    seed: int = 0,
-    temperature: float = 0.8,
-) -> dict:
-    """Suffix rate of sampled continuations with and without the prefix (or prompt), and
-    held-out perplexity of the suffixed text with and without it."""
-    from softprompt.evaluation import evaluate_lm
-    from softprompt.generation import SamplingOptions, generate
-    from softprompt.tasks import SuffixTask
-
-    starts = sentence_starts([e.text for e in examples], samples)
-    options = SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
-    rates, counted, outputs = {}, {}, {}
-    for name, steer in (("with_prefix", prefix), ("without_prefix", None)):
-        generated = []
-        for start in range(0, len(starts), 8):
-            generated += generate(backbone, starts[start : start + 8], steer, options)
-        rates[name], counted[name] = suffix_rate(generated, suffix)
-        outputs[name] = generated
-    task = SuffixTask(backbone, suffix, max_length=256)
-    windows = task.encode_all(examples)
-    perplexity = {
-        "with_prefix": evaluate_lm(task, prefix, windows)["perplexity"],
-        "without_prefix": evaluate_lm(task, None, windows)["perplexity"],
-    }
-    examples_shown = [
-        {"start": s, "with_prefix": a, "without_prefix": b}
-        for s, a, b in zip(starts, outputs["with_prefix"], outputs["without_prefix"])
-    ]
-    return {
-        "suffix_rate": rates,
-        "sentences_counted": counted,
-        "samples": len(starts),
-        "perplexity": perplexity,
-        "examples": examples_shown,
-    }

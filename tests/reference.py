@@ -1,0 +1,65 @@
+"""Plain reference implementations that tests compare the fast paths against (test-only code,
+kept out of the package)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from softprompt.analysis.importance import ablated_variants
+from softprompt.steering.forward import prompted_hidden
+from softprompt.steering.prefix import keep_cache_when_checkpointing, prefix_cache
+from softprompt.tasks.classification import ClassificationTask, EncodedExample
+
+
+def prefix_forward(
+    model: nn.Module,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Logits of a (right-padded) batch with the prefix in front; differentiable in the prefix."""
+    batch, length = input_ids.shape[0], keys.shape[2]
+    if getattr(model, "is_activation_checkpointing", False):
+        keep_cache_when_checkpointing(model)
+    cache = prefix_cache(model, keys, values, batch, frozen=True)
+    ones = torch.ones((batch, length), dtype=attention_mask.dtype, device=attention_mask.device)
+    out = model(
+        input_ids=input_ids,
+        attention_mask=torch.cat([ones, attention_mask], dim=1),
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return out.logits
+
+
+def naive_importance(
+    task: ClassificationTask,
+    prompt: torch.Tensor,
+    encoded: list[EncodedExample],
+    mode: str = "zero",
+    batch_size: int = 8,
+) -> torch.Tensor:
+    """The research code's way, for benchmarks: one full evaluation pass per ablated token,
+    each row the prompt and text concatenated, full-vocabulary logits at every position.
+    Returns the loss importance."""
+
+    def mean_loss(candidate: torch.Tensor) -> float:
+        total = 0.0
+        with torch.no_grad():
+            for start in range(0, len(encoded), batch_size):
+                batch = task.collate(encoded[start : start + batch_size])
+                rows = candidate.expand(batch.input_ids.shape[0], -1, -1)  # [prompt; text]
+                hidden, offset = prompted_hidden(
+                    task.backbone, rows, batch.input_ids, batch.attention_mask
+                )
+                logits = task.backbone.head_logits(hidden)  # every position, every word
+                rows = torch.arange(hidden.shape[0])
+                picked = logits[rows, offset + batch.positions[:, 0]]
+                scores = torch.log_softmax(picked, dim=-1)[:, task.class_token_ids]
+                total += float(task.losses(scores, batch.labels).sum())
+        return total / len(encoded)
+
+    base = mean_loss(prompt)
+    return torch.tensor([mean_loss(v) - base for v in ablated_variants(prompt.float(), mode)])
