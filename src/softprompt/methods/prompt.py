@@ -128,10 +128,7 @@ def init_embedding(
     """
     if length < 1:
         raise UsageError(f"prompt length must be at least 1, got {length}")
-    table = backbone.input_embeddings.weight.detach().float().cpu()
-    scale = getattr(backbone.input_embeddings, "embed_scale", None)
-    if scale is not None:
-        table = table * float(scale)
+    table = backbone.embedding_table()
     generator = torch.Generator().manual_seed(seed)
     if init == "random":
         return torch.randn(length, table.shape[1], generator=generator) * table.std()

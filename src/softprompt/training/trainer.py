@@ -21,6 +21,7 @@ import torch
 import yaml
 
 from softprompt.config import TrainConfig, config_to_dict
+from softprompt.crossmodel.cache import load_alignment
 from softprompt.data import load_split
 from softprompt.errors import ConfigError, SoftpromptError, UsageError
 from softprompt.evaluation import evaluate_task
@@ -280,8 +281,6 @@ class Trainer:
         first = self.backbones[0]
         if all(b.hidden_size == first.hidden_size for b in self.backbones):
             return []
-        from softprompt.crossmodel.alignment import load_alignment
-
         settings = self.config.cross_model
         maps: list[LinearMap | None] = []
         for backbone in self.backbones:
