@@ -15,10 +15,10 @@ from pathlib import Path
 
 import torch
 from common import ROOT, machine
+from profiling import saved_activation_peak
 
 from softprompt.config import validate_config
 from softprompt.models.tiny import corpus_texts, tiny_family
-from profiling import saved_activation_peak
 from softprompt.training.trainer import Trainer
 
 

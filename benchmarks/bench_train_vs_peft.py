@@ -15,10 +15,10 @@ import json
 
 import torch
 from common import ROOT, alternate, device, machine, median
+from profiling import saved_activation_peak
 
 from softprompt.config import load_config
 from softprompt.models.backbone import load_backbone
-from profiling import saved_activation_peak
 from softprompt.training.trainer import Trainer
 
 BATCH = 8

@@ -11,7 +11,15 @@ from tokenizers.models import BPE, WordPiece
 from transformers import PreTrainedTokenizerFast
 
 from conftest import corpus
-from softprompt.crossmodel import alignment as al
+from softprompt.crossmodel import cache
+from softprompt.crossmodel.cache import load_alignment, read_alignment
+from softprompt.crossmodel.fit import MIN_PAIRS, fit_alignment
+from softprompt.crossmodel.transfer import random_like, transfer_prompt
+from softprompt.crossmodel.vocabulary import (
+    normalized_vocabulary,
+    shared_vocabulary,
+    word_convention,
+)
 from softprompt.errors import ModelError, UsageError
 from softprompt.methods.artifact import model_record
 from softprompt.methods.prompt import SoftPrompt, load_prompt, save_prompt
@@ -111,7 +119,7 @@ def test_the_hand_built_tokenizers_spell_what_the_tests_expect():
     ],
 )
 def test_word_convention_is_read_from_the_tokenizer(build, kind):
-    assert al.word_convention(build()).kind == kind
+    assert word_convention(build()).kind == kind
 
 
 @pytest.mark.parametrize("build_b", [metaspace_tokenizer, gemma_style_tokenizer])
@@ -127,7 +135,7 @@ def test_byte_level_and_sentencepiece_markers_match(build_b):
     }
     if build_b is metaspace_tokenizer:  # the literal added "\n" matches GPT-2's 'Ċ'
         expected.add((byte_level("\n"), "\n", "\n"))
-    assert as_text_pairs(al.shared_vocabulary(gpt, sp), gpt, sp) == expected
+    assert as_text_pairs(shared_vocabulary(gpt, sp), gpt, sp) == expected
 
 
 def test_byte_level_and_wordpiece_markers_match():
@@ -140,14 +148,14 @@ def test_byte_level_and_wordpiece_markers_match():
         (byte_level(" café"), "café", " café"),
         (byte_level("é"), "##é", "é"),
     }
-    assert as_text_pairs(al.shared_vocabulary(gpt, bert), gpt, bert) == expected
+    assert as_text_pairs(shared_vocabulary(gpt, bert), gpt, bert) == expected
 
 
 def test_special_byte_fallback_and_partial_byte_tokens_are_left_out():
     sp, gemma = metaspace_tokenizer(), gemma_style_tokenizer()
-    texts = {text for _, _, text in al.shared_vocabulary(sp, gemma)}
+    texts = {text for _, _, text in shared_vocabulary(sp, gemma)}
     assert texts == {" hello", "hello", " wor", "ld", " café", "é", " sp_only"}
-    gpt_texts = set(al.normalized_vocabulary(bytelevel_tokenizer()))
+    gpt_texts = set(normalized_vocabulary(bytelevel_tokenizer()))
     assert gpt_texts == {" hello", "hello", " wor", "ld", " café", "é", "\n", " gpt_only"}
 
 
@@ -181,7 +189,7 @@ def test_ridge_recovers_a_planted_linear_map(model_a, model_b):
     generator = torch.Generator().manual_seed(1)
     weight, bias = torch.randn(32, 48, generator=generator), torch.randn(48, generator=generator)
     plant(model_a, model_b, weight, bias)
-    fitted = al.fit_alignment(model_a, model_b, "ridge", ridge_lambda=1e-9)
+    fitted = fit_alignment(model_a, model_b, "ridge", ridge_lambda=1e-9)
     assert fitted.weight.shape == (32, 48)
     torch.testing.assert_close(fitted.weight, weight, atol=1e-3, rtol=1e-3)
     torch.testing.assert_close(fitted.bias, bias, atol=1e-3, rtol=1e-3)
@@ -198,27 +206,27 @@ def test_procrustes_recovers_a_planted_scaled_rotation_both_ways(model_a, model_
     rotation = torch.linalg.qr(torch.randn(48, 32, generator=generator)).Q.T  # orthonormal rows
     weight, bias = 1.7 * rotation, torch.randn(48, generator=generator)
     plant(model_a, model_b, weight, bias)
-    forward = al.fit_alignment(model_a, model_b, "procrustes")
+    forward = fit_alignment(model_a, model_b, "procrustes")
     torch.testing.assert_close(forward.weight, weight, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(forward.bias, bias, atol=1e-4, rtol=1e-4)
     assert forward.quality["top1"] == 1.0
-    backward = al.fit_alignment(model_b, model_a, "procrustes")  # 48 -> 32: a projection
+    backward = fit_alignment(model_b, model_a, "procrustes")  # 48 -> 32: a projection
     torch.testing.assert_close(backward.weight, rotation.T / 1.7, atol=1e-4, rtol=1e-4)
     assert backward.quality["top1"] == 1.0
 
 
 def test_held_out_split_is_seeded_and_kept_out_of_the_fit(model_a, model_b):
-    one = al.fit_alignment(model_a, model_b, "ridge", seed=3)
-    two = al.fit_alignment(model_a, model_b, "ridge", seed=3)
-    other = al.fit_alignment(model_a, model_b, "ridge", seed=4)
+    one = fit_alignment(model_a, model_b, "ridge", seed=3)
+    two = fit_alignment(model_a, model_b, "ridge", seed=3)
+    other = fit_alignment(model_a, model_b, "ridge", seed=4)
     torch.testing.assert_close(one.weight, two.weight)
     assert not torch.allclose(one.weight, other.weight)
-    none_held = al.fit_alignment(model_a, model_b, "ridge", holdout=0.0)
+    none_held = fit_alignment(model_a, model_b, "ridge", holdout=0.0)
     assert none_held.quality["heldout_pairs"] == 0 and none_held.quality["top1"] is None
 
 
 def test_apply_maps_batches_and_keeps_dtype(model_a, model_b):
-    fitted = al.fit_alignment(model_a, model_b, "procrustes")
+    fitted = fit_alignment(model_a, model_b, "procrustes")
     x = torch.randn(2, 3, 32, dtype=torch.bfloat16)
     y = fitted.apply(x)
     assert y.shape == (2, 3, 48) and y.dtype == torch.bfloat16
@@ -251,7 +259,7 @@ def test_transfer_between_identical_models_is_the_identity(
 ):
     monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path / "cache"))
     prompt = prompt_for(model_a)
-    moved = al.transfer_prompt(prompt, model_a, method, **options)  # source from the metadata
+    moved = transfer_prompt(prompt, model_a, method, **options)  # source from the metadata
     torch.testing.assert_close(moved.embedding, prompt.embedding, atol=1e-5, rtol=1e-4)
     saved = load_prompt(save_prompt(moved, tmp_path / "moved.safetensors"))
     assert saved.models[0]["name"] == model_a.name
@@ -268,8 +276,8 @@ def test_transfer_changes_the_hidden_size_and_follows_the_map(
 ):
     monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path / "cache"))
     prompt = prompt_for(model_a)
-    fitted = al.load_alignment(model_a, model_b, "ridge")
-    moved = al.transfer_prompt(prompt, model_b, "ridge", source=model_a)
+    fitted = load_alignment(model_a, model_b, "ridge")
+    moved = transfer_prompt(prompt, model_b, "ridge", source=model_a)
     assert moved.hidden_size == 48 and moved.length == prompt.length
     expected = prompt.embedding @ fitted.weight + fitted.bias
     torch.testing.assert_close(moved.embedding, expected)
@@ -278,7 +286,7 @@ def test_transfer_changes_the_hidden_size_and_follows_the_map(
 
 def test_random_baseline_keeps_each_tokens_norm():
     prompt = SoftPrompt(embedding=torch.randn(4, 8) * torch.arange(1, 5.0)[:, None])
-    baseline = al.random_like(prompt, seed=1)
+    baseline = random_like(prompt, seed=1)
     torch.testing.assert_close(baseline.embedding.norm(dim=1), prompt.embedding.norm(dim=1))
     assert not torch.allclose(baseline.embedding, prompt.embedding)
 
@@ -289,25 +297,25 @@ def test_random_baseline_keeps_each_tokens_norm():
 def test_cache_is_reused_and_keyed_by_models_and_settings(monkeypatch, tmp_path, model_a, model_b):
     monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path))
     calls = []
-    real_fit = al.fit_alignment
+    real_fit = fit_alignment
 
     def counting_fit(*args, **kwargs):
         calls.append(args[2] if len(args) > 2 else kwargs.get("method"))
         return real_fit(*args, **kwargs)
 
-    monkeypatch.setattr(al, "fit_alignment", counting_fit)
-    first = al.load_alignment(model_a, model_b, "ridge")
+    monkeypatch.setattr(cache, "fit_alignment", counting_fit)
+    first = load_alignment(model_a, model_b, "ridge")
     assert first.path and first.path.startswith(str(tmp_path / "alignments"))
-    again = al.load_alignment(model_a, model_b, "ridge")
+    again = load_alignment(model_a, model_b, "ridge")
     assert len(calls) == 1  # read from the file, not refitted
     torch.testing.assert_close(again.weight, first.weight)
     assert again.quality == first.quality and again.path == first.path
-    al.load_alignment(model_a, model_b, "ridge", ridge_lambda=0.5)
-    al.load_alignment(model_a, model_b, "procrustes")
-    al.load_alignment(model_a, model_b, "ridge", refit=True)
+    load_alignment(model_a, model_b, "ridge", ridge_lambda=0.5)
+    load_alignment(model_a, model_b, "procrustes")
+    load_alignment(model_a, model_b, "ridge", refit=True)
     assert len(calls) == 4
     model_b.input_embeddings.weight.data[3] += 1.0  # another model: another key
-    changed = al.load_alignment(model_a, model_b, "ridge")
+    changed = load_alignment(model_a, model_b, "ridge")
     assert len(calls) == 5 and changed.path != first.path
     files = sorted(p.name for p in (tmp_path / "alignments").iterdir())
     assert len(files) == 4 and all(name.endswith(".safetensors") for name in files)
@@ -315,12 +323,12 @@ def test_cache_is_reused_and_keyed_by_models_and_settings(monkeypatch, tmp_path,
 
 def test_a_corrupt_cache_file_is_refitted(monkeypatch, tmp_path, model_a, model_b):
     monkeypatch.setenv("SOFTPROMPT_CACHE", str(tmp_path))
-    first = al.load_alignment(model_a, model_b, "procrustes")
+    first = load_alignment(model_a, model_b, "procrustes")
     with open(first.path, "wb") as handle:
         handle.write(b"not safetensors")
-    again = al.load_alignment(model_a, model_b, "procrustes")
+    again = load_alignment(model_a, model_b, "procrustes")
     torch.testing.assert_close(again.weight, first.weight)
-    assert al.read_alignment(first.path).method == "procrustes"
+    assert read_alignment(first.path).method == "procrustes"
 
 
 # --- errors ----------------------------------------------------------------------------------
@@ -334,24 +342,24 @@ def stranger_dir(tmp_path_factory):
 
 def test_too_few_shared_tokens_is_a_clear_error(model_a, stranger_dir):
     stranger = load_backbone(str(stranger_dir))
-    assert len(al.shared_vocabulary(model_a.tokenizer, stranger.tokenizer)) < al.MIN_PAIRS
+    assert len(shared_vocabulary(model_a.tokenizer, stranger.tokenizer)) < MIN_PAIRS
     with pytest.raises(ModelError, match=r"share only \d+ token\(s\).*at least 10"):
-        al.fit_alignment(model_a, stranger, "ridge")
+        fit_alignment(model_a, stranger, "ridge")
 
 
 def test_bad_settings_are_usage_errors(model_a):
     with pytest.raises(UsageError, match="unknown alignment method 'cca'"):
-        al.fit_alignment(model_a, model_a, "cca")
+        fit_alignment(model_a, model_a, "cca")
     with pytest.raises(UsageError, match="holdout must be between 0 and 0.5"):
-        al.fit_alignment(model_a, model_a, "ridge", holdout=0.9)
+        fit_alignment(model_a, model_a, "ridge", holdout=0.9)
     with pytest.raises(UsageError, match="ridge_lambda"):
-        al.load_alignment(model_a, model_a, "ridge", ridge_lambda=-1)
+        load_alignment(model_a, model_a, "ridge", ridge_lambda=-1)
 
 
 def test_prompt_without_a_recorded_model_needs_a_source(model_a):
     anonymous = SoftPrompt(embedding=torch.zeros(2, 32))
     with pytest.raises(UsageError, match="names no model"):
-        al.transfer_prompt(anonymous, model_a)
+        transfer_prompt(anonymous, model_a)
 
 
 # --- command line ----------------------------------------------------------------------------
@@ -418,7 +426,7 @@ def test_cli_align_prints_both_directions(monkeypatch, capsys, tmp_path, tiny_di
     result = json.loads(out)
     sources = [d["source"] for d in result["directions"]]
     assert sources == [str(tiny_dirs["llama"]), str(wide_dir)]
-    assert all(d["shared_tokens"] >= al.MIN_PAIRS for d in result["directions"])
+    assert all(d["shared_tokens"] >= MIN_PAIRS for d in result["directions"])
 
 
 def test_cli_transfer_errors_are_one_line(

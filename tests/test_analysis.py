@@ -164,10 +164,9 @@ def test_explain_two_models_writes_a_self_contained_report(tiny_dirs, tmp_path, 
         assert row["kept"] == (owner == index).nonzero().flatten().tolist()
     expected = sum(t["owner"] == t["location_cosine"] for t in result["tokens"]) / 6
     assert result["alignment"]["cosine"] == pytest.approx(expected)
-    from softprompt.analysis.explain import embedding_table
     from softprompt.analysis.projection import project
 
-    points = project(prompt.embedding, [embedding_table(m) for m in models], sample=50)
+    points = project(prompt.embedding, [m.embedding_table() for m in models], sample=50)
     assert points["coords"].shape == (106, 2)
     files = write_report(result, points, tmp_path / "report")
     html = (tmp_path / "report" / "report.html").read_text()

@@ -31,6 +31,21 @@ def test_body_plus_head_equals_the_full_model(tiny, family):
     torch.testing.assert_close(restricted, full[:, some].float())
 
 
+def test_embedding_table_applies_embed_scale_where_the_model_has_one(tiny):
+    gemma = tiny["gemma3"]
+    scale = float(gemma.input_embeddings.embed_scale)
+    assert scale == pytest.approx(32**0.5)
+    table = gemma.embedding_table()
+    assert table.dtype == torch.float32 and table.device.type == "cpu"
+    torch.testing.assert_close(table, gemma.input_embeddings.weight.detach().float() * scale)
+    ids = torch.tensor([3, 7, 11])
+    with torch.no_grad():
+        torch.testing.assert_close(table[ids], gemma.embed(ids).float())
+    gpt2 = tiny["gpt2"]
+    assert getattr(gpt2.input_embeddings, "embed_scale", None) is None
+    assert torch.equal(gpt2.embedding_table(), gpt2.input_embeddings.weight.detach().float())
+
+
 def test_kind_override_and_bfloat16(tiny_dirs):
     backbone = load_backbone(str(tiny_dirs["llama"]), dtype="bfloat16", kind="causal")
     assert backbone.dtype == torch.bfloat16

@@ -9,7 +9,7 @@ import torch
 from conftest import corpus
 from softprompt.analysis.explain import explain
 from softprompt.config import validate_config
-from softprompt.crossmodel.alignment import load_alignment
+from softprompt.crossmodel.cache import load_alignment
 from softprompt.errors import ConfigError, PromptFileError
 from softprompt.evaluation import evaluate
 from softprompt.methods.prompt import SoftPrompt, load_prompt, save_prompt

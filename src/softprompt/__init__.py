@@ -13,14 +13,11 @@ from softprompt.analysis.explain import explain
 from softprompt.analysis.report import write_report
 from softprompt.analysis.similarity import similarity_matrices
 from softprompt.config import TrainConfig, load_config
-from softprompt.crossmodel.alignment import (
-    Alignment,
-    fit_alignment,
-    load_alignment,
-    shared_vocabulary,
-    transfer_prompt,
-)
+from softprompt.crossmodel.cache import load_alignment
+from softprompt.crossmodel.fit import Alignment, fit_alignment
 from softprompt.crossmodel.matrix import transfer_matrix, write_matrix
+from softprompt.crossmodel.transfer import transfer_prompt
+from softprompt.crossmodel.vocabulary import shared_vocabulary
 from softprompt.demo import run_demo
 from softprompt.errors import SoftpromptError
 from softprompt.evaluation import evaluate, predict

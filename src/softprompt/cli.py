@@ -290,7 +290,7 @@ def transfer(
     as_json: JsonOpt = False,
 ) -> None:
     """Map a prompt into another model's embedding space through their shared tokens."""
-    from softprompt.crossmodel.alignment import run_transfer
+    from softprompt.crossmodel.transfer import run_transfer
 
     if to is None:
         raise UsageError("give the target model with --to MODEL")
@@ -343,7 +343,7 @@ def align(
     as_json: JsonOpt = False,
 ) -> None:
     """Fit (or read from the cache) the embedding map both ways and print its quality."""
-    from softprompt.crossmodel.alignment import align_both
+    from softprompt.crossmodel.transfer import align_both
 
     result = align_both(model_a, model_b, method, dtype=dtype)
 
@@ -581,7 +581,6 @@ def explain(
     as_json: JsonOpt = False,
 ) -> None:
     """Which tokens matter to which model, where they lie, and how far the prompt compresses."""
-    from softprompt.analysis.explain import embedding_table
     from softprompt.analysis.explain import explain as run_explain
     from softprompt.analysis.projection import project
     from softprompt.analysis.report import write_report
@@ -614,7 +613,7 @@ def explain(
     if projection != "none":  # in the prompt's own space: models of another size show none
         soft = load_prompt(prompt)
         tables = [
-            embedding_table(b) if b.hidden_size == soft.hidden_size else soft.embedding[:0]
+            b.embedding_table() if b.hidden_size == soft.hidden_size else soft.embedding[:0]
             for b in backbones
         ]
         points = project(soft.embedding, tables, method=projection)

@@ -17,14 +17,6 @@ from softprompt.models.backbone import Backbone, as_backbone
 from softprompt.tasks import load_task
 
 
-def embedding_table(backbone: Backbone) -> torch.Tensor:
-    """The input-embedding matrix in the space the prompt lives in (Gemma's scale applied), on
-    the CPU beside the prompt whatever device the model is on."""
-    table = backbone.input_embeddings.weight.detach().float().cpu()
-    scale = getattr(backbone.input_embeddings, "embed_scale", None)
-    return table * float(scale) if scale is not None else table
-
-
 def explain(
     prompt: str | Path | SoftPrompt,
     models: list[str | Backbone],
@@ -65,7 +57,7 @@ def explain(
         )
     matrix = torch.tensor([m["importance"]["loss"] for m in per_model])
     owner, strength = owners(matrix)
-    tables = [embedding_table(b) for b in backbones]
+    tables = [b.embedding_table() for b in backbones]
     location = {d: knn_location(points, tables, k=knn, distance=d)[0] for d in ("cosine", "l2")}
     tokens = _token_table(
         soft.length, [b.name for b in backbones], owner, strength, location, per_model
@@ -106,7 +98,7 @@ def _model_analysis(point, backbone, task, encoded, importance, ablation, top_k,
         "base_loss": base_loss,
         "base_accuracy": base_accuracy,
         "importance": scores,
-        "neighbours": nearest_tokens(point, embedding_table(backbone), backbone.tokenizer, top_k),
+        "neighbours": nearest_tokens(point, backbone.embedding_table(), backbone.tokenizer, top_k),
     }
 
 

@@ -30,14 +30,9 @@ from pathlib import Path
 import torch
 
 from softprompt.errors import ModelError, PromptFileError, UsageError
+from softprompt.files import read_safetensors, write_safetensors_atomic
 from softprompt.methods import load_artifact
-from softprompt.methods.artifact import (
-    header_metadata,
-    model_record,
-    parse_json_field,
-    read_safetensors,
-    write_safetensors_atomic,
-)
+from softprompt.methods.artifact import header_metadata, model_record, parse_json_field
 from softprompt.methods.prefix import SavedPrefix
 from softprompt.methods.prompt import SoftPrompt
 from softprompt.models.backbone import BUNDLED, Backbone, as_backbone

@@ -13,7 +13,8 @@ from pydantic import Field, field_validator, model_validator
 from torch import nn
 
 from softprompt.errors import PromptFileError
-from softprompt.methods.artifact import header_metadata, read_artifact, write_safetensors_atomic
+from softprompt.files import write_safetensors_atomic
+from softprompt.methods.artifact import header_metadata, read_artifact
 from softprompt.methods.base import Method, MethodSettings, TrainableModule
 from softprompt.models.backbone import Backbone
 from softprompt.steering.base import Steering

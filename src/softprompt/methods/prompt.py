@@ -15,8 +15,10 @@ from typing import Literal
 import torch
 from pydantic import Field
 
+from softprompt.crossmodel.cache import load_alignment
 from softprompt.errors import PromptFileError, UsageError
-from softprompt.methods.artifact import header_metadata, read_artifact, write_safetensors_atomic
+from softprompt.files import write_safetensors_atomic
+from softprompt.methods.artifact import header_metadata, read_artifact
 from softprompt.methods.base import Method, MethodSettings, TrainableModule
 from softprompt.models.backbone import Backbone
 from softprompt.steering.base import Steering
@@ -104,10 +106,7 @@ def init_embedding(
     """
     if length < 1:
         raise UsageError(f"prompt length must be at least 1, got {length}")
-    table = backbone.input_embeddings.weight.detach().float().cpu()
-    scale = getattr(backbone.input_embeddings, "embed_scale", None)
-    if scale is not None:
-        table = table * float(scale)
+    table = backbone.embedding_table()
     generator = torch.Generator().manual_seed(seed)
     if init == "random":
         return torch.randn(length, table.shape[1], generator=generator) * table.std()
@@ -228,8 +227,6 @@ class SoftPromptModule(TrainableModule):
 def cross_model_maps(backbones: list[Backbone], cross_model) -> list[LinearMap | None]:
     """A map from the first model's embedding space into each model of another hidden size,
     fitted on the shared vocabulary (cached on disk, see softprompt.crossmodel)."""
-    from softprompt.crossmodel.alignment import load_alignment
-
     first = backbones[0]
     if all(b.hidden_size == first.hidden_size for b in backbones):
         return []

@@ -153,6 +153,14 @@ class Backbone:
         """Input embeddings of token ids, as the model feeds them (Gemma's module scales them)."""
         return self.input_embeddings(input_ids)
 
+    def embedding_table(self) -> torch.Tensor:
+        """The input-embedding matrix [vocab, d] in the space a prompt lives in: float32 on the
+        CPU whatever the model's device and dtype, with the module's `embed_scale` applied where
+        it has one (Gemma), so its rows are what `embed` feeds the model."""
+        table = self.input_embeddings.weight.detach().float().cpu()
+        scale = getattr(self.input_embeddings, "embed_scale", None)
+        return table * float(scale) if scale is not None else table
+
     def body(
         self,
         inputs_embeds: torch.Tensor,

@@ -24,8 +24,9 @@ from softprompt.config import TrainConfig, config_to_dict
 from softprompt.data import load_split
 from softprompt.errors import ConfigError, SoftpromptError, UsageError
 from softprompt.evaluation import evaluate_task
+from softprompt.files import read_safetensors, write_safetensors_atomic
 from softprompt.methods import get_method
-from softprompt.methods.artifact import model_record, read_safetensors, write_safetensors_atomic
+from softprompt.methods.artifact import model_record
 from softprompt.methods.base import TrainableModule
 from softprompt.models.backbone import Backbone, load_backbone, resolve_device
 from softprompt.steering.base import Steering
