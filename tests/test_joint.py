@@ -183,7 +183,7 @@ def test_study_runs_the_grid_and_resume_skips_finished_runs(
 
 def test_peak_activations_stay_at_one_models_worth(sentiment_dir, tmp_path):
     from conftest import corpus
-    from softprompt.profiling import saved_activation_peak
+    from profiling import saved_activation_peak
 
     texts = corpus()
     dirs = [str(save_tiny(tmp_path / f"m{s}", texts, "llama", seed=s)) for s in range(4)]

@@ -343,7 +343,7 @@ class Trainer:
             model_loss = 0.0
             for start in range(0, len(share), self.settings.micro_batch):
                 micro = share[start : start + self.settings.micro_batch]
-                loss = slot.task.loss(_steering(prompt, index), micro) / denominator
+                loss = self._micro_loss(slot, _steering(prompt, index), micro) / denominator
                 (loss * slot.weight).backward()
                 model_loss += float(loss.detach())
             losses[slot.backbone.name] = model_loss
@@ -386,6 +386,10 @@ class Trainer:
         if self.processes.world == 1:
             return flag
         return bool(self.processes.sum(torch.tensor([float(flag)], device=self.device)) > 0)
+
+    def _micro_loss(self, slot: ModelSlot, steering: Steering, micro: list) -> torch.Tensor:
+        """Summed loss of a micro-batch (divided by the whole batch's size by the caller)."""
+        return slot.task.loss(steering, micro)
 
     def evaluate_dev(self, prompt) -> dict:
         """Dev metrics per model and their mean (`prompt`: a tensor or the trainable module)."""
