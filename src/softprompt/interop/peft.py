@@ -84,6 +84,16 @@ def import_peft(
     The header names `backbones` when given (each is checked to fit), else the models recorded
     by a softprompt export, else the adapter's `base_model_name_or_path`.
     """
+    artifact = peft_artifact(adapter_dir, backbones)
+    artifact.save(out_path)
+    return artifact
+
+
+def peft_artifact(
+    adapter_dir: str | os.PathLike, backbones: list[Backbone] | None = None
+) -> SoftPrompt | SavedPrefix:
+    """A PEFT prompt-tuning or prefix-tuning adapter directory as a softprompt artifact, in
+    memory (see `import_peft`)."""
     config, tensor, metadata = read_peft_adapter(adapter_dir)
     method = METHODS[config["peft_type"]]
     header = _embedded_header(metadata, method, adapter_dir)
@@ -106,7 +116,6 @@ def import_peft(
         artifact.steering_for(backbone, source=str(adapter_dir))  # checks that it fits
     if backbones:
         artifact.models = [model_record(b) for b in backbones]
-    artifact.save(out_path)
     return artifact
 
 

@@ -326,6 +326,9 @@ def _fast_cached_tokenizer(source: str):
     specials = {k: v for k, v in settings.items() if k.endswith("_token") and isinstance(v, str)}
     tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"), **specials)
     tokenizer.name_or_path = str(folder)
+    template = folder / "chat_template.jinja"
+    if template.is_file():
+        tokenizer.chat_template = template.read_text(encoding="utf-8")
     return tokenizer
 
 
@@ -416,8 +419,21 @@ def ensure_gguf_converted(path: Path) -> Path:
     return target
 
 
+# the marker of a finished conversion; a new name makes older caches convert again (v2: the
+# GGUF's chat template is kept)
+COMPLETE = ".complete-v2"
+
+
 def _is_complete(folder: Path) -> bool:
-    return (folder / ".complete").is_file()
+    return (folder / COMPLETE).is_file()
+
+
+def _gguf_chat_template(gguf: Path) -> str | None:
+    """The chat template a GGUF file carries (transformers' GGUF loading drops it)."""
+    import gguf as gguf_lib
+
+    field = gguf_lib.GGUFReader(gguf).fields.get("tokenizer.chat_template")
+    return bytes(field.parts[field.data[0]]).decode("utf-8") if field is not None else None
 
 
 def _convert_gguf(gguf: Path, target: Path) -> None:
@@ -434,6 +450,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     try:
         config = AutoConfig.from_pretrained(folder, gguf_file=name)
         tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+        tokenizer.chat_template = tokenizer.chat_template or _gguf_chat_template(gguf)
         loaded = _auto_class(detect_kind(config)).from_pretrained(
             folder, gguf_file=name, dtype=torch.float32
         )
@@ -450,7 +467,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
     try:
         clean.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / ".complete").write_text(str(gguf))
+        (staging / COMPLETE).write_text(str(gguf))
         if target.exists():
             shutil.rmtree(target)
         staging.rename(target)

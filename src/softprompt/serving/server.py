@@ -1,0 +1,141 @@
+"""`softprompt serve`: one frozen model, many adapters, behind the HTTP API.
+
+`Server` loads the model and the adapters, starts the engine and uvicorn; tests run it
+in-process (`with Server(...) as server: server.url`), the command runs it until SIGINT or
+SIGTERM, which stop new connections, let the requests in flight finish, and exit 0."""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+import time
+from pathlib import Path
+
+import uvicorn
+
+from softprompt.errors import ModelError, UsageError
+from softprompt.models.backbone import Backbone, load_backbone, resolve_device
+from softprompt.serving.adapters import artifact_sources, load_adapters, trained_on
+from softprompt.serving.app import Service, create_app
+from softprompt.serving.engine import Engine
+from softprompt.serving.metrics import ServerMetrics
+
+
+class Server:
+    """An OpenAI-compatible server of `artifacts` (files, PEFT folders) and every adapter in
+    `adapters_dir` on one frozen model (default: the model the first artifact was trained
+    on), the bare model served under its own name."""
+
+    def __init__(
+        self,
+        artifacts: list[str | Path] = (),
+        *,
+        adapters_dir: str | Path | None = None,
+        model: str | Backbone | None = None,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        max_batch: int = 16,
+        queue_size: int = 256,
+        api_key: str | None = None,
+        device: str = "auto",
+        dtype: str = "float32",
+    ) -> None:
+        if max_batch < 1 or queue_size < 1:
+            raise UsageError("--max-batch and the queue size must be at least 1")
+        sources = artifact_sources(list(artifacts), adapters_dir)
+        self.backbone, self.base_name = _base_model(model, sources, device, dtype)
+        if self.backbone.kind != "causal":
+            raise ModelError(f"serve needs a causal LM; {self.backbone.name} is a masked LM")
+        self.adapters, self.refused = load_adapters(sources, self.backbone, self.base_name)
+        self.engine = Engine(self.backbone, max_batch=max_batch, queue_size=queue_size)
+        self.metrics = ServerMetrics(lambda: self.engine.pending, lambda: self.engine.running)
+        self.engine.on_step = self.metrics.step
+        service = Service(self.engine, self.adapters, self.base_name, self.metrics, api_key)
+        self.app = create_app(service)
+        self.host, self.port = host, port
+        self._uvicorn: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _config(self) -> uvicorn.Config:
+        return uvicorn.Config(
+            self.app, log_level="warning", timeout_graceful_shutdown=30, lifespan="off"
+        )
+
+    def start(self) -> Server:
+        """Serve in a background thread (for tests and Python users); returns when ready."""
+        sock = _bound_socket(self.host, self.port)
+        self.port = sock.getsockname()[1]
+        self.engine.start()
+        self._uvicorn = uvicorn.Server(self._config())
+        self._uvicorn.install_signal_handlers = lambda: None  # the caller's signals stay theirs
+        self._thread = threading.Thread(
+            target=self._uvicorn.run, kwargs={"sockets": [sock]}, daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + 30
+        while not self._uvicorn.started and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self
+
+    def stop(self) -> None:
+        """Stop accepting, let requests in flight finish, stop the engine."""
+        if self._uvicorn is not None:
+            self._uvicorn.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=35)
+        self.engine.stop()
+
+    def serve_forever(self) -> None:
+        """Serve in this thread until SIGINT/SIGTERM; in-flight requests finish first."""
+        sock = _bound_socket(self.host, self.port)
+        self.engine.start()
+        print(f"serving {len(self.adapters)} models on {self.url}", file=sys.stderr)
+        try:
+            uvicorn.Server(self._config()).run(sockets=[sock])
+        finally:
+            self.engine.stop()
+
+    def __enter__(self) -> Server:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def serve(artifacts: list[str | Path] = (), **options) -> None:
+    """Run a server until SIGINT/SIGTERM (see `Server` for the options)."""
+    server = Server(artifacts, **options)
+    for line in server.refused:
+        print(f"refused: {line}", file=sys.stderr)
+    server.serve_forever()
+
+
+def _base_model(model, sources: list[Path], device: str, dtype: str) -> tuple[Backbone, str]:
+    """The backbone and the name the bare model is served under."""
+    if isinstance(model, Backbone):
+        return model, Path(model.name).name
+    spec = model or next((name for s in sources if (name := trained_on(s))), None)
+    if spec is None:
+        raise UsageError("no model to serve: pass --model, or artifacts that name their model")
+    backbone = load_backbone(spec, dtype=dtype, device=resolve_device(device, "--device"))
+    return backbone, Path(spec).name if Path(spec).exists() else spec
+
+
+def _bound_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise UsageError(
+            f"cannot listen on {host}:{port} ({exc.strerror}); pick another --port"
+        ) from exc
+    sock.listen(128)
+    return sock
