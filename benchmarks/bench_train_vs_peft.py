@@ -43,7 +43,7 @@ def softprompt_trainer(precision: str, bucketing: int = 0, model: str = MODEL) -
 
 
 def softprompt_step(trainer: Trainer):
-    state = trainer._fresh_state()
+    state = trainer.fresh_state()
     return lambda: trainer.train_step(state)
 
 
