@@ -144,7 +144,7 @@ def main() -> None:
     print(machine())
     print(f"model: {args.model}")
     trainer = make_trainer(args.dtype, args.batch_size, args.model)
-    state = trainer._fresh_state()
+    state = trainer.fresh_state()
     total = 1 + args.steps * args.repeats  # one untimed warm-up step each
     schedule = [trainer.step_indices(step) for step in range(total)]
     bare = BareLoop(trainer, state.prompt, schedule)

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 from common import ROOT, machine
-from profiling import saved_activation_peak
 
+from profiling import saved_activation_peak
 from softprompt.config import validate_config
 from softprompt.models.tiny import corpus_texts, tiny_family
 from softprompt.training.trainer import Trainer
@@ -60,7 +60,7 @@ def main(steps: int = 10) -> None:
         print("M  step ms (median)  peak activations MiB  naive single-backward MiB")
         for count in (1, 2, 4):
             trainer = Trainer(config(dirs[:count]), Path(folder) / f"run{count}", progress=False)
-            state = trainer._fresh_state()
+            state = trainer.fresh_state()
             times = []
             for step in range(steps):
                 started = time.perf_counter()

@@ -135,7 +135,7 @@ def peft_training_step(trainer: Trainer, peft_model):
 def bench_training(args, dtype: str):
     """Alternate the trainer and the PEFT loop; returns the trainer's model and prefix."""
     trainer = make_trainer(dtype, args.batch_size, args.model)
-    state = trainer._fresh_state()
+    state = trainer.fresh_state()
     peft_model = peft_prefix_model(
         dtype, state.module.length, state.module.mlp[0].in_features, args.model
     )

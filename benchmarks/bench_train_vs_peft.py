@@ -15,8 +15,8 @@ import json
 
 import torch
 from common import ROOT, alternate, device, machine, median
-from profiling import saved_activation_peak
 
+from profiling import saved_activation_peak
 from softprompt.config import load_config
 from softprompt.models.backbone import load_backbone
 from softprompt.training.trainer import Trainer
@@ -43,7 +43,7 @@ def softprompt_trainer(precision: str, bucketing: int = 0, model: str = MODEL) -
 
 
 def softprompt_step(trainer: Trainer):
-    state = trainer._fresh_state()
+    state = trainer.fresh_state()
     return lambda: trainer.train_step(state)
 
 

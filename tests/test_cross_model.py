@@ -97,7 +97,7 @@ def test_learned_maps_change_and_have_their_own_learning_rate(sentiment_dir, mod
     config = cross_config(sentiment_dir, pair, "learned", steps=3)
     config.cross_model.lr = 0.01
     trainer = Trainer(config, tmp_path / "run", progress=False)
-    state = trainer._fresh_state()
+    state = trainer.fresh_state()
     assert [g["lr"] for g in state.optimizer.param_groups] == [0.1, 0.01]
     start = state.module.maps[1].weight.detach().clone()
     trainer.train_step(state)

@@ -79,7 +79,7 @@ def test_joint_loss_and_gradient_are_the_weighted_mean(sentiment_dir, family, tm
     config = joint_config(sentiment_dir, family["dirs"][:2], micro_batch_size=2)
     config.model_weights = weights
     trainer = Trainer(config, tmp_path, progress=False)
-    state = trainer._fresh_state()
+    state = trainer.fresh_state()
     indices = trainer.step_indices(0)
     losses = trainer.accumulate_gradients(state.prompt, indices)
     expected_losses, grads = _separate(trainer, state.prompt, indices)
@@ -92,7 +92,7 @@ def test_joint_loss_and_gradient_are_the_weighted_mean(sentiment_dir, family, tm
 
 def test_backward_runs_model_by_model(sentiment_dir, family, tmp_path):
     trainer = Trainer(joint_config(sentiment_dir, family["dirs"][:2]), tmp_path, progress=False)
-    state = trainer._fresh_state()
+    state = trainer.fresh_state()
     events = []
     for m, backbone in enumerate(trainer.backbones):
         backbone.model.base_model.register_forward_hook(lambda *_, m=m: events.append(f"fwd{m}"))
@@ -192,7 +192,7 @@ def test_peak_activations_stay_at_one_models_worth(sentiment_dir, tmp_path):
         trainer = Trainer(
             joint_config(sentiment_dir, dirs[:count]), tmp_path / f"r{count}", progress=False
         )
-        state = trainer._fresh_state()
+        state = trainer.fresh_state()
         with saved_activation_peak() as meter:
             trainer.accumulate_gradients(state.prompt, trainer.step_indices(0))
         peaks[count] = meter.peak

@@ -114,7 +114,7 @@ def test_the_trained_toy_parameters_moved(scaled_method, tiny_dirs, sentiment_di
         }
     )
     trainer = Trainer(config, tmp_path / "run", progress=False)
-    state = trainer._fresh_state()
+    state = trainer.fresh_state()
     before = state.module.scale.detach().clone()
     trainer.train_step(state)
     assert not torch.equal(before, state.module.scale.detach())

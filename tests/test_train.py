@@ -7,7 +7,8 @@ import torch
 from conftest import write_jsonl
 from softprompt.config import validate_config
 from softprompt.methods.prompt import load_prompt
-from softprompt.training.trainer import Trainer, lr_factor
+from softprompt.training.schedule import lr_factor
+from softprompt.training.trainer import Trainer
 
 
 def make_config(sentiment_dir, max_examples=24, **train):
@@ -112,7 +113,7 @@ def test_micro_batches_accumulate_to_the_configured_batch(sentiment_dir, tiny, t
     torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
     initial = Trainer(
         whole, tmp_path / "x", backbones=[tiny["llama"]], progress=False
-    )._fresh_state()
+    ).fresh_state()
     assert not torch.allclose(a, initial.prompt.detach())
 
 
@@ -159,7 +160,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(sentiment_dir, tiny, 
     newest = sorted((tmp_path / "checkpoints").glob("step-*.safetensors"))[-1]
     newest.write_bytes(b"garbage")
     trainer = Trainer(config, tmp_path, backbones=[tiny["llama"]], progress=False)
-    state = trainer._fresh_state()
+    state = trainer.fresh_state()
     restored = trainer.load_checkpoint(state)
     assert restored is not None and restored != newest
     assert state.step == 4
@@ -178,7 +179,7 @@ def test_a_new_run_refuses_to_overwrite_an_existing_one(sentiment_dir, tiny, tmp
 
 
 def test_length_bucketing_covers_each_example_once_per_window_and_cuts_padding():
-    from softprompt.training.trainer import _batch_indices
+    from softprompt.training.schedule import batch_indices as _batch_indices
 
     lengths = [(i * 37) % 50 + 1 for i in range(64)]
     batches = [_batch_indices(s, 8, 64, 3, lengths, window=8) for s in range(8)]

@@ -182,6 +182,15 @@ class TrainConfig(_Strict):
         self.prompt.check_run(self.models)
         return self
 
+    @model_validator(mode="after")
+    def _best_model_is_trained(self) -> TrainConfig:
+        best = self.train.best_model
+        if best is not None and best not in self.models:
+            raise ValueError(
+                f"train.best_model {best!r} is not one of the models ({', '.join(self.models)})"
+            )
+        return self
+
 
 @functools.cache
 def config_class(method: str) -> type[TrainConfig]:

@@ -1,0 +1,194 @@
+"""The run directory: what a training run leaves on disk, and how a resumed run reads it back.
+
+    config.yaml      the resolved config of the run
+    metrics.jsonl    one JSON line per train step and per evaluation
+    checkpoints/     step-NNNNNNNN.safetensors: the whole TrainState, the newest few kept
+    prompt.safetensors, last.safetensors, summary.json
+
+Only the main process writes; every process reads checkpoints the same way, so all resume
+from the same step. A checkpoint's layout (tensor names, the "state" metadata) is a file
+format: runs written by older versions must still resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+import yaml
+
+from softprompt.config import TrainConfig, config_to_dict
+from softprompt.errors import SoftpromptError, UsageError
+from softprompt.files import read_safetensors, write_safetensors_atomic
+from softprompt.training.console import warn
+from softprompt.training.state import TrainState
+from softprompt.training.tracking import Trackers
+
+CHECKPOINT_DIR = "checkpoints"
+KEEP_CHECKPOINTS = 2
+
+
+class RunDir:
+    """One run's directory `path`; `is_main`: whether this process is the one that writes."""
+
+    def __init__(self, path: str | Path, is_main: bool = True) -> None:
+        self.path = Path(path)
+        self.is_main = is_main
+
+    @property
+    def checkpoints(self) -> Path:
+        """The folder of the run's checkpoints."""
+        return self.path / CHECKPOINT_DIR
+
+    @property
+    def metrics_path(self) -> str | Path:
+        """Where this process appends its metrics (nowhere but in the main process)."""
+        return self.path / "metrics.jsonl" if self.is_main else os.devnull
+
+    def refuse_existing(self) -> None:
+        """Stop a new run from overwriting one that can still be resumed."""
+        if any(self.checkpoints.glob("step-*.safetensors")):
+            raise UsageError(
+                f"{self.path} already holds a training run; continue it with --resume "
+                f"{self.path} or choose another --out"
+            )
+
+    def prepare(
+        self, config: TrainConfig, step: int, resume: bool, resumed_from: Path | None
+    ) -> None:
+        """Config copy, stale temporary files removed, metrics trimmed to the resumed step."""
+        if not self.is_main:
+            return
+        if resume and resumed_from is None:
+            warn(f"no checkpoint in {self.path}; starting from step 0")
+        elif resumed_from is not None:
+            warn(f"resuming from {resumed_from} (step {step})")
+        self.path.mkdir(parents=True, exist_ok=True)
+        (self.path / "config.yaml").write_text(
+            yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
+        )
+        for stale in [*self.path.glob(".*.tmp"), *self.path.glob(f"{CHECKPOINT_DIR}/.*.tmp")]:
+            stale.unlink()  # left by a process killed while writing
+        metrics_path = self.path / "metrics.jsonl"
+        kept = []
+        if resumed_from is not None and metrics_path.exists():
+            lines = metrics_path.read_text(encoding="utf-8").splitlines()
+            kept = [line for line in lines if _step_of(line) <= step]
+        metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+
+    def save_checkpoint(self, state: TrainState) -> Path:
+        """Write the whole training state atomically; keep the newest few checkpoints."""
+        folder = self.checkpoints
+        path = folder / f"step-{state.step:08d}.safetensors"
+        if not self.is_main:
+            return path
+        folder.mkdir(parents=True, exist_ok=True)
+        optimizer = state.optimizer.state_dict()
+        tensors = {
+            f"module.{name}": value.detach().cpu().contiguous()
+            for name, value in state.module.state_dict().items()
+        }
+        for index, slots in optimizer["state"].items():
+            for key, value in slots.items():
+                tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value).detach().cpu()
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {
+            "step": state.step,
+            "best_value": state.best_value,
+            "best_step": state.best_step,
+            "evals_without_improvement": state.evals_without_improvement,
+            "optimizer_param_groups": optimizer["param_groups"],
+            "scheduler": state.scheduler.state_dict(),
+            "history": state.history,
+        }
+        write_safetensors_atomic(tensors, {"state": json.dumps(meta)}, path)
+        for old in sorted(folder.glob("step-*.safetensors"))[:-KEEP_CHECKPOINTS]:
+            old.unlink()
+        return path
+
+    def load_checkpoint(self, state: TrainState, device: torch.device) -> Path | None:
+        """Restore the newest readable checkpoint into `state` (the module's tensors onto
+        `device`); skip corrupt ones. Returns the checkpoint's path, None when there is none."""
+        for path in sorted(self.checkpoints.glob("step-*.safetensors"), reverse=True):
+            try:
+                tensors, meta = read_safetensors(path)
+                saved = json.loads(meta["state"])
+            except (SoftpromptError, KeyError, json.JSONDecodeError):
+                warn(f"checkpoint {path} is unreadable; trying an older one")
+                continue
+            _restore(state, tensors, saved, device)
+            return path
+        return None
+
+    def write_summary(self, summary: dict) -> None:
+        """summary.json: what `softprompt train` prints at the end, kept with the run."""
+        if self.is_main:
+            (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def _restore(state: TrainState, tensors: dict, saved: dict, device: torch.device) -> None:
+    """Put a checkpoint's tensors and "state" metadata back into `state`."""
+    module_state = {
+        name.removeprefix("module."): value.to(device)
+        for name, value in tensors.items()
+        if name.startswith("module.")
+    }
+    state.module.load_state_dict(module_state)
+    optimizer_state: dict[int, dict] = {}
+    for name, value in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            optimizer_state.setdefault(int(index), {})[key] = value
+    state.optimizer.load_state_dict(
+        {"state": optimizer_state, "param_groups": saved["optimizer_param_groups"]}
+    )
+    state.scheduler.load_state_dict(saved["scheduler"])
+    torch.set_rng_state(tensors["rng.torch"])
+    state.step = saved["step"]
+    state.best_value = saved["best_value"]
+    state.best_step = saved["best_step"]
+    state.evals_without_improvement = saved["evals_without_improvement"]
+    state.history = saved["history"]
+
+
+def _step_of(line: str) -> int:
+    """The step of a metrics.jsonl line; a huge one for a line that cannot be read."""
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+        return 1 << 62  # an unreadable (torn) line: drop it
+
+
+class RunLog:
+    """The record of a run as it goes: a line per event in metrics.jsonl (written by the main
+    process only) and the same numbers to the experiment trackers named in `report_to`."""
+
+    def __init__(self, run_dir: RunDir, report_to: list[str], config: dict) -> None:
+        self.trackers = Trackers(report_to, run_dir.path, config, enabled=run_dir.is_main)
+        self._path = run_dir.metrics_path
+
+    def __enter__(self) -> RunLog:
+        self._metrics = open(self._path, "a", encoding="utf-8")
+        return self
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.trackers.close()
+        finally:
+            self._metrics.close()
+
+    def train(self, record: dict) -> None:
+        """One optimizer step: `record` holds its step, loss and learning rate."""
+        self._metrics.write(json.dumps(record) + "\n")
+        self.trackers.log({"train": record}, record["step"])
+
+    def eval(self, step: int, dev: dict) -> None:
+        """One evaluation on the dev split at `step`."""
+        self._metrics.write(json.dumps({"event": "eval", "step": step, "dev": dev}) + "\n")
+        self.trackers.log({"dev": dev}, step)
+
+    def flush(self) -> None:
+        """Hand the lines so far to the OS, so a reader sees each step as it ends."""
+        self._metrics.flush()
