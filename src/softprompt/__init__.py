@@ -10,6 +10,7 @@ See README.md "Python API" and examples/python_api.py.
 
 from softprompt.analysis.compress_command import compress_prompt
 from softprompt.analysis.explain import explain
+from softprompt.analysis.explain_report import write_explain_report
 from softprompt.analysis.report import write_report
 from softprompt.analysis.similarity import similarity_matrices
 from softprompt.config import TrainConfig, load_config
@@ -24,7 +25,7 @@ from softprompt.crossmodel.matrix import transfer_matrix, write_matrix
 from softprompt.demo import run_demo
 from softprompt.errors import SoftpromptError
 from softprompt.evaluation import evaluate, predict
-from softprompt.generation import SamplingOptions, generate
+from softprompt.generation import SamplingOptions, generate, generate_samples
 from softprompt.interop.esp import import_esp
 from softprompt.interop.peft import export_peft, import_peft
 from softprompt.methods.prefix import SavedPrefix, load_artifact, load_prefix, save_prefix
@@ -49,6 +50,7 @@ __all__ = [
     "export_peft",
     "fit_alignment",
     "generate",
+    "generate_samples",
     "import_esp",
     "import_peft",
     "load_alignment",
@@ -69,6 +71,7 @@ __all__ = [
     "train",
     "transfer_matrix",
     "transfer_prompt",
+    "write_explain_report",
     "write_matrix",
     "write_report",
 ]
