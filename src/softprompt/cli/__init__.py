@@ -2,7 +2,10 @@
 progress and messages go to stderr. User mistakes print one line and exit 2 (usage) or 1.
 
 This package only parses options, calls the library and prints: each command lives in the module
-of its group (training, using, analysis, crossmodel, interop, models) and is registered below."""
+of its group (training, using, analysis, crossmodel, interop, models) and is registered below.
+The command modules import the library (torch, transformers, scikit-learn) inside the command
+functions, not at the top: deliberately, so that `--help`, `--version` and usage errors answer
+at once instead of after seconds of imports."""
 
 from __future__ import annotations
 
@@ -10,16 +13,24 @@ import os
 import sys
 from typing import Annotated
 
-import click
 import typer
+from rich.markup import escape
 
 from softprompt.cli import analysis, crossmodel, interop, models, training, using
 from softprompt.cli.common import err
+from softprompt.cli.usage import (
+    Command,
+    NoArgsIsHelpError,
+    SuggestingGroup,
+    click_errors,
+    usage_line,
+)
 from softprompt.errors import SoftpromptError
 
 app = typer.Typer(
     name="softprompt",
     help="Train, use and inspect soft prompts for frozen language models.",
+    cls=SuggestingGroup,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
@@ -46,7 +57,15 @@ COMMANDS = {
     "import": interop.import_prompt,
 }
 for _name, _command in COMMANDS.items():
-    app.command(_name)(_command)
+    app.command(_name, cls=Command)(_command)
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        from softprompt import __version__
+
+        typer.echo(f"softprompt {__version__}")
+        raise typer.Exit()
 
 
 @app.callback()
@@ -56,32 +75,52 @@ def _root(
         bool,
         typer.Option(help="Allow models whose code comes with their files (off by default)."),
     ] = False,
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", help="Print the version and exit.", is_eager=True, callback=_print_version
+        ),
+    ] = False,
 ) -> None:
     _state["debug"] = debug
     if trust_remote_code:
         os.environ["SOFTPROMPT_TRUST_REMOTE_CODE"] = "1"
 
 
+def _debugging() -> bool:
+    return _state["debug"] or os.environ.get("SOFTPROMPT_DEBUG") == "1"
+
+
+def _fail(message: str, code: int) -> None:
+    err.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one-line messages and exit codes."""
     _state["debug"] = False
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except SoftpromptError as exc:
-        if _state["debug"] or os.environ.get("SOFTPROMPT_DEBUG") == "1":
+        if _debugging():
             raise
-        err.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        _fail(str(exc), exc.exit_code)
+    except NoArgsIsHelpError as exc:  # bare `softprompt`: the help is out (rich prints it)
+        if exc.format_message().strip():
+            exc.show()
         sys.exit(exc.exit_code)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(exc.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except click_errors.UsageError as exc:
+        _fail(usage_line(exc), exc.exit_code)
+    except click_errors.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except (typer.Abort, KeyboardInterrupt):
         err.print("interrupted")
         sys.exit(130)
     except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        if _state["debug"] or os.environ.get("SOFTPROMPT_DEBUG") == "1":
+        if _debugging():
             raise
-        err.print(f"[bold red]error:[/] {exc.strerror or exc}: {exc.filename}", highlight=False)
-        sys.exit(1)
+        _fail(f"{exc.strerror or exc}: {exc.filename}", 1)
+    if isinstance(code, int) and code:  # a typer.Exit(code); Ctrl-C outside training is 130
+        if code == 130:
+            err.print("interrupted")
+        sys.exit(code)
