@@ -19,6 +19,7 @@ from softprompt.analysis.report import write_report
 from softprompt.analysis.similarity import inner_complexity, similarity_matrices
 from softprompt.analysis.splitting import alignment, knn_location, owners
 from softprompt.data import DataSpec, load_split
+from softprompt.errors import UsageError
 from softprompt.methods.artifact import model_record
 from softprompt.methods.prompt import SoftPrompt
 from softprompt.tasks.classification import ClassificationTask
@@ -186,6 +187,31 @@ def test_explain_two_models_writes_a_self_contained_report(tiny_dirs, tmp_path, 
         assert (tmp_path / "report" / name).is_file(), name
     assert json.loads((tmp_path / "report" / "explain.json").read_text())["length"] == 6
     assert files["html"].endswith("report.html")
+
+
+def test_write_explain_report_projects_in_the_prompts_space(tiny, tmp_path, sentiment_dir):
+    from softprompt.analysis.explain_report import prompt_projection, write_explain_report
+    from softprompt.methods.prompt import save_prompt
+
+    backbone = tiny["llama"]
+    prompt = SoftPrompt(
+        torch.randn(4, 32, generator=torch.Generator().manual_seed(4)),
+        models=[model_record(backbone)],
+        task={"template": "review: {text} sentiment:", "verbalizer": VERBALIZER},
+    )
+    path = save_prompt(prompt, tmp_path / "p.safetensors")
+    result = explain(path, [backbone], str(sentiment_dir), split="dev", max_examples=4)
+    files = write_explain_report(result, path, [backbone], projection="pca")
+    assert files["html"] == str(tmp_path / "p-explain" / "report.html")
+    assert (tmp_path / "p-explain" / "projection.png").is_file()
+    assert prompt_projection(prompt, [backbone], "none") is None
+    wide = SoftPrompt(torch.randn(4, 48))  # another hidden size: only the prompt's points
+    points = prompt_projection(wide, [backbone], "pca")
+    assert points is not None and points["labels"].tolist() == [-1] * 4
+    with pytest.raises(UsageError, match="--projection must be"):
+        write_explain_report(result, path, [backbone], projection="mds")
+    with pytest.raises(UsageError, match="give the report folder"):
+        write_explain_report(result, prompt, [backbone], projection="none")
 
 
 def test_one_model_compression_keeps_the_top_tokens(tiny, sentiment_dir):

@@ -1,6 +1,10 @@
 """The command line: JSON outputs, and one-line errors with the right exit code, no traceback."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -240,3 +244,85 @@ def test_unknown_device_is_a_one_line_error(monkeypatch, capsys, tiny_dirs, comm
     code, _, err = invoke(monkeypatch, capsys, *arguments)
     assert code == 2
     assert err.strip() == "error: --device: unknown device 'gpu0'"
+
+
+def test_misspelt_command_names_the_closest(monkeypatch, capsys):
+    code, _, err = invoke(monkeypatch, capsys, "trian", "x.yaml")
+    assert_one_line_error(code, err, 2, "unknown command 'trian' (did you mean 'train'?)")
+    assert "softprompt --help" in err
+
+
+def test_misspelt_option_names_the_closest(monkeypatch, capsys, tmp_path):
+    code, _, err = invoke(monkeypatch, capsys, "train", tmp_path / "c.yaml", "--qiet")
+    assert_one_line_error(code, err, 2, "unknown option '--qiet' (did you mean '--quiet'?)")
+    assert "softprompt train --help" in err
+    code, _, err = invoke(monkeypatch, capsys, "--debgu", "models")
+    assert_one_line_error(code, err, 2, "did you mean '--debug'?")
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        (["train"], "missing argument"),
+        (["tiny-family", "d", "--count", "x"], "invalid value for '--count'"),
+        (["train", "c.yaml", "--out"], "option '--out' requires an argument"),
+        (["compare", "a", "b", "--bogus"], "unknown option '--bogus'; see"),
+    ],
+)
+def test_other_usage_errors_are_one_line(monkeypatch, capsys, arguments, fragment):
+    code, _, err = invoke(monkeypatch, capsys, *arguments)
+    assert_one_line_error(code, err, 2, fragment)
+
+
+def test_version(monkeypatch, capsys):
+    import softprompt
+
+    code, out, err = invoke(monkeypatch, capsys, "--version")
+    assert code == 0 and err == ""
+    assert out == f"softprompt {softprompt.__version__}\n"
+
+
+def test_bare_softprompt_prints_the_help(monkeypatch, capsys):
+    code, out, err = invoke(monkeypatch, capsys)
+    assert code == 2
+    assert "Usage" in out + err and "transfer-matrix" in out + err
+    assert "Traceback" not in out + err
+
+
+def test_importing_the_cli_leaves_torch_out():
+    import softprompt
+
+    source = str(Path(softprompt.__file__).parents[1])
+    check = (
+        "import sys, softprompt.cli; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", check],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": source},
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+
+
+def test_the_public_api_resolves_lazily():
+    import softprompt
+
+    assert set(softprompt._EXPORTS) == set(softprompt.__all__)
+    assert set(softprompt.__all__) <= set(dir(softprompt))
+    for name in softprompt.__all__:
+        assert getattr(softprompt, name).__name__ == name
+    from softprompt import generate_samples, train
+
+    assert train.__module__ == "softprompt.training.trainer"
+    assert generate_samples.__module__ == "softprompt.generation"
+    with pytest.raises(AttributeError, match="no attribute 'trian'"):
+        softprompt.trian  # noqa: B018
+
+
+def test_brackets_in_a_message_are_printed_as_they_are(monkeypatch, capsys, tmp_path):
+    missing = tmp_path / "[run]" / "p.safetensors"
+    code, _, err = invoke(monkeypatch, capsys, "predict", missing, "-t", "x")
+    assert_one_line_error(code, err, 1, "[run]")

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from softprompt.errors import ModelError, UsageError
-from softprompt.generation import SamplingOptions, generate
+from softprompt.generation import SamplingOptions, generate, generate_samples
 from softprompt.steering.forward import prompted_hidden
 
 GREEDY = SamplingOptions(max_new_tokens=4, greedy=True)
@@ -48,3 +48,27 @@ def test_generation_errors(tiny):
         generate(tiny["bert"], ["great"], None, GREEDY)
     with pytest.raises(UsageError, match="temperature"):
         generate(tiny["llama"], ["great"], None, SamplingOptions(temperature=0))
+
+
+def test_generate_samples_repeats_each_text_and_compares_with_the_bare_model(tiny):
+    backbone = tiny["llama"]
+    prompt = torch.randn(3, 32) * 0.5
+    rows = generate_samples(backbone, ["great", "awful"], prompt, GREEDY, compare=True)
+    assert [set(r) for r in rows] == [{"text", "with_prompt", "without_prompt"}] * 2
+    assert [r["with_prompt"] for r in rows] == generate(
+        backbone, ["great", "awful"], prompt, GREEDY
+    )
+    assert [r["without_prompt"] for r in rows] == generate(
+        backbone, ["great", "awful"], None, GREEDY
+    )
+    sampled = SamplingOptions(max_new_tokens=3, seed=1)
+    rows = generate_samples(backbone, ["great", "awful"], None, sampled, num_samples=2)
+    assert [r["text"] for r in rows] == ["great", "great", "awful", "awful"]
+    assert all(set(r) == {"text", "generated"} for r in rows)
+
+
+def test_generate_samples_errors(tiny):
+    with pytest.raises(UsageError, match="--compare needs a PROMPT"):
+        generate_samples(tiny["llama"], ["great"], None, GREEDY, compare=True)
+    with pytest.raises(UsageError, match="--num-samples needs sampling"):
+        generate_samples(tiny["llama"], ["great"], torch.zeros(2, 32), GREEDY, num_samples=2)

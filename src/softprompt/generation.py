@@ -81,3 +81,32 @@ def _generation_kwargs(backbone: Backbone, options: SamplingOptions) -> dict:
         if options.top_p is not None:
             kwargs["top_p"] = options.top_p
     return kwargs
+
+
+def generate_samples(
+    backbone: Backbone,
+    texts: list[str],
+    prompt: SteeringLike = None,
+    options: SamplingOptions | None = None,
+    *,
+    num_samples: int = 1,
+    compare: bool = False,
+) -> list[dict[str, str]]:
+    """Each text continued `num_samples` times (each sample drawn separately), one row per
+    sample: {"text", "with_prompt"} ({"text", "generated"} without a prompt), and with `compare`
+    also "without_prompt", the bare model's continuation under the same options and seed, to
+    show what the prompt changes."""
+    options = options or SamplingOptions()
+    if compare and prompt is None:
+        raise UsageError("--compare needs a PROMPT to compare against the bare model")
+    if num_samples < 1:
+        raise UsageError("--num-samples must be at least 1")
+    if num_samples > 1 and options.greedy:
+        raise UsageError("--num-samples needs sampling; leave out --greedy")
+    repeated = [text for text in texts for _ in range(num_samples)]
+    steered = generate(backbone, repeated, prompt, options)
+    key = "generated" if prompt is None else "with_prompt"
+    if not compare:
+        return [{"text": t, key: g} for t, g in zip(repeated, steered)]
+    bare = generate(backbone, repeated, None, options)
+    return [{"text": t, key: g, "without_prompt": b} for t, g, b in zip(repeated, steered, bare)]

@@ -1,0 +1,88 @@
+"""Commands that train prompts: train, study (a grid of trainings) and demo."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from softprompt.cli.common import JsonOpt, emit, out
+from softprompt.errors import UsageError
+
+
+def train(
+    config: Annotated[Path, typer.Argument(help="Training config (YAML).")],
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a key: --set train.lr=0.1")
+    ] = None,
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue the run in this directory from its checkpoint.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a soft prompt; writes prompt.safetensors (best), metrics.jsonl and summary.json."""
+    from softprompt.config import load_config
+    from softprompt.training.trainer import train as run_training
+
+    if resume is not None and out_dir is not None and resume != out_dir:
+        raise UsageError("give either --out or --resume (the run directory to continue), not both")
+    cfg = load_config(config, set_ or [])
+    run_dir = resume or out_dir or Path("runs") / f"{config.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    summary = run_training(cfg, run_dir, resume=resume is not None, progress=not quiet)
+
+    def render(s: dict) -> None:
+        best = s["best_dev"] or {}
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in best.items())
+        out.print(f"best dev ({s['best_metric']}) at step {s['best_step']}: {shown}")
+        out.print(f"{s['train_samples_per_second']:.1f} samples/s; prompt: {s['prompt_path']}")
+
+    emit(summary, as_json, render)
+
+
+def study(
+    study_file: Annotated[Path, typer.Argument(help="Study YAML (base config and the grid).")],
+    out_dir: Annotated[Path, typer.Option("--out", help="Study directory.")] = Path("runs/study"),
+    quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a grid of trainings (model sets x seeds); finished runs are skipped on re-run."""
+    from softprompt.study import load_study, run_study
+
+    result = run_study(load_study(study_file), out_dir, progress=not quiet)
+
+    def render(r: dict) -> None:
+        table = Table("group", "models", "runs", "mean", "std", title=f"{r['metric']}")
+        for g in r["groups"]:
+            models_shown = ", ".join(Path(m).name for m in g["models"])
+            table.add_row(
+                g["group"], models_shown, str(g["runs"]), f"{g['mean']:.4f}", f"{g['std']:.4f}"
+            )
+        out.print(table)
+        out.print(f"std: {r['std']}; written to {out_dir}/study.csv")
+
+    emit(result, as_json, render)
+
+
+def demo(
+    out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key.")] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a 16-token prompt on the bundled SmolLM2 (sample sentiment); zero-shot vs trained."""
+    from softprompt.demo import run_demo
+
+    result = run_demo(out_dir, set_ or [], progress=not quiet)
+
+    def render(r: dict) -> None:
+        out.print(f"model: {r['model']}  test examples: {r['test_examples']}")
+        out.print(f"zero-shot accuracy: {r['zero_shot_accuracy']:.3f}")
+        out.print(f"trained accuracy:   {r['trained_accuracy']:.3f}")
+        out.print(f"run written to {r['run_dir']} ({r['seconds']:.0f} s)")
+
+    emit(result, as_json, render)
