@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from softprompt.cli import analysis, crossmodel, interop, models, training, using
+from softprompt.cli import analysis, crossmodel, interop, models, serving, training, using
 from softprompt.cli.common import err
 from softprompt.cli.usage import (
     Command,
@@ -55,6 +55,7 @@ COMMANDS = {
     "compare": analysis.compare,
     "export": interop.export,
     "import": interop.import_prompt,
+    "serve": serving.serve,
 }
 for _name, _command in COMMANDS.items():
     app.command(_name, cls=Command)(_command)

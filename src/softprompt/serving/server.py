@@ -6,6 +6,7 @@ SIGTERM, which stop new connections, let the requests in flight finish, and exit
 
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 import threading
@@ -94,11 +95,15 @@ class Server:
         """Serve in this thread until SIGINT/SIGTERM; in-flight requests finish first."""
         sock = _bound_socket(self.host, self.port)
         self.engine.start()
-        print(f"serving {len(self.adapters)} models on {self.url}", file=sys.stderr)
+        # uvicorn raises the signal it caught again once it has shut down; a handler that does
+        # nothing lets that end the process normally (exit 0) instead of by the signal
+        previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             uvicorn.Server(self._config()).run(sockets=[sock])
         finally:
             self.engine.stop()
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def __enter__(self) -> Server:
         return self.start()

@@ -1,0 +1,63 @@
+"""`softprompt serve`: many prompts and prefixes on one frozen model behind an
+OpenAI-compatible API."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from softprompt.cli.common import DeviceOpt, DtypeOpt, err
+
+
+def serve(
+    artifacts: Annotated[
+        list[Path] | None, typer.Argument(help="Prompt or prefix .safetensors files to serve.")
+    ] = None,
+    adapters: Annotated[
+        Path | None,
+        typer.Option(help="A folder of artifacts and PEFT adapter folders; each is served."),
+    ] = None,
+    model: Annotated[
+        str | None,
+        typer.Option(help="Base model (default: the model the first artifact was trained on)."),
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to bind (loopback unless told).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on.")] = 8000,
+    max_batch: Annotated[int, typer.Option(min=1, help="Rows decoding at once.")] = 16,
+    queue_size: Annotated[
+        int, typer.Option(min=1, help="Requests waiting for a row before 429.")
+    ] = 256,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Require 'Authorization: Bearer KEY' (or set SOFTPROMPT_API_KEY)."),
+    ] = None,
+    dtype: DtypeOpt = "float32",
+    device: DeviceOpt = "auto",
+) -> None:
+    """Serve every prompt and prefix given (each under its file stem) and the bare model, mixed
+    in one batch, with OpenAI's completions, chat completions and models endpoints, plus
+    /v1/classify, /health and /metrics. SIGINT/SIGTERM finish the requests in flight."""
+    from softprompt.serving.server import Server
+
+    server = Server(
+        artifacts or [],
+        adapters_dir=adapters,
+        model=model,
+        host=host,
+        port=port,
+        max_batch=max_batch,
+        queue_size=queue_size,
+        api_key=api_key or os.environ.get("SOFTPROMPT_API_KEY") or None,
+        device=device,
+        dtype=dtype,
+    )
+    for line in server.refused:
+        err.print(f"[yellow]refused:[/] {line}", highlight=False, soft_wrap=True, markup=True)
+    names = ", ".join(server.adapters)
+    err.print(f"serving {names} on http://{host}:{port}", highlight=False, soft_wrap=True)
+    server.serve_forever()
