@@ -1,7 +1,8 @@
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from softprompt.tasks.suffix import suffix_rate
+from softprompt.tasks.suffix import sentence_starts, suffix_rate
 from softprompt.text.sentences import add_suffix, pack, split_sentences
 
 SMILEY = " 😃"
@@ -54,3 +55,43 @@ def test_packing_property(tiny, text, size):
 def test_suffix_rate_counts_sentence_ends():
     assert suffix_rate(["One. 😃 Two! 😃 Three.", "Four 😃 five? no"], SMILEY) == (0.75, 4)
     assert suffix_rate(["No end here"], SMILEY) == (0.0, 0)
+
+
+def test_japanese_line_breaks_end_sentences_without_punctuation():
+    text = "【お知らせ】臨時休業のご案内\n明日は店を閉めます。よろしくお願いします"
+    assert split_sentences(text) == [
+        "【お知らせ】臨時休業のご案内",
+        "明日は店を閉めます。",
+        "よろしくお願いします",
+    ]
+    english = "A line that wraps\nin the middle. Next."
+    assert split_sentences(english) == ["A line that wraps\nin the middle.", "Next."]
+
+
+def test_sentence_starts_of_text_without_spaces_are_characters():
+    texts = ["週末に祖母の家で梅干し作りを手伝いました。短い文。", "It was a very good day indeed."]
+    starts = sentence_starts(texts, 10)
+    assert starts == ["週末に祖母の家で", "It was a very"]
+
+
+def test_the_japanese_sample_corpus_gives_enough_sentence_starts():
+    from conftest import ROOT
+    from softprompt.data import DataSpec, load_split
+
+    spec = DataSpec(source=str(ROOT / "examples" / "data" / "smiley-ja"), label_field=None)
+    test = load_split(spec, "test")
+    assert len(test) >= 30
+    assert len(sentence_starts([e.text for e in test], 1000)) >= 40
+
+
+def test_the_suffix_rate_refuses_too_few_sentence_starts(tiny):
+    from softprompt.data import Example
+    from softprompt.errors import DataError
+    from softprompt.steering.base import NoSteering
+    from softprompt.tasks.suffix import evaluate_suffix
+
+    examples = [Example(text="短い。", where="x.jsonl:1"), Example(text="One two.", where="x:2")]
+    with pytest.raises(
+        DataError, match="needs at least 10 held-out sentence starts, but the split has 0"
+    ):
+        evaluate_suffix(tiny["llama"], NoSteering(), examples, SMILEY)

@@ -78,14 +78,22 @@ def suffix_rate(generated: list[str], suffix: str) -> tuple[float, int]:
     return (hits / total if total else 0.0), total
 
 
+MIN_STARTS = 10  # fewer sentence starts than this give no rate worth reporting
+START_CHARACTERS = 8  # a start in a language written without spaces (Japanese, Chinese)
+
+
 def sentence_starts(texts: list[str], count: int, words: int = 4) -> list[str]:
-    """Held-out sentence starts: the first few words of each sentence of the given texts."""
+    """Held-out sentence starts: the first `words` words of each sentence that has more; in a
+    sentence written without spaces, its first START_CHARACTERS characters when it has at
+    least twice as many."""
     starts = []
     for text in texts:
         for sentence in split_sentences(text):
             pieces = sentence.split()
             if len(pieces) > words:
                 starts.append(" ".join(pieces[:words]))
+            elif len(pieces) == 1 and len(sentence) >= 2 * START_CHARACTERS:
+                starts.append(sentence[:START_CHARACTERS])
     return starts[:count]
 
 
@@ -103,6 +111,13 @@ def evaluate_suffix(
     """Suffix rate of sampled continuations with and without the prefix (or prompt), and
     held-out perplexity of the suffixed text with and without it."""
     starts = sentence_starts([e.text for e in examples], samples)
+    if len(starts) < min(MIN_STARTS, samples):
+        raise DataError(
+            f"the suffix rate needs at least {min(MIN_STARTS, samples)} held-out sentence "
+            f"starts, but the split has {len(starts)} (a start is the first {4} words of a "
+            f"sentence with more, or the first {START_CHARACTERS} characters of a sentence "
+            f"without spaces of at least {2 * START_CHARACTERS}); give more documents"
+        )
     options = SamplingOptions(max_new_tokens=max_new_tokens, temperature=temperature, seed=seed)
     rates, counted, outputs = {}, {}, {}
     for name, steer in (("with_prefix", prefix), ("without_prefix", NoSteering())):

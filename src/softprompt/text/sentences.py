@@ -32,11 +32,14 @@ NEVER_ENDS = {
 # Abbreviations that end a sentence when a capitalised word follows ("at 5 p.m. Then ...").
 MAY_END = {"a.m", "p.m", "u.s", "u.k", "u.n"}
 CLOSERS = "\"'”’)]」』"
+# a line break after kana or kanji ends a sentence (a heading, a list item) even without 。
+CJK_LINE_END = re.compile(r"(?<=[\u3040-\u30ff\u3400-\u9fff\uff66-\uff9f])\n")
 CANDIDATE = re.compile(r"[.!?。！？]+[" + re.escape(CLOSERS) + r"]*")
 
 
 def sentence_ends(text: str) -> list[int]:
-    """Character offsets just after each sentence's final punctuation (and closing quotes)."""
+    """Character offsets just after each sentence's final punctuation (and closing quotes),
+    and at line breaks that follow Japanese or Chinese text without it."""
     ends = []
     for match in CANDIDATE.finditer(text):
         end = match.end()
@@ -59,6 +62,7 @@ def sentence_ends(text: str) -> list[int]:
             elif len(word) == 1 and word.isalpha() and following:
                 continue  # an initial: "J. Smith"
         ends.append(end)
+    ends = sorted({*ends, *(m.start() for m in CJK_LINE_END.finditer(text))})
     if text.rstrip() and (not ends or ends[-1] < len(text.rstrip())):
         ends.append(len(text.rstrip()))  # a last sentence without final punctuation
     return ends
