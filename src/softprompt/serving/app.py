@@ -44,6 +44,12 @@ class APIError(Exception):
         return JSONResponse(body, status_code=self.status, headers=headers)
 
 
+def busy() -> APIError:
+    """429: the engine's queue is full."""
+    message = f"the server is busy (its queue is full); retry after {RETRY_AFTER_SECONDS} s"
+    return APIError(429, message, None, "queue_full")
+
+
 class Service:
     """What the routes need: the engine, the adapters, the limits, the metrics."""
 
@@ -121,12 +127,7 @@ class Service:
         except QueueFull:
             for job in jobs:
                 job.cancelled.set()
-            raise APIError(
-                429,
-                f"the server is busy (its queue is full); retry after {RETRY_AFTER_SECONDS} s",
-                None,
-                "queue_full",
-            ) from None
+            raise busy() from None
         return jobs, events
 
 
@@ -381,12 +382,7 @@ def _classify_route(app: FastAPI, service: Service) -> None:
         try:
             service.engine.submit(Call(run, done))
         except QueueFull:
-            raise APIError(
-                429,
-                f"the server is busy (its queue is full); retry after {RETRY_AFTER_SECONDS} s",
-                None,
-                "queue_full",
-            ) from None
+            raise busy() from None
         try:
             rows = await future
         except SoftpromptError as exc:
