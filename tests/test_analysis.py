@@ -3,6 +3,7 @@
 import json
 import math
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -315,3 +316,35 @@ def test_variant_metrics_with_multi_token_words_equal_one_pass_per_variant(tiny)
         with torch.no_grad():
             losses = task.losses(task.class_scores(variants[v], batch), batch.labels)
         assert float(batched["loss"][v]) == pytest.approx(float(losses.mean()), rel=1e-4)
+
+
+def test_compare_labels_files_by_the_shortest_distinguishing_path(monkeypatch, capsys, tmp_path):
+    from softprompt.cli.analysis import distinct_labels
+    from softprompt.methods.prompt import save_prompt
+    from test_cli import invoke
+
+    paths = [tmp_path / "a" / "prompt.safetensors", tmp_path / "b" / "prompt.safetensors"]
+    paths.append(tmp_path / "c.safetensors")
+    for seed, path in enumerate(paths):
+        save_prompt(
+            SoftPrompt(torch.randn(3, 8, generator=torch.Generator().manual_seed(seed))), path
+        )
+    code, out, err = invoke(monkeypatch, capsys, "compare", *paths, "--json")
+    assert code == 0, err
+    assert json.loads(out)["labels"] == ["a/prompt", "b/prompt", "c"]
+    code, out, err = invoke(monkeypatch, capsys, "compare", *paths)
+    assert code == 0, err
+    assert "a/prompt" in out and "b/prompt" in out
+    assert distinct_labels([Path("x/a/p.pt"), Path("y/a/p.pt"), Path("q.pt")]) == [
+        "x/a/p",
+        "y/a/p",
+        "q",
+    ]
+    assert distinct_labels([Path("a/p.safetensors"), Path("/r/a/p.safetensors")]) == [
+        "a/p",
+        "r/a/p",
+    ]
+    assert distinct_labels([Path("run/p.pt"), Path("run/p.safetensors")]) == [
+        "p.pt",
+        "p.safetensors",
+    ]

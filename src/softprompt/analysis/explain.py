@@ -12,7 +12,8 @@ from softprompt.analysis.neighbours import nearest_tokens
 from softprompt.analysis.splitting import alignment, knn_location, owners
 from softprompt.errors import UsageError
 from softprompt.evaluation import evaluate_task, resolve_task
-from softprompt.methods.prompt import SoftPrompt, load_prompt
+from softprompt.interop.esp import load_any_prompt
+from softprompt.methods.prompt import SoftPrompt
 from softprompt.models.backbone import Backbone, as_backbone
 from softprompt.tasks import load_task
 
@@ -41,7 +42,7 @@ def explain(
     if ablation not in ABLATIONS:
         raise UsageError(f"--ablation must be one of {', '.join(ABLATIONS)}")
     from_file = isinstance(prompt, (str, Path))
-    soft = load_prompt(prompt) if from_file else prompt
+    soft = load_any_prompt(prompt) if from_file else prompt  # .safetensors or research .pt
     name = str(prompt) if from_file else "prompt"
     task_config = resolve_task(soft, data, config=config, template=template, verbalizer=verbalizer)
     if task_config.type != "classification" or not task_config.data:

@@ -29,7 +29,9 @@ from softprompt.errors import UsageError
 
 
 def explain(
-    prompt: Annotated[Path, typer.Argument(help="Prompt .safetensors to explain.")],
+    prompt: Annotated[
+        Path, typer.Argument(help="Prompt .safetensors (or research-code .pt) to explain.")
+    ],
     model: ModelsOpt = None,
     data: DataOpt = None,
     split: SplitOpt = "test",
@@ -57,7 +59,7 @@ def explain(
     from softprompt.models.backbone import load_backbone, resolve_device
 
     check_projection(projection)
-    names = model or [default_model(prompt, None)]
+    names = _model_names(prompt, model)
     place = resolve_device(device, "--device")
     backbones = [load_backbone(name, dtype=dtype, device=place) for name in names]
     result = run_explain(
@@ -80,6 +82,22 @@ def explain(
         result, prompt, backbones, out_dir, projection=projection
     )
     emit(result, as_json, lambda r: _render_explanation(r, names))
+
+
+def _model_names(prompt: Path, model: list[str] | None) -> list[str]:
+    """The models to explain on: those given, else the first the prompt's header records (a
+    research-code .pt records none, so it needs --model; it is read here, so that a bad file
+    fails before any model loads)."""
+    from softprompt.interop.esp import is_esp_file, read_esp_tensor
+
+    if is_esp_file(prompt):
+        read_esp_tensor(prompt)
+        if not model:
+            raise UsageError(
+                f"{prompt} is a research-code prompt and records no model; name the model(s) it "
+                "was trained on with --model"
+            )
+    return model or [default_model(prompt, None)]
 
 
 def _render_explanation(r: dict, names: list[str]) -> None:
@@ -138,24 +156,56 @@ def compress(
 
 
 def compare(
-    prompts: Annotated[list[Path], typer.Argument(help="Two or more prompt files.")],
+    prompts: Annotated[
+        list[Path],
+        typer.Argument(help="Two or more prompt .safetensors or research-code .pt files."),
+    ],
     as_json: JsonOpt = False,
 ) -> None:
-    """The six similarity metrics between prompts, as matrices."""
+    """The six similarity metrics between prompts, as matrices (no model needed)."""
     from softprompt.analysis.similarity import METRICS, similarity_matrices
-    from softprompt.methods.prompt import load_prompt
+    from softprompt.interop.esp import load_any_prompt
 
     if len(prompts) < 2:
         raise UsageError("compare needs at least two prompts")
-    matrices = similarity_matrices([load_prompt(p).embedding for p in prompts])
-    result = {"prompts": [str(p) for p in prompts], "metrics": matrices}
+    embeddings = [load_any_prompt(p).embedding for p in prompts]
+    widths = {str(p): int(e.shape[1]) for p, e in zip(prompts, embeddings)}
+    if len(set(widths.values())) > 1:
+        listed = ", ".join(f"{p} {d}" for p, d in widths.items())
+        raise UsageError(
+            f"prompts of different hidden sizes cannot be compared ({listed}); compare prompts "
+            "of one hidden size, or map one into the other's model with softprompt transfer"
+        )
+    matrices = similarity_matrices(embeddings)
+    result = {
+        "prompts": [str(p) for p in prompts],
+        "labels": distinct_labels(prompts),
+        "metrics": matrices,
+    }
 
     def render(r: dict) -> None:
-        labels = [Path(p).stem for p in r["prompts"]]
         for metric in METRICS:
-            table = Table("", *labels, title=metric)
-            for label, row in zip(labels, r["metrics"][metric]):
+            table = Table("", *r["labels"], title=metric)
+            for label, row in zip(r["labels"], r["metrics"][metric]):
                 table.add_row(label, *["n/a" if v is None else f"{v:.4f}" for v in row])
             out.print(table)
 
     emit(result, as_json, render)
+
+
+def distinct_labels(paths: list[Path]) -> list[str]:
+    """A short label per file: the shortest tail of its path (the file's stem and as few folders
+    as needed) that no other file's tail of that length shares, so that two `prompt.safetensors`
+    of different runs read `a/prompt` and `b/prompt` (the stem alone told them apart only when
+    the names differed). Files equal but for the suffix keep it; a file given twice is one."""
+    stemmed = [(*p.parts[:-1], p.stem) for p in paths]
+    files_per_stem = {s: {q for q, t in zip(paths, stemmed) if t == s} for s in stemmed}
+    tails = [p.parts if len(files_per_stem[s]) > 1 else s for p, s in zip(paths, stemmed)]
+    labels = []
+    for path, parts in zip(paths, tails):
+        others = [t for q, t in zip(paths, tails) if q != path]
+        depth = 1
+        while depth < len(parts) and any(t[-depth:] == parts[-depth:] for t in others):
+            depth += 1
+        labels.append(str(Path(*parts[-depth:])))
+    return labels

@@ -1,5 +1,6 @@
 """Import soft prompts saved by the explainable-soft-prompts research code (`torch.save` of a
-state dict `{"weight": [L, d]}` or of a bare [L, d] tensor).
+state dict `{"weight": [L, d]}` or of a bare [L, d] tensor), and read them where softprompt
+reads its own prompts (`compare`, `explain`).
 
 The file is read with `torch.load(weights_only=True)`: plain tensors only, never code.
 """
@@ -13,10 +14,11 @@ import torch
 
 from softprompt.errors import PromptFileError
 from softprompt.methods.artifact import model_record
-from softprompt.methods.prompt import SoftPrompt
+from softprompt.methods.prompt import SoftPrompt, load_prompt
 from softprompt.models.backbone import Backbone
 
 STATE_DICT_KEYS = ("weight", "prompt", "embedding.weight", "soft_prompt.weight")
+ESP_SUFFIXES = (".pt", ".pth")  # what torch.save files are called; anything else is an artifact
 
 
 def read_esp_tensor(path: str | Path) -> torch.Tensor:
@@ -47,14 +49,46 @@ def read_esp_tensor(path: str | Path) -> torch.Tensor:
     return obj.detach().float().contiguous()
 
 
-def import_esp(path: str | Path, backbones: list[Backbone]) -> SoftPrompt:
-    """A softprompt artifact from a research-code file, for the models the user names."""
+def import_esp(path: str | Path, models: list[Backbone | str]) -> SoftPrompt:
+    """A softprompt artifact from a research-code file, for the models the user names.
+
+    A loaded `Backbone` is recorded in full and the prompt must fit it (its hidden size). A
+    bare model name (a model that could not be loaded here, e.g. a hub id while offline) is
+    recorded as given with the file's hidden size: comparing released prompts needs no model,
+    and the fit is checked later by whatever loads the model (evaluate, explain).
+    """
     embedding = read_esp_tensor(path)
     prompt = SoftPrompt(
         embedding=embedding,
-        models=[model_record(b) for b in backbones],
-        init={"init": "file", "file": str(path), "imported_from": "esp"},
+        models=[_record(m, int(embedding.shape[1])) for m in models],
+        init=_esp_init(path),
     )
-    for backbone in backbones:
-        prompt.check_fits(backbone.hidden_size, backbone.name, source=str(path))
+    for model in models:
+        if not isinstance(model, str):
+            prompt.check_fits(model.hidden_size, model.name, source=str(path))
     return prompt
+
+
+def is_esp_file(path: str | Path) -> bool:
+    """Whether a prompt path names a research-code torch file (by its suffix)."""
+    return Path(path).suffix.lower() in ESP_SUFFIXES
+
+
+def load_any_prompt(path: str | Path) -> SoftPrompt:
+    """A soft prompt from a softprompt `.safetensors` artifact or, by the suffix, a research-code
+    `.pt` file (safely unpickled; it records no model or task), so that analyses of released
+    research prompts need no import step."""
+    if is_esp_file(path):
+        return SoftPrompt(embedding=read_esp_tensor(path), init=_esp_init(path))
+    return load_prompt(path)
+
+
+def _record(model: Backbone | str, hidden_size: int) -> dict:
+    """The header's record of one model: in full when loaded, else its name and the width."""
+    if isinstance(model, str):
+        return {"name": model, "hidden_size": hidden_size}
+    return model_record(model)
+
+
+def _esp_init(path: str | Path) -> dict:
+    return {"init": "file", "file": str(path), "imported_from": "esp"}
