@@ -3,6 +3,7 @@
 The public Python API (everything the CLI does):
 
     from softprompt import load_config, train, evaluate, predict, generate, load_backbone
+    from softprompt import predict_file, generate_file
     from softprompt import explain, compress_prompt, export_peft, import_peft, transfer_prompt
 
 See README.md "Python API" and examples/python_api.py.
@@ -19,6 +20,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ belo
     from softprompt.analysis.explain_report import write_explain_report
     from softprompt.analysis.report import write_report
     from softprompt.analysis.similarity import similarity_matrices
+    from softprompt.batch_files import generate_file, predict_file, read_inputs
     from softprompt.config import TrainConfig, load_config
     from softprompt.crossmodel.cache import load_alignment
     from softprompt.crossmodel.fit import Alignment, fit_alignment
@@ -60,6 +62,7 @@ _EXPORTS = {
     "export_peft": "softprompt.interop.peft",
     "fit_alignment": "softprompt.crossmodel.fit",
     "generate": "softprompt.generation",
+    "generate_file": "softprompt.batch_files",
     "generate_samples": "softprompt.generation",
     "import_esp": "softprompt.interop.esp",
     "import_peft": "softprompt.interop.peft",
@@ -71,6 +74,8 @@ _EXPORTS = {
     "load_prompt": "softprompt.methods.prompt",
     "load_study": "softprompt.study",
     "predict": "softprompt.evaluation",
+    "predict_file": "softprompt.batch_files",
+    "read_inputs": "softprompt.batch_files",
     "run_demo": "softprompt.demo",
     "run_study": "softprompt.study",
     "save_prefix": "softprompt.methods.prefix",
@@ -101,6 +106,7 @@ __all__ = [
     "export_peft",
     "fit_alignment",
     "generate",
+    "generate_file",
     "generate_samples",
     "import_esp",
     "import_peft",
@@ -112,6 +118,8 @@ __all__ = [
     "load_prompt",
     "load_study",
     "predict",
+    "predict_file",
+    "read_inputs",
     "run_demo",
     "run_study",
     "save_prefix",

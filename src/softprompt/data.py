@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import json
 import random
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -118,40 +119,49 @@ def read_file(path: Path, spec: DataSpec) -> list[Example]:
 
 
 def _read_jsonl(path: Path, spec: DataSpec) -> list[Example]:
-    examples = []
     with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{where}: not valid JSON ({exc.msg})") from exc
-            if not isinstance(record, dict):
-                raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
-            examples.append(record_to_example(record, spec, where))
-    return examples
+        return [record_to_example(r, spec, where) for r, where in jsonl_records(handle, path)]
 
 
 def _read_csv(path: Path, spec: DataSpec) -> list[Example]:
-    examples = []
     with path.open(encoding="utf-8", newline="") as handle:
-        reader = csv.DictReader(handle)
-        if not reader.fieldnames:
-            return []
+        return [record_to_example(r, spec, where) for r, where in csv_records(handle, path)]
+
+
+def jsonl_records(lines: Iterable[str], name: str | Path) -> Iterator[tuple[dict, str]]:
+    """Each JSON object of a JSONL stream with its `name:line`, blank lines skipped; a line
+    that is not a JSON object is an error naming the line. Shared by data files and the batch
+    inputs of `predict`/`generate` (which keep the records as they are)."""
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{name}:{number}"
         try:
-            for record in reader:
-                where = f"{path}:{reader.line_num}"
-                if None in record or any(value is None for value in record.values()):
-                    raise DataError(
-                        f"{where}: expected {len(reader.fieldnames)} columns "
-                        f"({', '.join(reader.fieldnames)}), the row has a different number"
-                    )
-                examples.append(record_to_example(record, spec, where))
-        except csv.Error as exc:
-            raise DataError(f"{path}:{reader.line_num}: malformed CSV ({exc})") from exc
-    return examples
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(record, dict):
+            raise DataError(f"{where}: expected a JSON object, got {type(record).__name__}")
+        yield record, where
+
+
+def csv_records(lines: Iterable[str], name: str | Path) -> Iterator[tuple[dict, str]]:
+    """Each row of a CSV stream (header first) as a dict with its `name:line`; a row with the
+    wrong number of columns, or malformed CSV, is an error naming the line."""
+    reader = csv.DictReader(lines)
+    if not reader.fieldnames:
+        return
+    try:
+        for record in reader:
+            where = f"{name}:{reader.line_num}"
+            if None in record or any(value is None for value in record.values()):
+                raise DataError(
+                    f"{where}: expected {len(reader.fieldnames)} columns "
+                    f"({', '.join(reader.fieldnames)}), the row has a different number"
+                )
+            yield record, where
+    except csv.Error as exc:
+        raise DataError(f"{name}:{reader.line_num}: malformed CSV ({exc})") from exc
 
 
 def _read_txt(path: Path, spec: DataSpec) -> list[Example]:

@@ -105,6 +105,41 @@ def evaluate(
     }
 
 
+def classifier(
+    prompt: str | Path | Artifact | None,
+    model: str | Backbone = DEFAULT_MODEL,
+    *,
+    config: str | Path | None = None,
+    template: str | None = None,
+    verbalizer: dict[str, str] | None = None,
+    dtype: str = "float32",
+) -> tuple[Task, Steering, TaskConfig]:
+    """The classification task of a prompt on a model (its recorded task, then `config`, then
+    the overrides), what steers the model, and the resolved task config (whose field names say
+    which record fields hold the texts and the label): what `predict` and the batch files of
+    `softprompt.batch_files` share."""
+    soft = as_artifact(prompt)
+    task_config = resolve_task(soft, config=config, template=template, verbalizer=verbalizer)
+    if task_config.type != "classification":
+        raise UsageError("predict needs a classification task (template and verbalizer)")
+    backbone = as_backbone(model, dtype)
+    steer = steering(soft, backbone, str(prompt))
+    return build_task(task_config, backbone, steer.input_length), steer, task_config
+
+
+def prediction_rows(task: Task, scores: torch.Tensor) -> list[dict]:
+    """For each row of class scores [N, C]: the predicted label and every label's
+    probability (softmax over the task's labels)."""
+    probabilities = torch.softmax(scores, dim=-1)
+    return [
+        {
+            "label": task.labels[int(row.argmax())],
+            "probabilities": {label: float(p) for label, p in zip(task.labels, row)},
+        }
+        for row in probabilities
+    ]
+
+
 @torch.no_grad()
 def predict(
     prompt: str | Path | Artifact | None,
@@ -118,28 +153,13 @@ def predict(
     dtype: str = "float32",
 ) -> list[dict]:
     """The predicted label and the probability of every label, for each text."""
-    soft = as_artifact(prompt)
-    task_config = resolve_task(soft, config=config, template=template, verbalizer=verbalizer)
-    if task_config.type != "classification":
-        raise UsageError("predict needs a classification task (template and verbalizer)")
-    backbone = as_backbone(model, dtype)
-    steer = steering(soft, backbone, str(prompt))
-    task = build_task(task_config, backbone, steer.input_length)
+    task, steer, _ = classifier(
+        prompt, model, config=config, template=template, verbalizer=verbalizer, dtype=dtype
+    )
     pairs = text_b or [None] * len(texts)
     encoded = [
         task.encode(Example(text=t, text_b=b, where="--text"), with_label=False)
         for t, b in zip(texts, pairs)
     ]
-    scores = classification_scores(task, steer, encoded)
-    probabilities = torch.softmax(scores, dim=-1)
-    results = []
-    for text, row in zip(texts, probabilities):
-        best = int(row.argmax())
-        results.append(
-            {
-                "text": text,
-                "label": task.labels[best],
-                "probabilities": {label: float(p) for label, p in zip(task.labels, row)},
-            }
-        )
-    return results
+    rows = prediction_rows(task, classification_scores(task, steer, encoded))
+    return [{"text": text, **row} for text, row in zip(texts, rows)]

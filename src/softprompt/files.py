@@ -1,11 +1,14 @@
-"""safetensors files as softprompt writes and reads them: atomically written (never half a
-file), read with one clear error for anything that is not a readable safetensors file."""
+"""Files as softprompt writes and reads them: safetensors and text outputs atomically written
+(never half a file), safetensors read with one clear error for anything that is not readable."""
 
 from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -28,6 +31,30 @@ def write_safetensors_atomic(
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+@contextmanager
+def atomic_text_file(target: Path) -> Iterator[TextIO]:
+    """A UTF-8 text file that appears at `target` only once the block ends without an error:
+    written to a temp file in the same folder, fsynced and renamed over `target`. On an error
+    the temp file is removed and `target` is left as it was (absent, or the old file)."""
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
+            os.chmod(tmp, 0o666 & ~_umask())  # what open() would give, not mkstemp's 0600
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:

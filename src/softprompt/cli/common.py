@@ -4,8 +4,10 @@ the small helpers that turn options into library arguments and results into outp
 from __future__ import annotations
 
 import json
+import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -45,6 +47,32 @@ DeviceOpt = Annotated[
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="Take the task (template, verbalizer) from a config."),
+]
+
+InputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--input",
+        "-i",
+        help="File of inputs, one JSON line out per input: .jsonl, .csv, .txt (one text per "
+        "line), or - for stdin.",
+    ),
+]
+OutputOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--output", "-o", help="With --input: write the JSON lines to this file (atomically)."
+    ),
+]
+FormatOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--format", help="With --input: jsonl, csv or txt (default: the suffix; stdin: jsonl)."
+    ),
+]
+TextFieldOpt = Annotated[
+    str | None,
+    typer.Option(help="With --input: the record field holding the text (default: the task's)."),
 ]
 
 
@@ -88,3 +116,45 @@ def default_model(prompt_path: Path | None, model: str | None) -> str:
         if models and models[0].get("name"):
             return str(models[0]["name"])
     return DEFAULT_MODEL
+
+
+@contextmanager
+def progress_reporter(
+    what: str, *, rows_on_stdout: bool = False, quiet: bool = False
+) -> Iterator[Callable[[int, int], None]]:
+    """A `(done, total)` callback showing a batch job's progress on stderr: a rich bar when
+    stderr is a terminal (and stdout is not the same screen receiving rows, which a live bar
+    would tear), else at most four plain lines (`what: 50/200`, at each quarter) that read
+    well in a log; nothing when `quiet`."""
+    if err.is_terminal and not (rows_on_stdout and out.is_terminal):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+        columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err, redirect_stdout=False, redirect_stderr=False) as bar:
+            task = bar.add_task(what, total=None)
+            yield lambda done, total: bar.update(task, completed=done, total=total)
+        return
+    if quiet:
+        yield lambda done, total: None
+        return
+    shown = [0]
+
+    def log(done: int, total: int) -> None:
+        quarter = 4 * done // max(total, 1)
+        if done and quarter > shown[0]:
+            shown[0] = quarter
+            err.print(f"{what}: {done}/{total}", markup=False, highlight=False, soft_wrap=True)
+
+    yield log
+
+
+@contextmanager
+def quiet_closed_pipe() -> Iterator[None]:
+    """Rows piped into a reader that stops early (`... | head`): exit 1 quietly, as a closed
+    pipe ends other command-line tools, instead of a traceback on stderr."""
+    try:
+        yield
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's flush at exit must not fail again
+        sys.exit(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,16 +16,23 @@ from softprompt.cli.common import (
     DataOpt,
     DeviceOpt,
     DtypeOpt,
+    FormatOpt,
+    InputOpt,
     JsonOpt,
     ModelOpt,
     ModelsOpt,
+    OutputOpt,
     SplitOpt,
     TemplateOpt,
+    TextFieldOpt,
     VerbalizerOpt,
     default_model,
     emit,
+    err,
     out,
     parse_verbalizer,
+    progress_reporter,
+    quiet_closed_pipe,
 )
 from softprompt.errors import UsageError
 
@@ -99,6 +108,17 @@ def predict(
     text: Annotated[
         list[str] | None, typer.Option("--text", "-t", help="Text to classify.")
     ] = None,
+    input_file: InputOpt = None,
+    output: OutputOpt = None,
+    input_format: FormatOpt = None,
+    text_field: TextFieldOpt = None,
+    label_field: Annotated[
+        str | None,
+        typer.Option(help="With --input: the gold label field (default: the task's, if there)."),
+    ] = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="With --input: inputs per forward pass.")
+    ] = 32,
     model: ModelOpt = None,
     config: ConfigOpt = None,
     template: TemplateOpt = None,
@@ -107,22 +127,50 @@ def predict(
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """The label and the probability of each label for one or more texts."""
-    from softprompt.evaluation import predict as run_prediction
-    from softprompt.models.backbone import load_backbone, resolve_device
+    """The label and the probability of each label for one or more texts, or with --input for
+    every input of a file (one JSON line each; accuracy and macro-F1 when it has labels)."""
+    from softprompt.models.backbone import resolve_device
 
-    if not text:
-        raise UsageError("give at least one --text to classify")
-    place = resolve_device(device, "--device")
-    results = run_prediction(
-        prompt,
+    _check_sources(
         text,
-        load_backbone(default_model(prompt, model), dtype=dtype, device=place),
-        config=config,
-        template=template,
-        verbalizer=parse_verbalizer(verbalizer),
-        dtype=dtype,
+        input_file,
+        "classify",
+        {"--output": output, "--format": input_format, "--text-field": text_field},
+        {"--label-field": label_field},
     )
+    place = resolve_device(device, "--device")
+    options = {"config": config, "template": template, "verbalizer": parse_verbalizer(verbalizer)}
+    if input_file is None:
+        _predict_texts(prompt, text, model, place, dtype, as_json, options)
+        return
+    from softprompt.batch_files import predict_file
+
+    reporter = progress_reporter("predict", rows_on_stdout=_to_stdout(output), quiet=as_json)
+    with quiet_closed_pipe(), reporter as show:
+        summary = predict_file(
+            prompt,
+            input_file,
+            output,
+            model=default_model(prompt, model),
+            fmt=input_format,
+            text_field=text_field,
+            label_field=label_field,
+            batch_size=batch_size,
+            dtype=dtype,
+            device=place,
+            progress=show,
+            **options,
+        )
+    _print_summary(summary, as_json, "predicted")
+
+
+def _predict_texts(prompt, text, model, place, dtype: str, as_json: bool, options: dict) -> None:
+    """`predict -t TEXT ...`: the texts' labels as a list (JSON) or one line each."""
+    from softprompt.evaluation import predict as run_prediction
+    from softprompt.models.backbone import load_backbone
+
+    backbone = load_backbone(default_model(prompt, model), dtype=dtype, device=place)
+    results = run_prediction(prompt, text, backbone, dtype=dtype, **options)
 
     def render(rows: list[dict]) -> None:
         for row in rows:
@@ -132,11 +180,55 @@ def predict(
     emit(results, as_json, render)
 
 
+def _check_sources(
+    text: list[str] | None, input_file: str | None, verb: str, *file_options: dict
+) -> None:
+    """Texts (--text) or a file (--input), one of the two; the file's options only with it."""
+    if text and input_file is not None:
+        raise UsageError("give either --text or --input FILE, not both")
+    if input_file is not None:
+        return
+    if not text:
+        raise UsageError(f"give at least one --text to {verb} (or --input FILE)")
+    for given in file_options:
+        for name, value in given.items():
+            if value is not None:
+                raise UsageError(f"{name} goes with --input FILE, not with --text")
+
+
+def _to_stdout(output: str | None) -> bool:
+    return output is None or output == "-"
+
+
+def _print_summary(summary: dict, as_json: bool, verb: str) -> None:
+    """After the rows: with --json the summary object (on stdout when the rows went to a file,
+    else on stderr, so that stdout stays one JSON line per input); else one line on stderr."""
+    if as_json:
+        stream = sys.stderr if summary["output"] is None else sys.stdout
+        stream.write(json.dumps(summary, ensure_ascii=False) + "\n")
+        return
+    line = f"{verb} {summary['inputs']} inputs of {summary['input']}"
+    line += f" into {summary['output']}" if summary["output"] else ""
+    if "accuracy" in summary:
+        line += (
+            f"; accuracy {summary['accuracy']:.4f}, macro-F1 {summary['macro_f1']:.4f} "
+            f"against the {summary['examples']} labels of the input"
+        )
+    err.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
 def generate(
     prompt: Annotated[Path | None, typer.Argument(help="Prompt .safetensors (or none).")] = None,
     text: Annotated[
         list[str] | None, typer.Option("--text", "-t", help="Text to continue.")
     ] = None,
+    input_file: InputOpt = None,
+    output: OutputOpt = None,
+    input_format: FormatOpt = None,
+    text_field: TextFieldOpt = None,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="With --input: texts per generate call.")
+    ] = 8,
     model: ModelOpt = None,
     greedy: Annotated[bool, typer.Option(help="Greedy decoding instead of sampling.")] = False,
     temperature: float = 1.0,
@@ -153,19 +245,55 @@ def generate(
     as_json: JsonOpt = False,
 ) -> None:
     """Continue texts as given (no template) with a prompt or prefix; --compare shows the bare
-    model too."""
-    from softprompt.evaluation import steering
-    from softprompt.generation import SamplingOptions, generate_samples
-    from softprompt.methods import load_artifact
-    from softprompt.models.backbone import load_backbone, resolve_device
+    model too. With --input, every input of a file, one JSON line each."""
+    from softprompt.generation import SamplingOptions
+    from softprompt.models.backbone import resolve_device
 
-    if not text:
-        raise UsageError("give at least one --text to continue")
+    _check_sources(
+        text,
+        input_file,
+        "continue",
+        {"--output": output, "--format": input_format, "--text-field": text_field},
+    )
     if compare and prompt is None:
         raise UsageError("--compare needs a PROMPT to compare against the bare model")
     options = SamplingOptions(max_new_tokens, greedy, temperature, top_k, top_p, seed)
     options.check()
     place = resolve_device(device, "--device")
+    if input_file is None:
+        _generate_texts(prompt, text, model, place, dtype, as_json, options, num_samples, compare)
+        return
+    settings = {"fmt": input_format, "text_field": text_field or "text", "options": options}
+    settings.update(num_samples=num_samples, compare=compare, batch_size=batch_size)
+    _generate_inputs(prompt, input_file, output, model, place, dtype, as_json, settings)
+
+
+def _generate_inputs(prompt, input_file, output, model, place, dtype, as_json, settings) -> None:
+    """`generate --input FILE`: the library writes the rows; here the progress and summary."""
+    from softprompt.batch_files import generate_file
+
+    reporter = progress_reporter("generate", rows_on_stdout=_to_stdout(output), quiet=as_json)
+    with quiet_closed_pipe(), reporter as show:
+        summary = generate_file(
+            prompt,
+            input_file,
+            output,
+            model=default_model(prompt, model),
+            dtype=dtype,
+            device=place,
+            progress=show,
+            **settings,
+        )
+    _print_summary(summary, as_json, "continued")
+
+
+def _generate_texts(prompt, text, model, place, dtype, as_json, options, num_samples, compare):
+    """`generate -t TEXT ...`: the rows of generate_samples as a list (JSON) or printed."""
+    from softprompt.evaluation import steering
+    from softprompt.generation import generate_samples
+    from softprompt.methods import load_artifact
+    from softprompt.models.backbone import load_backbone
+
     backbone = load_backbone(default_model(prompt, model), dtype=dtype, device=place)
     soft = load_artifact(prompt) if prompt is not None else None
     steer = steering(soft, backbone, str(prompt)) if soft is not None else None

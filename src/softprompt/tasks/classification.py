@@ -7,6 +7,7 @@ rows of it. Metrics: loss, accuracy, macro-F1.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -276,13 +277,17 @@ def classification_scores(
     prompt: SteeringLike,
     encoded: list[EncodedExample],
     batch_size: int = 32,
+    on_batch: Callable[[int], object] | None = None,
 ) -> torch.Tensor:
-    """Class scores [N, C] for every encoded example, in input order."""
+    """Class scores [N, C] for every encoded example, in input order, in length-sorted batches
+    of `batch_size`; `on_batch(n)` is told the examples of each batch done (for progress)."""
     lengths = [max(len(ids) for ids, _, _ in enc.rows) for enc in encoded]
     scores = torch.empty((len(encoded), len(task.labels)))
     for batch_ids in length_batches(lengths, batch_size):
         batch = task.collate([encoded[i] for i in batch_ids])
         scores[batch_ids] = task.class_scores(prompt, batch).float().cpu()
+        if on_batch is not None:
+            on_batch(len(batch_ids))
     return scores
 
 
