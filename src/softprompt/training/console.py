@@ -14,9 +14,11 @@ from softprompt.errors import SoftpromptError
 
 
 class Interrupted(SoftpromptError):
-    """Training stopped by a signal after saving a checkpoint."""
+    """Training stopped by a signal after saving a checkpoint: asked for, so not an error (the
+    CLI prints the message without `error:`), but exit 130 says the run did not finish."""
 
     exit_code = 130
+    is_error = False
 
 
 class DeferredSignals:
