@@ -124,6 +124,30 @@ def test_train_then_evaluate_predict_and_generate(
     assert set(row) == {"text", "with_prompt", "without_prompt"}
 
 
+def test_evaluate_takes_validation_as_the_dev_split(
+    monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir
+):
+    config = write_config(tmp_path, tiny_dirs["llama"], sentiment_dir)
+    results = {}
+    for split in ("validation", "dev"):
+        args = ["--model", tiny_dirs["llama"], "--data", sentiment_dir, "--config", config]
+        code, out, err = invoke(monkeypatch, capsys, "evaluate", *args, "--split", split, "--json")
+        assert code == 0, err
+        results[split] = json.loads(out)
+    assert results["validation"]["split"] == "dev"
+    assert results["validation"] == results["dev"]
+
+
+def test_evaluate_without_a_verbalizer_suggests_the_options(
+    monkeypatch, capsys, tiny_dirs, sentiment_dir
+):
+    code, _, err = invoke(
+        monkeypatch, capsys, "evaluate", "--model", tiny_dirs["llama"], "--data", sentiment_dir
+    )
+    assert_one_line_error(code, err, 2, "the classification task needs a verbalizer")
+    assert "--verbalizer '{" in err and "--config CONFIG" in err
+
+
 def test_models_lists_the_bundled_aliases(monkeypatch, capsys):
     code, out, _ = invoke(monkeypatch, capsys, "models", "--json")
     assert code == 0

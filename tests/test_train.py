@@ -191,3 +191,19 @@ def test_length_bucketing_covers_each_example_once_per_window_and_cuts_padding()
         return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in groups)
 
     assert padding(batches) < 0.5 * padding(plain)
+
+
+def test_python_evaluate_and_predict_default_to_the_prompts_own_model(
+    sentiment_dir, tiny, tiny_dirs, tmp_path
+):
+    from softprompt.evaluation import evaluate, predict
+
+    run(make_config(sentiment_dir, steps=2), tiny, tmp_path)
+    prompt = tmp_path / "prompt.safetensors"
+    trained_on = load_prompt(prompt).models[0]["name"]
+    assert trained_on == tiny["llama"].name  # the tiny model, not the default smollm2-135m
+    result = evaluate(prompt, data=str(sentiment_dir), split="dev")
+    assert result["model"] == trained_on and result["trained_on_model"] is True
+    assert result["examples"] == 100
+    rows = predict(prompt, ["great movie"])
+    assert set(rows[0]["probabilities"]) == {"negative", "positive"}
