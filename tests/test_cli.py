@@ -167,6 +167,13 @@ def test_config_key_typo(monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir
     assert_one_line_error(code, err, 2, "did you mean 'train.steps'")
 
 
+def test_a_set_error_is_blamed_on_the_set(monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir):
+    config = write_config(tmp_path, tiny_dirs["llama"], sentiment_dir)
+    code, _, err = invoke(monkeypatch, capsys, "train", config, "--set", "train.lr=-1")
+    assert_one_line_error(code, err, 2, "error: --set train.lr=-1: train.lr: Input should be")
+    assert str(config) not in err
+
+
 def test_malformed_jsonl_line(monkeypatch, capsys, tmp_path, tiny_dirs):
     data = tmp_path / "data"
     write_jsonl(data / "train.jsonl", [{"text": "a", "label": "positive"}])
