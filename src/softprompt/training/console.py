@@ -45,10 +45,14 @@ class DeferredSignals:
 
 
 def warn(message: str) -> None:
-    """Print a warning on stderr (the run goes on)."""
+    """Print a warning on stderr (the run goes on): one line, never wrapped or cut inside a
+    path, and with the message's own brackets shown as they are."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[yellow]warning:[/] {message}")
+    Console(stderr=True).print(
+        f"[yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False
+    )
 
 
 def _describe_dev(dev: dict) -> str:
