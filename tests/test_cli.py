@@ -124,6 +124,30 @@ def test_train_then_evaluate_predict_and_generate(
     assert set(row) == {"text", "with_prompt", "without_prompt"}
 
 
+def test_evaluate_takes_validation_as_the_dev_split(
+    monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir
+):
+    config = write_config(tmp_path, tiny_dirs["llama"], sentiment_dir)
+    results = {}
+    for split in ("validation", "dev"):
+        args = ["--model", tiny_dirs["llama"], "--data", sentiment_dir, "--config", config]
+        code, out, err = invoke(monkeypatch, capsys, "evaluate", *args, "--split", split, "--json")
+        assert code == 0, err
+        results[split] = json.loads(out)
+    assert results["validation"]["split"] == "dev"
+    assert results["validation"] == results["dev"]
+
+
+def test_evaluate_without_a_verbalizer_suggests_the_options(
+    monkeypatch, capsys, tiny_dirs, sentiment_dir
+):
+    code, _, err = invoke(
+        monkeypatch, capsys, "evaluate", "--model", tiny_dirs["llama"], "--data", sentiment_dir
+    )
+    assert_one_line_error(code, err, 2, "the classification task needs a verbalizer")
+    assert "--verbalizer '{" in err and "--config CONFIG" in err
+
+
 def test_models_lists_the_bundled_aliases(monkeypatch, capsys):
     code, out, _ = invoke(monkeypatch, capsys, "models", "--json")
     assert code == 0
@@ -141,6 +165,90 @@ def test_config_key_typo(monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir
     config = write_config(tmp_path, tiny_dirs["llama"], sentiment_dir)
     code, _, err = invoke(monkeypatch, capsys, "train", config, "--set", "train.stepz=3")
     assert_one_line_error(code, err, 2, "did you mean 'train.steps'")
+
+
+def test_a_set_error_is_blamed_on_the_set(monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir):
+    config = write_config(tmp_path, tiny_dirs["llama"], sentiment_dir)
+    code, _, err = invoke(monkeypatch, capsys, "train", config, "--set", "train.lr=-1")
+    assert_one_line_error(code, err, 2, "error: --set train.lr=-1: train.lr: Input should be")
+    assert str(config) not in err
+
+
+def test_resume_takes_the_runs_own_config_and_refuses_a_changed_one(
+    monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir
+):
+    config = write_config(tmp_path, tiny_dirs["llama"], sentiment_dir)
+    run_dir = tmp_path / "run"
+    assert invoke(monkeypatch, capsys, "train", config, "--out", run_dir, "--quiet")[0] == 0
+    config.write_text(config.read_text().replace("steps: 4", "steps: 6"))
+    code, _, err = invoke(monkeypatch, capsys, "train", config, "--resume", run_dir)
+    assert_one_line_error(code, err, 2, "train.steps is 6 here but 4 in the run; resume without")
+    assert "--allow-changes" in err
+    code, out, err = invoke(monkeypatch, capsys, "train", "--resume", run_dir, "--quiet", "--json")
+    assert code == 0 and json.loads(out)["steps"] == 4, err
+    code, out, err = invoke(
+        monkeypatch, capsys, "train", "--resume", run_dir, "--set", "train.steps=6",
+        "--allow-changes", "--quiet", "--json",
+    )  # fmt: skip
+    assert code == 0 and json.loads(out)["steps"] == 6, err
+    assert "train.steps 4 -> 6" in err and "config-changes.jsonl" in err
+
+
+@pytest.mark.parametrize(
+    ("arguments", "fragment"),
+    [
+        (["--resume", "{tmp}/nope"], "cannot resume {tmp}/nope: no such folder"),
+        (["--resume", "{tmp}"], "cannot resume {tmp}: it has no config.yaml"),
+        (["c.yaml", "--allow-changes"], "--allow-changes goes with --resume DIR"),
+    ],
+)
+def test_resume_usage_errors(monkeypatch, capsys, tmp_path, arguments, fragment):
+    arguments = [a.format(tmp=tmp_path) for a in arguments]
+    code, _, err = invoke(monkeypatch, capsys, "train", *arguments)
+    assert_one_line_error(code, err, 2, fragment.format(tmp=tmp_path))
+    assert not (tmp_path / "nope").exists()
+
+
+HOLD_THE_LOCK = """
+import sys
+from softprompt.training.run_dir import RunDir
+with RunDir(sys.argv[1]).lock():
+    print("locked", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_run_folder_locked_by_another_process_is_refused_at_once(
+    monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir
+):
+    import select
+    import signal
+
+    config = write_config(tmp_path, tiny_dirs["llama"], sentiment_dir)
+    run_dir = tmp_path / "run"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_THE_LOCK, str(run_dir)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        ready, _, _ = select.select([holder.stdout], [], [], 120)
+        assert ready and holder.stdout.readline() == "locked\n"
+        code, _, err = invoke(monkeypatch, capsys, "train", config, "--out", run_dir, "--quiet")
+        assert_one_line_error(
+            code, err, 2, f"{run_dir} is being trained by another process (pid {holder.pid}); wait"
+        )
+        assert "choose another --out" in err
+        assert sorted(p.name for p in run_dir.iterdir()) == ["train.lock"]  # nothing written
+        holder.send_signal(signal.SIGKILL)  # a crash: the OS drops the lock with the process
+        holder.wait(timeout=30)
+    finally:
+        holder.kill()
+        holder.wait(timeout=30)
+    code, _, err = invoke(monkeypatch, capsys, "train", config, "--out", run_dir, "--quiet")
+    assert code == 0, err
+    assert (run_dir / "summary.json").is_file()
 
 
 def test_malformed_jsonl_line(monkeypatch, capsys, tmp_path, tiny_dirs):

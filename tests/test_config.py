@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from softprompt.config import apply_overrides, load_config, validate_config
@@ -69,6 +71,44 @@ def test_load_config_file_errors(tmp_path):
     bad.write_text("task: [unclosed\n")
     with pytest.raises(ConfigError, match="not valid YAML"):
         load_config(bad)
+
+
+def test_load_config_takes_a_dict_as_well_as_a_path(tmp_path):
+    import copy
+
+    import yaml
+
+    raw = _with(train={"steps": 30})
+    kept = copy.deepcopy(raw)
+    from_dict = load_config(raw, ["train.lr=0.05"])
+    assert (from_dict.train.steps, from_dict.train.lr) == (30, 0.05)
+    assert raw == kept  # the overrides did not reach into the caller's dict
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert load_config(path, ["train.lr=0.05"]) == from_dict
+    with pytest.raises(ConfigError, match=r"^config: train.lr"):
+        load_config(_with(train={"lr": -1}))
+
+
+def test_a_set_error_names_the_override_not_the_file(tmp_path):
+    import yaml
+
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(_with(train={"steps": 10})))
+    cases = {
+        "train.lr=-1": r"^--set train.lr=-1: train.lr: Input should be greater than 0",
+        "train.lrr=1": r"^--set train.lrr=1: unknown key 'train.lrr' \(did you mean 'train.lr'",
+        "train.warmup=20": r"^--set train.warmup=20: train: warmup \(20 steps\) is longer",
+        "method=nope": r"^--set method=nope: method: unknown method 'nope'",
+    }
+    for override, message in cases.items():
+        with pytest.raises(ConfigError, match=message):
+            load_config(path, ["train.seed=3", override, "prompt.length=4"])
+    path.write_text(yaml.safe_dump(_with(train={"steps": 10, "lr": -1})))
+    with pytest.raises(
+        ConfigError, match=rf"^{re.escape(str(path))}: train.lr"
+    ):  # the file's own mistake
+        load_config(path, ["train.seed=3", "train.steps=12"])
 
 
 def test_example_configs_are_valid():

@@ -14,6 +14,18 @@ def test_folder_with_split_files(sentiment_dir):
     assert example.where.endswith("dev.jsonl:1")
 
 
+def test_validation_and_its_kin_are_aliases_of_dev(sentiment_dir, tmp_path):
+    spec = DataSpec(str(sentiment_dir))
+    dev = load_split(spec, "dev")
+    for alias in ("validation", "valid", "val"):
+        assert load_split(spec, alias) == dev
+    rows = [{"text": f"t{i}", "label": "a"} for i in range(10)]
+    single = DataSpec(str(write_jsonl(tmp_path / "all.jsonl", rows)), dev_fraction=0.3)
+    assert load_split(single, "validation") == load_split(single, "dev")
+    with pytest.raises(DataError, match="unknown split 'holdout'; use one of train, dev, test"):
+        load_split(spec, "holdout")
+
+
 def test_sample_data_sets_are_balanced_and_distinct(sentiment_dir):
     from conftest import ROOT
 

@@ -165,3 +165,27 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_prompt(tiny, sentiment_di
     last = load_prompt(tmp_path / "run" / "last.safetensors")
     assert torch.isfinite(last.embedding).all()
     assert last.training["step"] == 3
+
+
+def test_ctrl_c_stops_training_with_its_line_but_no_error_prefix(
+    tiny_dirs, sentiment_dir, tmp_path
+):
+    config = config_file(tmp_path, tiny_dirs["llama"], sentiment_dir, steps=100_000)
+    run_dir = tmp_path / "stopped"
+    process = subprocess.Popen(
+        train_command(config, "--out", str(run_dir)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        wait_for_step(process, run_dir, 3)
+        process.send_signal(signal.SIGINT)
+        _, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1].startswith("SIGINT received: stopped at step"), err
+    assert f"softprompt train --resume {run_dir}" in lines[-1]
+    assert "error" not in err.lower() and "Traceback" not in err

@@ -191,3 +191,72 @@ def test_length_bucketing_covers_each_example_once_per_window_and_cuts_padding()
         return sum(max(lengths[i] for i in b) * len(b) - sum(lengths[i] for i in b) for b in groups)
 
     assert padding(batches) < 0.5 * padding(plain)
+
+
+def test_python_evaluate_and_predict_default_to_the_prompts_own_model(
+    sentiment_dir, tiny, tiny_dirs, tmp_path
+):
+    from softprompt.evaluation import evaluate, predict
+
+    run(make_config(sentiment_dir, steps=2), tiny, tmp_path)
+    prompt = tmp_path / "prompt.safetensors"
+    trained_on = load_prompt(prompt).models[0]["name"]
+    assert trained_on == tiny["llama"].name  # the tiny model, not the default smollm2-135m
+    result = evaluate(prompt, data=str(sentiment_dir), split="dev")
+    assert result["model"] == trained_on and result["trained_on_model"] is True
+    assert result["examples"] == 100
+    rows = predict(prompt, ["great movie"])
+    assert set(rows[0]["probabilities"]) == {"negative", "positive"}
+
+
+def test_resume_with_a_changed_config_is_refused_and_leaves_the_run_alone(
+    sentiment_dir, tiny, tmp_path
+):
+    from softprompt.errors import UsageError
+
+    run(make_config(sentiment_dir, steps=4), tiny, tmp_path)
+    before = {n: (tmp_path / n).read_bytes() for n in ("config.yaml", "metrics.jsonl")}
+    changed = make_config(sentiment_dir, steps=6, lr=0.2)
+    message = (
+        f"{tmp_path}: train.steps is 6 here but 4 in the run (also train.lr); resume without "
+        "changes, or pass --allow-changes to record them"
+    )
+    with pytest.raises(UsageError) as raised:
+        run(changed, tiny, tmp_path, resume=True)
+    assert str(raised.value) == message
+    assert {n: (tmp_path / n).read_bytes() for n in before} == before
+    assert not (tmp_path / "config-changes.jsonl").exists()
+    _, summary = run(make_config(sentiment_dir, steps=4), tiny, tmp_path, resume=True)
+    assert summary["steps"] == 4  # the unchanged config resumes
+
+
+def test_allowed_changes_are_used_and_recorded_with_their_step(sentiment_dir, tiny, tmp_path):
+    import yaml
+
+    run(make_config(sentiment_dir, steps=4), tiny, tmp_path)
+    _, summary = run(
+        make_config(sentiment_dir, steps=6), tiny, tmp_path, resume=True, allow_changes=True
+    )
+    assert summary["steps"] == 6
+    records = [json.loads(x) for x in (tmp_path / "config-changes.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["changes"]) for r in records] == [
+        (4, {"train.steps": {"run": 4, "now": 6}})
+    ]
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["train"]["steps"] == 6
+    steps = [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [s for s in steps if s > 4] == [5, 6, 6]  # steps 5, 6 and the eval at 6
+
+
+def test_resume_of_a_missing_folder_or_one_without_its_config_is_an_error(
+    sentiment_dir, tiny, tmp_path
+):
+    from softprompt.errors import UsageError
+
+    config = make_config(sentiment_dir, steps=2)
+    with pytest.raises(UsageError, match=f"cannot resume {tmp_path / 'nope'}: no such folder"):
+        run(config, tiny, tmp_path / "nope", resume=True)
+    assert not (tmp_path / "nope").exists()  # no fresh run started there
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match="it has no config.yaml, so it is not a training run"):
+        run(config, tiny, tmp_path / "empty", resume=True)
+    assert list((tmp_path / "empty").iterdir()) == []

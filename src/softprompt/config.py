@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import difflib
 import functools
 from pathlib import Path
@@ -226,36 +227,96 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
     return raw
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a YAML config (or start empty), apply overrides, validate."""
-    raw: dict = {}
-    if path is not None:
-        source = Path(path)
-        if not source.is_file():
-            raise ConfigError(f"config file not found: {source}")
-        try:
-            raw = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise ConfigError(f"config {source}{where}: not valid YAML") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"config {source}: the top level must be a mapping of keys")
-    raw = apply_overrides(raw, overrides or [])
-    return validate_config(raw, source=str(path) if path else "config")
+def load_config(
+    source: str | Path | dict | None, overrides: list[str] | None = None
+) -> TrainConfig:
+    """Read a YAML config file (or take a dict, or start empty), apply `key=value` overrides,
+    validate. An invalid value that an override brought in is blamed on `--set KEY=VALUE`,
+    anything else on the file."""
+    raw = _read_raw(source)
+    name = str(source) if isinstance(source, (str, Path)) else "config"
+    items = list(overrides or [])
+    try:
+        return _validated(apply_overrides(copy.deepcopy(raw), items))
+    except _Invalid as problem:
+        culprit = _blamed_override(raw, items, problem)
+        where = f"--set {culprit}" if culprit is not None else name
+        raise ConfigError(f"{where}: {problem.message}") from problem.__cause__
 
 
-def validate_config(raw: dict, source: str = "config") -> TrainConfig:
-    """A validated config for the method that `raw` names (default: prompt)."""
+def _read_raw(source: str | Path | dict | None) -> dict:
+    """The config as a dict (a copy of a dict given, so overrides leave the caller's alone)."""
+    if source is None:
+        return {}
+    if isinstance(source, dict):
+        return copy.deepcopy(source)
+    path = Path(source)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config {path}{where}: not valid YAML") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path}: the top level must be a mapping of keys")
+    return raw
+
+
+class _Invalid(Exception):
+    """A config that does not validate: where (`loc`, the key path) and the one-line reason."""
+
+    def __init__(self, loc: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.loc, self.message = loc, message
+
+
+def _validated(raw: dict) -> TrainConfig:
+    """`raw` validated by its method's config class, or _Invalid naming the key."""
     method = raw.get("method", "prompt")
     try:
         model = config_class(str(method))
     except ConfigError as exc:
-        raise ConfigError(f"{source}: method: {exc}") from exc
+        raise _Invalid(("method",), f"method: {exc}") from exc
     try:
         return model.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(f"{source}: {describe_error(exc, model)}") from exc
+        loc = tuple(str(part) for part in exc.errors()[0]["loc"])
+        raise _Invalid(loc, describe_error(exc, model)) from exc
+
+
+def _blamed_override(raw: dict, items: list[str], problem: _Invalid) -> str | None:
+    """The override that caused `problem`: the last one on a key related to the problem's key
+    (one is a prefix of the other) without which the problem goes away or changes."""
+    for index in reversed(range(len(items))):
+        key = tuple(items[index].partition("=")[0].strip().split("."))
+        shared = min(len(key), len(problem.loc))
+        if key[:shared] != problem.loc[:shared]:
+            continue
+        others = items[:index] + items[index + 1 :]
+        if _problem(raw, others) != (problem.loc, problem.message):
+            return items[index]
+    return None
+
+
+def _problem(raw: dict, items: list[str]) -> tuple[tuple[str, ...], str] | None:
+    """Where and why `raw` with the overrides `items` is invalid; None when it is valid."""
+    try:
+        _validated(apply_overrides(copy.deepcopy(raw), items))
+    except _Invalid as problem:
+        return problem.loc, problem.message
+    except ConfigError as exc:  # these overrides do not even apply
+        return (), str(exc)
+    return None
+
+
+def validate_config(raw: dict, source: str = "config") -> TrainConfig:
+    """A validated config for the method that `raw` names (default: prompt)."""
+    try:
+        return _validated(raw)
+    except _Invalid as problem:
+        raise ConfigError(f"{source}: {problem.message}") from problem.__cause__
 
 
 def describe_error(exc: ValidationError, root: type[BaseModel] | None = None) -> str:

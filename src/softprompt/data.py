@@ -53,10 +53,20 @@ class DataSpec:
     max_examples: int | None = None
 
 
+def canonical_split(split: str) -> str:
+    """train, dev or test for a split name or its alias (validation, valid and val are dev):
+    the names a split file may have are the names a user may ask for."""
+    for name, aliases in SPLIT_ALIASES.items():
+        if split in aliases:
+            return name
+    raise DataError(
+        f"unknown split {split!r}; use one of {', '.join(SPLITS)} (validation also means dev)"
+    )
+
+
 def load_split(spec: DataSpec, split: str) -> list[Example]:
-    """The examples of one split (train, dev or test), never empty."""
-    if split not in SPLITS:
-        raise DataError(f"unknown split {split!r}; use one of {', '.join(SPLITS)}")
+    """The examples of one split (train, dev or test, or an alias of one), never empty."""
+    split = canonical_split(split)
     if spec.source.startswith("hf:"):
         examples = _load_hf(spec, split)
     else:

@@ -1,6 +1,8 @@
 """Errors a user can cause and fix: each carries a one-line message and an exit code.
 
-The CLI prints these as `error: <message>` without a traceback; anything else is a bug.
+The CLI prints these as `error: <message>` without a traceback; anything else is a bug. A
+subclass with `is_error = False` is an intended stop (training stopped by Ctrl-C), printed as
+its message alone.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ class SoftpromptError(Exception):
     """A failure the user can act on. Exit code 1 (runtime failure) unless a subclass says."""
 
     exit_code = 1
+    is_error = True  # False: an intended stop, not a failure (no `error:` prefix)
 
 
 class UsageError(SoftpromptError):

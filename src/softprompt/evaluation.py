@@ -9,7 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from softprompt.config import TaskConfig, describe_error, load_config
-from softprompt.data import Example, load_split
+from softprompt.data import Example, canonical_split, load_split
 from softprompt.errors import UsageError
 from softprompt.methods import load_artifact
 from softprompt.methods.base import Artifact
@@ -58,15 +58,33 @@ def resolve_task(
     if data is not None:
         raw["data"] = data
     raw.setdefault("data", "")
+    if raw.get("type", "classification") == "classification" and not raw.get("verbalizer"):
+        origin = "the prompt's metadata has none" if prompt is not None else "no prompt gives one"
+        raise UsageError(
+            f"the classification task needs a verbalizer and {origin}; pass --verbalizer "
+            '\'{"negative": " bad", "positive": " good"}\' or --config CONFIG (a config '
+            "with the task), verbalizer= or config= in Python"
+        )
     try:
         return TaskConfig.model_validate(raw)
     except ValidationError as exc:
         raise UsageError(f"task: {describe_error(exc, TaskConfig)}") from exc
 
 
+def model_for(artifact: Artifact | None, model: str | Backbone | None = None) -> str | Backbone:
+    """The model to run: the one given, else the first model the prompt was trained on, else the
+    default model. The CLI and the Python API pick alike, so that a prompt is not sent by default
+    to a model it does not fit."""
+    if model is not None:
+        return model
+    if artifact is not None and artifact.models and artifact.models[0].get("name"):
+        return str(artifact.models[0]["name"])
+    return DEFAULT_MODEL
+
+
 def evaluate(
     prompt: str | Path | Artifact | None,
-    model: str | Backbone = DEFAULT_MODEL,
+    model: str | Backbone | None = None,
     data: str | None = None,
     *,
     split: str = "test",
@@ -79,7 +97,8 @@ def evaluate(
     samples: int = 40,
 ) -> dict:
     """Metrics of a prompt or prefix (or, with `prompt=None`, the bare model zero-shot) on a
-    data split. The task comes from the artifact's metadata unless given. For the suffix task
+    data split. The model defaults to the prompt's own (`model_for`), the task to the artifact's
+    metadata; `split` may be an alias (validation is dev). For the suffix task
     the metric is the suffix rate of sampled continuations, with and without the prefix.
     """
     soft = as_artifact(prompt)
@@ -88,8 +107,9 @@ def evaluate(
     )
     if not task_config.data:
         raise UsageError("no data given: pass --data (a folder, a file or hf:NAME)")
-    backbone = as_backbone(model, dtype)
+    backbone = as_backbone(model_for(soft, model), dtype)
     steer = steering(soft, backbone, str(prompt))
+    split = canonical_split(split)
     examples = load_split(data_spec(task_config), split)
     built = build_task(task_config, backbone, steer.input_length)
     with torch.no_grad():
@@ -107,7 +127,7 @@ def evaluate(
 
 def classifier(
     prompt: str | Path | Artifact | None,
-    model: str | Backbone = DEFAULT_MODEL,
+    model: str | Backbone | None = None,
     *,
     config: str | Path | None = None,
     template: str | None = None,
@@ -122,7 +142,7 @@ def classifier(
     task_config = resolve_task(soft, config=config, template=template, verbalizer=verbalizer)
     if task_config.type != "classification":
         raise UsageError("predict needs a classification task (template and verbalizer)")
-    backbone = as_backbone(model, dtype)
+    backbone = as_backbone(model_for(soft, model), dtype)
     steer = steering(soft, backbone, str(prompt))
     return build_task(task_config, backbone, steer.input_length), steer, task_config
 
@@ -144,7 +164,7 @@ def prediction_rows(task: Task, scores: torch.Tensor) -> list[dict]:
 def predict(
     prompt: str | Path | Artifact | None,
     texts: list[str],
-    model: str | Backbone = DEFAULT_MODEL,
+    model: str | Backbone | None = None,
     *,
     config: str | Path | None = None,
     template: str | None = None,
@@ -152,7 +172,8 @@ def predict(
     text_b: list[str] | None = None,
     dtype: str = "float32",
 ) -> list[dict]:
-    """The predicted label and the probability of every label, for each text."""
+    """The predicted label and the probability of every label, for each text; the model
+    defaults to the prompt's own (`model_for`), as in the CLI."""
     task, steer, _ = classifier(
         prompt, model, config=config, template=template, verbalizer=verbalizer, dtype=dtype
     )

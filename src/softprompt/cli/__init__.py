@@ -97,6 +97,12 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+def _stop(message: str, code: int) -> None:
+    """An intended stop (a signal ended training): its line as it is, without `error:`."""
+    err.print(escape(message), highlight=False, soft_wrap=True)
+    sys.exit(code)
+
+
 def main() -> None:
     """Entry point: run the app, turning user errors into one-line messages and exit codes."""
     _state["debug"] = False
@@ -105,6 +111,8 @@ def main() -> None:
     except SoftpromptError as exc:
         if _debugging():
             raise
+        if not exc.is_error:
+            _stop(str(exc), exc.exit_code)
         _fail(str(exc), exc.exit_code)
     except NoArgsIsHelpError as exc:  # bare `softprompt`: the help is out (rich prints it)
         if exc.format_message().strip():

@@ -39,7 +39,7 @@ VerbalizerOpt = Annotated[
     typer.Option(help='Verbalizer as JSON, e.g. \'{"negative": " bad", "positive": " good"}\'.'),
 ]
 DataOpt = Annotated[str | None, typer.Option(help="Folder, file or hf:NAME.")]
-SplitOpt = Annotated[str, typer.Option(help="train, dev or test.")]
+SplitOpt = Annotated[str, typer.Option(help="train, dev (or validation) or test.")]
 BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per forward pass.")]
 DeviceOpt = Annotated[
     str, typer.Option(help="cpu, cuda, cuda:1 ..., or auto: the GPU when there is one.")
@@ -105,17 +105,14 @@ def display_name(name: str) -> str:
 
 
 def default_model(prompt_path: Path | None, model: str | None) -> str:
-    """The given model, else the first model the prompt was trained on, else the default."""
+    """The given model, else the first model the prompt was trained on, else the default (the
+    library's `model_for`, so that the CLI and the Python API pick the same model)."""
+    from softprompt.evaluation import model_for
     from softprompt.methods import load_artifact
-    from softprompt.models.backbone import DEFAULT_MODEL
 
     if model:
         return model
-    if prompt_path is not None:
-        models = load_artifact(prompt_path).models
-        if models and models[0].get("name"):
-            return str(models[0]["name"])
-    return DEFAULT_MODEL
+    return str(model_for(load_artifact(prompt_path) if prompt_path is not None else None))
 
 
 @contextmanager

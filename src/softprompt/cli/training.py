@@ -10,11 +10,16 @@ import typer
 from rich.table import Table
 
 from softprompt.cli.common import JsonOpt, emit, out
+from softprompt.cli.usage import click_errors
 from softprompt.errors import UsageError
 
 
 def train(
-    config: Annotated[Path, typer.Argument(help="Training config (YAML).")],
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Argument(help="Training config (YAML); with --resume, leave out for the run's own."),
+    ] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a key: --set train.lr=0.1")
     ] = None,
@@ -22,18 +27,31 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="Continue the run in this directory from its checkpoint.")
     ] = None,
+    allow_changes: Annotated[
+        bool,
+        typer.Option(help="With --resume: continue with a changed config, recorded in the run."),
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a soft prompt; writes prompt.safetensors (best), metrics.jsonl and summary.json."""
+    """Train a soft prompt; writes prompt.safetensors (best), metrics.jsonl and summary.json.
+
+    The run directory is locked while training; --resume continues a run with its own config."""
     from softprompt.config import load_config
+    from softprompt.training.resume import require_run
     from softprompt.training.trainer import train as run_training
 
-    if resume is not None and out_dir is not None and resume != out_dir:
-        raise UsageError("give either --out or --resume (the run directory to continue), not both")
-    cfg = load_config(config, set_ or [])
+    _check_train_options(ctx, config, out_dir, resume, allow_changes)
+    source = config if config is not None else require_run(resume)
+    cfg = load_config(source, set_ or [])
     run_dir = resume or out_dir or Path("runs") / f"{config.stem}-{datetime.now():%Y%m%d-%H%M%S}"
-    summary = run_training(cfg, run_dir, resume=resume is not None, progress=not quiet)
+    summary = run_training(
+        cfg,
+        run_dir,
+        resume=resume is not None,
+        allow_changes=allow_changes,
+        progress=not quiet,
+    )
 
     def render(s: dict) -> None:
         best = s["best_dev"] or {}
@@ -42,6 +60,24 @@ def train(
         out.print(f"{s['train_samples_per_second']:.1f} samples/s; prompt: {s['prompt_path']}")
 
     emit(summary, as_json, render)
+
+
+def _check_train_options(
+    ctx: typer.Context,
+    config: Path | None,
+    out_dir: Path | None,
+    resume: Path | None,
+    allow_changes: bool,
+) -> None:
+    """Usage errors of `train` before anything loads: CONFIG is needed unless --resume names
+    the run (whose config.yaml is then the config); --allow-changes only goes with --resume."""
+    if config is None and resume is None:
+        param = next(p for p in ctx.command.params if p.name == "config")
+        raise click_errors.MissingParameter(ctx=ctx, param=param)
+    if resume is not None and out_dir is not None and resume != out_dir:
+        raise UsageError("give either --out or --resume (the run directory to continue), not both")
+    if allow_changes and resume is None:
+        raise UsageError("--allow-changes goes with --resume DIR (the run whose config changes)")
 
 
 def study(

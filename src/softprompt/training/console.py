@@ -14,9 +14,11 @@ from softprompt.errors import SoftpromptError
 
 
 class Interrupted(SoftpromptError):
-    """Training stopped by a signal after saving a checkpoint."""
+    """Training stopped by a signal after saving a checkpoint: asked for, so not an error (the
+    CLI prints the message without `error:`), but exit 130 says the run did not finish."""
 
     exit_code = 130
+    is_error = False
 
 
 class DeferredSignals:
@@ -43,10 +45,14 @@ class DeferredSignals:
 
 
 def warn(message: str) -> None:
-    """Print a warning on stderr (the run goes on)."""
+    """Print a warning on stderr (the run goes on): one line, never wrapped or cut inside a
+    path, and with the message's own brackets shown as they are."""
     from rich.console import Console
+    from rich.markup import escape
 
-    Console(stderr=True).print(f"[yellow]warning:[/] {message}")
+    Console(stderr=True).print(
+        f"[yellow]warning:[/] {escape(message)}", soft_wrap=True, highlight=False
+    )
 
 
 def _describe_dev(dev: dict) -> str:

@@ -1,6 +1,8 @@
 """The run directory: what a training run leaves on disk, and how a resumed run reads it back.
 
     config.yaml      the resolved config of the run
+    config-changes.jsonl  changes allowed on resume (`--allow-changes`), with their step
+    train.lock       locked (flock) while a process trains the run; holds that process's pid
     metrics.jsonl    one JSON line per train step and per evaluation
     checkpoints/     step-NNNNNNNN.safetensors: the whole TrainState, the newest few kept
     prompt.safetensors, last.safetensors, summary.json
@@ -14,6 +16,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -26,8 +30,14 @@ from softprompt.training.console import warn
 from softprompt.training.state import TrainState
 from softprompt.training.tracking import Trackers
 
+try:
+    import fcntl
+except ImportError:  # not on POSIX: runs are not locked
+    fcntl = None
+
 CHECKPOINT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
+LOCK_FILE = "train.lock"
 
 
 class RunDir:
@@ -46,6 +56,32 @@ class RunDir:
     def metrics_path(self) -> str | Path:
         """Where this process appends its metrics (nowhere but in the main process)."""
         return self.path / "metrics.jsonl" if self.is_main else os.devnull
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Own the run directory while the block runs: an exclusive flock on train.lock, so a
+        second training into the same folder fails at once instead of interleaving its metrics.
+        The OS drops the lock when the process ends, also on a crash or SIGKILL; the file stays.
+        Only the main process locks (the others of a launch share its run)."""
+        if not self.is_main or fcntl is None:
+            yield
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        with open(self.path / LOCK_FILE, "a+", encoding="utf-8") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                handle.seek(0)
+                owner = handle.read().strip() or "unknown"
+                raise RunBusyError(
+                    f"{self.path} is being trained by another process (pid {owner}); wait for "
+                    "it or choose another --out"
+                ) from None
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"{os.getpid()}\n")
+            handle.flush()
+            yield  # closing the file releases the lock
 
     def refuse_existing(self) -> None:
         """Stop a new run from overwriting one that can still be resumed."""
@@ -66,9 +102,10 @@ class RunDir:
         elif resumed_from is not None:
             warn(f"resuming from {resumed_from} (step {step})")
         self.path.mkdir(parents=True, exist_ok=True)
-        (self.path / "config.yaml").write_text(
-            yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
-        )
+        text = yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
+        temporary = self.path / ".config.yaml.tmp"
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, self.path / "config.yaml")  # other processes read it on resume
         for stale in [*self.path.glob(".*.tmp"), *self.path.glob(f"{CHECKPOINT_DIR}/.*.tmp")]:
             stale.unlink()  # left by a process killed while writing
         metrics_path = self.path / "metrics.jsonl"
@@ -126,6 +163,11 @@ class RunDir:
         """summary.json: what `softprompt train` prints at the end, kept with the run."""
         if self.is_main:
             (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+class RunBusyError(UsageError):
+    """The run directory is locked by another process training into it (exit 2: choose another
+    --out, as for a folder that already holds a run)."""
 
 
 def _restore(state: TrainState, tensors: dict, saved: dict, device: torch.device) -> None:

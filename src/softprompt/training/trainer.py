@@ -29,6 +29,7 @@ from softprompt.steering.forward import as_steering
 from softprompt.tasks import build_task, data_spec
 from softprompt.training.console import DeferredSignals, Interrupted, ProgressBar
 from softprompt.training.distributed import launched_processes
+from softprompt.training.resume import check_resume, record_changes, require_run
 from softprompt.training.run_dir import RunDir, RunLog
 from softprompt.training.schedule import BatchSchedule
 from softprompt.training.state import TrainState
@@ -183,37 +184,47 @@ class Trainer:
 
     # --- a run -------------------------------------------------------------------------------
 
-    def run(self, resume: bool = False) -> dict:
+    def run(self, resume: bool = False, allow_changes: bool = False) -> dict:
         """Train to the end (or early stop) and write the run directory; returns the summary.
 
+        The run directory is locked for the whole run (another training into it fails at once).
+        `resume` continues the run there, which must exist, with its own config: a changed one
+        is refused unless `allow_changes`, which records the change in config-changes.jsonl.
         SIGINT/SIGTERM finish the current step, save a checkpoint and stop (resumable); a
         non-finite loss stops before the bad update, keeping the last good prompt.
         """
-        state, resumed_from = self._start(resume)
-        started, first_step = time.perf_counter(), state.step
-        stopped_early, last_dev = self._loop(state)
-        seconds = time.perf_counter() - started
-        self.run_dir.save_checkpoint(state)
-        self._save_last(state)
-        summary = self._summary(
-            state,
-            stopped_early=stopped_early,
-            last_dev=last_dev,
-            seconds=seconds,
-            steps_run=state.step - first_step,
-            resumed_from=resumed_from,
-        )
-        self.run_dir.write_summary(summary)
-        self.processes.wait_for_everyone()
+        if resume:
+            require_run(self.out_dir)
+        with self.run_dir.lock():
+            state, resumed_from = self._start(resume, allow_changes)
+            started, first_step = time.perf_counter(), state.step
+            stopped_early, last_dev = self._loop(state)
+            seconds = time.perf_counter() - started
+            self.run_dir.save_checkpoint(state)
+            self._save_last(state)
+            summary = self._summary(
+                state,
+                stopped_early=stopped_early,
+                last_dev=last_dev,
+                seconds=seconds,
+                steps_run=state.step - first_step,
+                resumed_from=resumed_from,
+            )
+            self.run_dir.write_summary(summary)
+            self.processes.wait_for_everyone()
         return summary
 
-    def _start(self, resume: bool) -> tuple[TrainState, Path | None]:
-        """A fresh state, or the newest good checkpoint's; metrics past it are dropped."""
+    def _start(self, resume: bool, allow_changes: bool) -> tuple[TrainState, Path | None]:
+        """A fresh state, or the newest good checkpoint's; metrics past it are dropped. A resumed
+        run's config must be its own, or the allowed change is recorded at the resumed step."""
         if not resume:
             self.run_dir.refuse_existing()
+        changes = check_resume(self.out_dir, self.config, allow_changes) if resume else {}
         torch.manual_seed(self.settings.seed)
         state = self.fresh_state()
         resumed_from = self.load_checkpoint(state) if resume else None
+        if changes and self.processes.is_main:
+            record_changes(self.out_dir, changes, state.step)
         self.run_dir.prepare(self.config, state.step, resume, resumed_from)
         self.processes.wait_for_everyone()
         return state, resumed_from
@@ -284,8 +295,7 @@ class Trainer:
         received = signals.received or "a signal (in another process)"
         raise Interrupted(
             f"{received} received: stopped at step {state.step} with a "
-            f"checkpoint; continue with `softprompt train CONFIG --resume "
-            f"{self.out_dir}`"
+            f"checkpoint; continue with `softprompt train --resume {self.out_dir}`"
         )
 
     def _save_last(self, state: TrainState) -> None:
@@ -372,8 +382,11 @@ def train(
     out_dir: str | Path,
     *,
     resume: bool = False,
+    allow_changes: bool = False,
     progress: bool = True,
     backbones: list[Backbone] | None = None,
 ) -> dict:
-    """Train a soft prompt as configured; writes the run directory and returns its summary."""
-    return Trainer(config, out_dir, backbones=backbones, progress=progress).run(resume=resume)
+    """Train a soft prompt as configured; writes the run directory and returns its summary.
+    `resume` continues the run in `out_dir` (see `Trainer.run` for `allow_changes`)."""
+    trainer = Trainer(config, out_dir, backbones=backbones, progress=progress)
+    return trainer.run(resume=resume, allow_changes=allow_changes)
