@@ -202,14 +202,14 @@ class Trainer:
             seconds = time.perf_counter() - started
             self.run_dir.save_checkpoint(state)
             self._save_last(state)
-            summary = self._summary(
-                state,
-                stopped_early=stopped_early,
-                last_dev=last_dev,
-                seconds=seconds,
-                steps_run=state.step - first_step,
-                resumed_from=resumed_from,
-            )
+            outcome = {
+                "stopped_early": stopped_early,
+                "last_dev": last_dev,
+                "seconds": seconds,
+                "steps_run": state.step - first_step,
+                "resumed_from": resumed_from,
+            }
+            summary = self._summary(state, outcome)
             self.run_dir.write_summary(summary)
             self.processes.wait_for_everyone()
         return summary
@@ -301,32 +301,23 @@ class Trainer:
     def _save_last(self, state: TrainState) -> None:
         self.write_artifact(state, {"step": state.step}, self.out_dir / "last.safetensors")
 
-    def _summary(
-        self,
-        state: TrainState,
-        *,
-        stopped_early: bool,
-        last_dev: dict | None,
-        seconds: float,
-        steps_run: int,
-        resumed_from: Path | None,
-    ) -> dict:
+    def _summary(self, state: TrainState, outcome: dict) -> dict:
         """summary.json: where the prompt is, how far the run got and how fast."""
+        seconds, resumed_from = outcome["seconds"], outcome["resumed_from"]
+        per_second = outcome["steps_run"] * self.settings.batch_size / seconds if seconds else 0.0
         return {
             "run_dir": str(self.out_dir),
             "prompt_path": str(self.out_dir / "prompt.safetensors"),
             "models": [b.name for b in self.backbones],
             "steps": state.step,
-            "stopped_early": stopped_early,
+            "stopped_early": outcome["stopped_early"],
             "best_metric": self._best_key(),
             "best_value": state.best_value,
             "best_step": state.best_step,
-            "dev": last_dev,
+            "dev": outcome["last_dev"],
             "best_dev": state.best_dev,
             "train_seconds": seconds,
-            "train_samples_per_second": steps_run * self.settings.batch_size / seconds
-            if seconds
-            else 0.0,
+            "train_samples_per_second": per_second,
             "resumed_from": str(resumed_from) if resumed_from else None,
             "processes": self.processes.world,
         }
