@@ -41,8 +41,6 @@ def test_short_training_on_smollm2_beats_zero_shot_on_dev(tmp_path):
             "train.steps=30",
             "train.eval_every=15",
             "train.warmup=0.1",
-            # fp32: on CPUs without native bf16 (AVX2 only) emulated bf16 steps are ~10x slower
-            "train.precision=fp32",
         ],
     )
     trainer = Trainer(config, tmp_path, progress=False)
