@@ -327,6 +327,48 @@ def peft_side(server: Server, folder: Path, names: list[str], max_batch: int) ->
     return PeftSide(models, server.backbone.tokenizer, server.engine.eos, max_batch)
 
 
+class EngineTimers:
+    """Where the server's engine thread spends its time: each of its methods' own seconds
+    (callees' time taken out: `_prefill` calls `_join` and `_advance`, `_step` calls
+    `_advance`), wrapped on the engine instance (the engine's code is unchanged)."""
+
+    METHODS = ("_prefill", "_join", "_step", "_advance", "_drop")
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.seconds = dict.fromkeys(self.METHODS, 0.0)
+        self.calls = dict.fromkeys(self.METHODS, 0)
+        self.rows_stepped = 0
+        self._stack: list[float] = []
+        for name in self.METHODS:
+            setattr(engine, name, self._wrap(name, getattr(engine, name)))
+
+    def _wrap(self, name: str, method):
+        def timed(*args, **kwargs):
+            if name == "_step":
+                self.rows_stepped += len(self.engine.rows)
+            self._stack.append(0.0)
+            started = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - started
+                self.seconds[name] += elapsed - self._stack.pop()
+                self.calls[name] += 1
+                if self._stack:
+                    self._stack[-1] += elapsed
+
+        return timed
+
+    def report(self) -> dict:
+        steps = self.calls["_step"]
+        return {
+            "seconds": dict(self.seconds),
+            "calls": dict(self.calls),
+            "mean_rows_per_step": self.rows_stepped / steps if steps else 0.0,
+        }
+
+
 # --- phases -------------------------------------------------------------------------------
 
 
@@ -582,6 +624,28 @@ def table(result: dict) -> str:
     return "\n".join(rows)
 
 
+def _engine_line(engine: dict, wall: float) -> str:
+    """The server rounds' engine time by method, as shares of their wall time."""
+    words = {
+        "_prefill": "prefill (alone)",
+        "_join": "join (cache padding)",
+        "_step": "decoding forward",
+        "_advance": "pick/decode tokens",
+        "_drop": "drop rows",
+    }
+    parts = [
+        f"{word} {engine['seconds'][m]:.1f} s ({engine['seconds'][m] / wall:.0%}, "
+        f"{engine['calls'][m]} calls)"
+        for m, word in words.items()
+    ]
+    rest = wall - sum(engine["seconds"].values())
+    return (
+        f"server engine over the server rounds' {wall:.1f} s: {', '.join(parts)}; the rest "
+        f"{rest:.1f} s ({rest / wall:.0%}); {engine['mean_rows_per_step']:.1f} rows per "
+        "decoding step on average"
+    )
+
+
 def _other_lines(result: dict) -> list[str]:
     c, d, m = result["contenders"], result["decode"], result["memory"]
     r, t, met = result["ratios"], result["targets"], result["met"]
@@ -591,6 +655,8 @@ def _other_lines(result: dict) -> list[str]:
         f"PEFT computed {peft['computed_tokens']:,} token rows (each batch runs to its longest "
         f"request), {peft['useful_tokens']:,} of them useful",
     ]
+    if "server_engine" in result:
+        lines.append(_engine_line(result["server_engine"], c["server"]["seconds"]))
     for kind in ("mixed", "bare"):
         x = d[kind]
         lines.append(
@@ -608,8 +674,16 @@ def _other_lines(result: dict) -> list[str]:
         "vs_alone": "server tokens/s / one at a time",
         "vs_peft": "server tokens/s / PEFT in turn",
         "mixed_vs_bare": "decode tokens/s, mixed / bare rows",
-        "rss_ratio": "RSS after 1,000 / after 100",
+        "rss_ratio": f"RSS after {m['requests'][1]:,} / after {m['requests'][0]:,} requests",
     }
+    busy = result.get("machine_busy")
+    if busy:
+        lines.append(
+            f"machine during the run ({busy['seconds']:.0f} s): other processes used "
+            f"{busy['others_cores_mean']:.2f} cores on average, this one "
+            f"{busy['own_cores_mean']:.2f}; load average {busy['load_average_start']} at the "
+            f"start, {busy['load_average_end']} at the end"
+        )
     lines.append("targets:")
     for key, word in words.items():
         sign = "<=" if key == "rss_ratio" else ">="
@@ -682,10 +756,12 @@ def run(args) -> dict:
             requests = plan(args.requests, everyone, args.seed, tokens, args.rounds)
             warm_up(server, peft, requests)
             log("throughput ...")
+            timers = EngineTimers(server.engine)  # only the server rounds use its engine
             tallies = throughput_phase(server, peft, requests, args)
             log("decoding steps, mixed vs bare ...")
             decode = decode_phase(server, names, requests, args)
     result = summary(tallies, decode, memory, args)
+    result["server_engine"] = timers.report()
     others, own = whole.cores()
     result["machine_busy"] = {
         "others_cores_mean": others,
