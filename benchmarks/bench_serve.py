@@ -11,11 +11,12 @@ model's token embeddings) and random prefixes of lengths 8 and 16, served beside
 model: 5 names. Requests: seeded prompts (the sample sentiment task's training texts), a
 seeded 16-64 new tokens each, greedy, the 5 names round robin (1/5 each), shuffled.
 
-1. memory: a fresh server answers 100 short requests (8 new tokens, mixed names, 16 clients),
-   then 900 more; the process's RSS (/proc/self/statm) after 100 and after 1,000.
+1. memory: a fresh server answers 100 short requests (the first 3 words of a text, 4 new
+   tokens, mixed names, 16 clients), then 900 more; the process's RSS (/proc/self/statm)
+   after 100 and after 1,000.
 2. throughput, in `--rounds` rounds, each on its own block of the request plan (every name
    alike in each block), the contenders alternating (the order reverses every round); by
-   default 2 rounds of 80 requests, 16 per name:
+   default 2 rounds of 60 requests, 12 per name:
    - server: `--clients` threads, each with its own httpx2 client, take the round's requests
      one after another (closed loop) from /v1/completions; tokens = the usage's
      completion_tokens; wall time from the first request sent to the last answer; latency
@@ -40,10 +41,10 @@ While each phase runs, the CPU time of other processes is read from /proc/stat (
 busy time minus this process's): numbers taken on a busy machine are slower, and the table
 says how busy it was.
 
-Run: PYTHONPATH=src .venv/bin/python benchmarks/bench_serve.py [--requests 160] [--rounds 2]
-     [--clients 16] [--max-batch 16] [--new-tokens 16 64] [--alone-every 5]
-     [--decode-tokens 48] [--decode-rounds 3] [--memory-requests 100 1000]
-     [--memory-tokens 8] [--seed 0] [--threads N] [--json]
+Run: PYTHONPATH=src .venv/bin/python benchmarks/bench_serve.py [--requests 120] [--rounds 2]
+     [--clients 16] [--max-batch 16] [--new-tokens 16 64] [--alone-every 6]
+     [--decode-tokens 32] [--decode-rounds 2] [--memory-requests 100 1000]
+     [--memory-tokens 4] [--seed 0] [--threads N] [--json]
 Small size (checks that it runs; timings mean nothing): --requests 10 --rounds 1
      --alone-every 5 --decode-tokens 4 --decode-rounds 1 --memory-requests 16 32
 """
@@ -84,6 +85,7 @@ from softprompt.steering.prefix import PrefixKV, prefix_geometry
 MODEL = "smollm2-135m"
 LENGTHS = (8, 16)
 TIMEOUT_S = 300  # per HTTP request
+MEMORY_WORDS = 3  # the memory phase's prompts: the first words of each text (short requests)
 TARGETS = {"vs_alone": 4.0, "vs_peft": 1.5, "mixed_vs_bare": 0.85, "rss_ratio": 1.10}
 
 
@@ -186,13 +188,18 @@ def texts() -> list[str]:
 
 
 def plan(
-    count: int, names: list[str], seed: int, tokens: tuple[int, int], blocks: int = 1
+    count: int,
+    names: list[str],
+    seed: int,
+    tokens: tuple[int, int],
+    blocks: int = 1,
+    words: int | None = None,
 ) -> list[Request]:
-    """`count` requests: the names round robin, seeded prompts and max tokens, shuffled
-    within each of `blocks` consecutive blocks (so each block holds every name alike when
-    its size is a multiple of the names)."""
+    """`count` requests: the names round robin, seeded prompts (their first `words` words
+    when given) and max tokens, shuffled within each of `blocks` consecutive blocks (so each
+    block holds every name alike when its size is a multiple of the names)."""
     rng = random.Random(seed)
-    pool = texts()
+    pool = [" ".join(t.split()[:words]) for t in texts()] if words else texts()
     requests = [
         Request(names[i % len(names)], rng.choice(pool), rng.randint(*tokens)) for i in range(count)
     ]
@@ -383,6 +390,7 @@ class Tally:
     latencies: list[float] = field(default_factory=list)
     computed: int = 0  # PEFT: rows x steps, padding-run steps included
     same: int = 0  # texts equal to the server's
+    differing: dict[str, int] = field(default_factory=dict)  # per name, texts that differ
     compared: int = 0
 
     def add(self, tokens: int, measured: dict) -> None:
@@ -399,7 +407,7 @@ def memory_phase(server: Server, names: list[str], args) -> dict:
     first, total = args.memory_requests
     log(f"memory: {first} then {total - first} requests of {args.memory_tokens} new tokens ...")
     fixed = (args.memory_tokens, args.memory_tokens)
-    requests = plan(total, names, args.seed + 1, fixed)
+    requests = plan(total, names, args.seed + 1, fixed, words=MEMORY_WORDS)
     watch = CpuWatch()
     run_clients(server.url, requests[:first], args.clients)
     after_first = rss_bytes()
@@ -445,7 +453,7 @@ def throughput_phase(server: Server, peft: PeftSide, requests: list[Request], ar
         size = -(-len(requests) // args.rounds)
         chunk = requests[number * size : (number + 1) * size]
         order = list(ROUNDS) if number % 2 == 0 else list(reversed(ROUNDS))
-        results = {}
+        results: dict = {"requests": chunk}
         for name in order:
             log(f"  round {number + 1}/{args.rounds}: {name} ({len(chunk)} requests) ...")
             results[name] = ROUNDS[name](server, peft, chunk, args)
@@ -470,6 +478,9 @@ def _settle(tallies: dict[str, Tally], results: dict) -> None:
     tally.requests += len(peft["answers"])
     tally.computed += peft["computed"]
     tally.same += sum(a.text == s.text for a, s in zip(peft["answers"], served))
+    for answer, reply, request in zip(peft["answers"], served, results["requests"]):
+        if answer.text != reply.text:
+            tally.differing[request.name] = tally.differing.get(request.name, 0) + 1
     tally.compared += len(served)
 
 
@@ -570,6 +581,7 @@ def summary(tallies: dict[str, Tally], decode: dict, memory: dict, args) -> dict
     }
     contenders["server"]["latency_s"] = {"p50": quantile(lat, 0.5), "p99": quantile(lat, 0.99)}
     contenders["peft"]["computed_tokens"] = peft.computed
+    contenders["peft"]["differing_by_name"] = peft.differing
     ratios = {
         "vs_alone": server.rate / alone.rate,
         "vs_peft": server.rate / peft.rate,
@@ -653,7 +665,8 @@ def _other_lines(result: dict) -> list[str]:
     lines = [
         "",
         f"PEFT computed {peft['computed_tokens']:,} token rows (each batch runs to its longest "
-        f"request), {peft['useful_tokens']:,} of them useful",
+        f"request), {peft['useful_tokens']:,} of them useful; texts unlike the server's, by "
+        f"name: {peft['differing_by_name'] or 'none'}",
     ]
     if "server_engine" in result:
         lines.append(_engine_line(result["server_engine"], c["server"]["seconds"]))
@@ -684,6 +697,11 @@ def _other_lines(result: dict) -> list[str]:
             f"{busy['own_cores_mean']:.2f}; load average {busy['load_average_start']} at the "
             f"start, {busy['load_average_end']} at the end"
         )
+        if busy["others_cores_mean"] > 0.5 and result.get("torch_threads", 1) > 1:
+            lines.append(
+                "  (with other processes on the cores, torch's intra-op threads wait for each "
+                "other: --threads 1 can be many times faster on a busy machine)"
+            )
     lines.append("targets:")
     for key, word in words.items():
         sign = "<=" if key == "rss_ratio" else ">="
@@ -706,18 +724,18 @@ def warm_up(server: Server, peft: PeftSide, requests: list[Request]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--requests", type=int, default=160, help="throughput requests in all")
+    parser.add_argument("--requests", type=int, default=120, help="throughput requests in all")
     parser.add_argument("--rounds", type=int, default=2, help="chunks the contenders alternate on")
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--max-batch", type=int, default=16, help="server and PEFT batch bound")
     parser.add_argument("--new-tokens", type=int, nargs=2, default=[16, 64], metavar=("MIN", "MAX"))
     parser.add_argument(
-        "--alone-every", type=int, default=5, help="one at a time runs every k-th request"
+        "--alone-every", type=int, default=6, help="one at a time runs every k-th request"
     )
-    parser.add_argument("--decode-tokens", type=int, default=48)
-    parser.add_argument("--decode-rounds", type=int, default=3)
+    parser.add_argument("--decode-tokens", type=int, default=32)
+    parser.add_argument("--decode-rounds", type=int, default=2)
     parser.add_argument("--memory-requests", type=int, nargs=2, default=[100, 1000])
-    parser.add_argument("--memory-tokens", type=int, default=8)
+    parser.add_argument("--memory-tokens", type=int, default=4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -762,6 +780,7 @@ def run(args) -> dict:
             decode = decode_phase(server, names, requests, args)
     result = summary(tallies, decode, memory, args)
     result["server_engine"] = timers.report()
+    result["torch_threads"] = torch.get_num_threads()
     others, own = whole.cores()
     result["machine_busy"] = {
         "others_cores_mean": others,
