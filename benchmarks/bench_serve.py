@@ -45,6 +45,9 @@ Run: PYTHONPATH=src .venv/bin/python benchmarks/bench_serve.py [--requests 120] 
      [--clients 16] [--max-batch 16] [--new-tokens 16 64] [--alone-every 6]
      [--decode-tokens 32] [--decode-rounds 2] [--memory-requests 100 1000]
      [--memory-tokens 4] [--seed 0] [--threads N] [--json]
+With the defaults it took 706 s on 2 AMD EPYC cores with `--threads 1` while other processes
+held one core (BENCHMARKS.md, "Serving"); with torch's 2 threads on such a busy machine every
+operator waits for the descheduled thread and a run takes hours: use --threads 1 there.
 Small size (checks that it runs; timings mean nothing): --requests 10 --rounds 1
      --alone-every 5 --decode-tokens 4 --decode-rounds 1 --memory-requests 16 32
 """

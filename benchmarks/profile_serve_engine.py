@@ -1,0 +1,157 @@
+"""Where the serving engine's time goes, piece by piece (the evidence behind the serving
+section of BENCHMARKS.md): a request's prefill alone (per adapter kind) against prefills
+batched k at a time, a decoding step of 1 and of 16 rows, torch.profiler's top operators of a
+16-row mixed step, and what DynamicCache's per-step concatenation costs at that size.
+
+It drives an `Engine` by hand (its `_prefill` and `_step`, on this thread), with the adapters
+and prompts of bench_serve.py. The engine is not changed.
+
+Run: PYTHONPATH=src .venv/bin/python benchmarks/profile_serve_engine.py [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import bench_serve
+import torch
+from common import machine
+from transformers import DynamicCache
+
+from softprompt.models.backbone import load_backbone
+from softprompt.serving.adapters import artifact_sources, load_adapters
+from softprompt.serving.engine import Engine, Job, Sampling
+from softprompt.steering.base import NoSteering
+
+ROWS = 16
+WARM_STEPS = 20  # decoding steps before timing: a typical cache width
+
+
+def median_seconds(function, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return statistics.median(times)
+
+
+def job(steering, ids: list[int]) -> Job:
+    return Job(steering, ids, Sampling(max_tokens=10**6, temperature=0), lambda *_: None)
+
+
+def prefills(backbone, adapters: dict, requests, prompts) -> None:
+    """One prompt prefilled alone under each adapter; bare prompts batched k at a time."""
+    for name, adapter in adapters.items():
+
+        def alone(steering=adapter.steering) -> None:
+            Engine(backbone)._prefill(job(steering, prompts[0]))
+
+        seconds = median_seconds(alone, 5)
+        print(
+            f"prefill alone, {name}: {seconds * 1e3:.0f} ms "
+            f"({len(prompts[0])} prompt tokens + {adapter.steering.length} steering)"
+        )
+    tokenizer = backbone.tokenizer
+    tokenizer.padding_side = "left"
+    encoded = tokenizer([r.text for r in requests], return_tensors="pt", padding=True)
+    tokenizer.padding_side = "right"
+    for k in (1, 4, 8, 16):
+        ids, mask = encoded.input_ids[:k], encoded.attention_mask[:k]
+
+        def batched(ids=ids, mask=mask) -> None:
+            backbone.model(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=(mask.cumsum(1) - 1).clamp(min=0),
+                past_key_values=DynamicCache(),
+                use_cache=True,
+                logits_to_keep=1,
+            )
+
+        seconds = median_seconds(batched, 3)
+        print(
+            f"prefill batched, {k} bare prompts (left-padded to {ids.shape[1]}): "
+            f"{seconds * 1e3:.0f} ms, {seconds / k * 1e3:.0f} ms per prompt"
+        )
+
+
+def running_engine(backbone, steerings: list, prompts) -> Engine:
+    engine = Engine(backbone, max_batch=ROWS)
+    for steering, ids in zip(steerings, prompts):
+        engine._prefill(job(steering, ids))
+    for _ in range(WARM_STEPS):
+        engine._step()
+    return engine
+
+
+def steps(backbone, adapters: dict, prompts) -> Engine:
+    """Decoding step times; returns the 16-row mixed engine for the profile."""
+    names = list(adapters)
+    mixed = [adapters[names[i % len(names)]].steering for i in range(ROWS)]
+    cases = {"1 bare row": [NoSteering()], f"{ROWS} mixed rows": mixed}
+    cases[f"{ROWS} bare rows"] = [NoSteering()] * ROWS
+    engines = {}
+    for label, steerings in cases.items():
+        engine = running_engine(backbone, steerings, prompts)
+        seconds = median_seconds(engine._step, 7)
+        print(f"decoding step, {label}, cache width {engine.mask.shape[1]}: {seconds * 1e3:.0f} ms")
+        engines[label] = engine
+    return engines[f"{ROWS} mixed rows"]
+
+
+def profile_step(engine: Engine) -> None:
+    from torch.profiler import ProfilerActivity, profile
+
+    count = 5
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(count):
+            engine._step()
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"torch.profiler, {count} steps of {ROWS} mixed rows, top operators by own time:")
+    for event in events[:6]:
+        print(
+            f"  {event.key}: {event.self_cpu_time_total / total:.1%}, "
+            f"{event.self_cpu_time_total / 1e3 / count:.1f} ms per step, "
+            f"{event.count // count} calls per step"
+        )
+    layer = engine.cache.layers[0]
+    keys = layer.keys
+    new = keys[:, :, -1:]
+    layers = len(engine.cache.layers)
+    seconds = median_seconds(lambda: torch.cat([keys, new], dim=-2), 200)
+    print(
+        f"DynamicCache's concatenation alone: {2 * layers} per step (keys and values of "
+        f"{layers} layers) of {list(keys.shape)} float32: {2 * layers * seconds * 1e3:.1f} ms"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print(machine())
+    watch = bench_serve.CpuWatch()
+    backbone = load_backbone(bench_serve.MODEL)
+    with tempfile.TemporaryDirectory(prefix="profile-serve-") as tmp:
+        names = bench_serve.write_adapters(backbone, Path(tmp), 0)
+        adapters, _ = load_adapters(artifact_sources([], Path(tmp)), backbone, bench_serve.MODEL)
+    everyone = [bench_serve.MODEL, *names]
+    requests = bench_serve.plan(ROWS, everyone, 0, (16, 64))
+    prompts = [backbone.tokenizer(r.text).input_ids for r in requests]
+    with torch.no_grad():
+        prefills(backbone, adapters, requests, prompts)
+        profile_step(steps(backbone, adapters, prompts))
+    others, _ = watch.cores()
+    print(f"other processes used {others:.2f} cores on average meanwhile")
+
+
+if __name__ == "__main__":
+    main()
