@@ -31,8 +31,8 @@ seeded 16-64 new tokens each, greedy, the 5 names round robin (1/5 each), shuffl
      `generate`, one adapter after another. A batch runs to its longest request's max tokens;
      only each request's own tokens (up to its max tokens and its first EOS) count as useful.
 3. steering cost: `--max-batch` jobs submitted straight to an `Engine` (not started until all
-   are queued, so every prefill comes first), all with `--decode-tokens` new tokens: mixed
-   (the 5 names round robin) against all bare, the same prompts, alternating for
+   are queued, so all prefills come first, in the first step), all with `--decode-tokens` new
+   tokens: mixed (the 5 names round robin) against all bare, the same prompts, alternating for
    `--decode-rounds` rounds. The engine's `on_step` hook stamps each decoding step; the time
    between two stamps with all rows running is one full step (the model's forward, picking
    and decoding the tokens); tokens/s = rows / median step.
@@ -339,10 +339,10 @@ def peft_side(server: Server, folder: Path, names: list[str], max_batch: int) ->
 
 class EngineTimers:
     """Where the server's engine thread spends its time: each of its methods' own seconds
-    (callees' time taken out: `_prefill` calls `_join` and `_advance`, `_step` calls
-    `_advance`), wrapped on the engine instance (the engine's code is unchanged)."""
+    (callees' time taken out: `_step` calls `_joining_inputs` and `_advance`, which calls
+    `_drop`), wrapped on the engine instance (the engine's code is unchanged)."""
 
-    METHODS = ("_prefill", "_join", "_step", "_advance", "_drop")
+    METHODS = ("_joining_inputs", "_step", "_advance", "_drop")
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
@@ -497,7 +497,8 @@ def decode_run(backbone: Backbone, steerings: list, prompts: list[list[int]], to
     all_done = threading.Event()
 
     def on_step(batch: int, _tokens: int) -> None:
-        stamps.append((time.perf_counter(), batch, holder[0].mask.shape[1]))
+        cache = holder[0].cache
+        stamps.append((time.perf_counter(), batch, int(cache.lengths[: cache.rows].max())))
 
     def emit(kind: str, payload: object) -> None:
         if kind in ("done", "error"):
@@ -642,9 +643,8 @@ def table(result: dict) -> str:
 def _engine_line(engine: dict, wall: float) -> str:
     """The server rounds' engine time by method, as shares of their wall time."""
     words = {
-        "_prefill": "prefill (alone)",
-        "_join": "join (cache padding)",
-        "_step": "decoding forward",
+        "_joining_inputs": "joining requests' inputs",
+        "_step": "forward (decoding rows + joining prompts)",
         "_advance": "pick/decode tokens",
         "_drop": "drop rows",
     }
@@ -657,7 +657,7 @@ def _engine_line(engine: dict, wall: float) -> str:
     return (
         f"server engine over the server rounds' {wall:.1f} s: {', '.join(parts)}; the rest "
         f"{rest:.1f} s ({rest / wall:.0%}); {engine['mean_rows_per_step']:.1f} rows per "
-        "decoding step on average"
+        "step on average"
     )
 
 

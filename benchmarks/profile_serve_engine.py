@@ -1,9 +1,9 @@
 """Where the serving engine's time goes, piece by piece (the evidence behind the serving
-section of BENCHMARKS.md): a request's prefill alone (per adapter kind) against prefills
-batched k at a time, a decoding step of 1 and of 16 rows, torch.profiler's top operators of a
-16-row mixed step, and what DynamicCache's per-step concatenation costs at that size.
+section of BENCHMARKS.md): a request's prefill on an idle engine (per adapter kind) against
+the same prompt joining a running step of 15 rows (what the step costs more), a decoding step
+of 1 and of 16 rows, and torch.profiler's top operators of a 16-row mixed step.
 
-It drives an `Engine` by hand (its `_prefill` and `_step`, on this thread), with the adapters
+It drives an `Engine` by hand (its `_admit` and `_step`, on this thread), with the adapters
 and prompts of bench_serve.py. The engine is not changed.
 
 Run: PYTHONPATH=src .venv/bin/python benchmarks/profile_serve_engine.py [--threads 1]
@@ -20,7 +20,6 @@ from pathlib import Path
 import bench_serve
 import torch
 from common import machine
-from transformers import DynamicCache
 
 from softprompt.models.backbone import load_backbone
 from softprompt.serving.adapters import artifact_sources, load_adapters
@@ -44,46 +43,46 @@ def job(steering, ids: list[int]) -> Job:
     return Job(steering, ids, Sampling(max_tokens=10**6, temperature=0), lambda *_: None)
 
 
-def prefills(backbone, adapters: dict, requests, prompts) -> None:
-    """One prompt prefilled alone under each adapter; bare prompts batched k at a time."""
+def submit(engine: Engine, steering, ids: list[int]) -> None:
+    engine.submit(job(steering, ids))
+    engine._admit()
+
+
+def prefills(backbone, adapters: dict, prompts) -> None:
+    """One prompt's prefill under each adapter: alone, and as the 16th row joining a step."""
     for name, adapter in adapters.items():
 
         def alone(steering=adapter.steering) -> None:
-            Engine(backbone)._prefill(job(steering, prompts[0]))
+            engine = Engine(backbone)
+            submit(engine, steering, prompts[0])
+            engine._step()
 
         seconds = median_seconds(alone, 5)
         print(
             f"prefill alone, {name}: {seconds * 1e3:.0f} ms "
             f"({len(prompts[0])} prompt tokens + {adapter.steering.length} steering)"
         )
-    tokenizer = backbone.tokenizer
-    tokenizer.padding_side = "left"
-    encoded = tokenizer([r.text for r in requests], return_tensors="pt", padding=True)
-    tokenizer.padding_side = "right"
-    for k in (1, 4, 8, 16):
-        ids, mask = encoded.input_ids[:k], encoded.attention_mask[:k]
-
-        def batched(ids=ids, mask=mask) -> None:
-            backbone.model(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=(mask.cumsum(1) - 1).clamp(min=0),
-                past_key_values=DynamicCache(),
-                use_cache=True,
-                logits_to_keep=1,
-            )
-
-        seconds = median_seconds(batched, 3)
-        print(
-            f"prefill batched, {k} bare prompts (left-padded to {ids.shape[1]}): "
-            f"{seconds * 1e3:.0f} ms, {seconds / k * 1e3:.0f} ms per prompt"
-        )
+    running = running_engine(backbone, [NoSteering()] * (ROWS - 1), prompts)
+    plain = median_seconds(running._step, 5)
+    joined = []
+    for _ in range(5):
+        engine = running_engine(backbone, [NoSteering()] * (ROWS - 1), prompts)
+        submit(engine, NoSteering(), prompts[0])
+        started = time.perf_counter()
+        engine._step()
+        joined.append(time.perf_counter() - started)
+    extra = statistics.median(joined) - plain
+    print(
+        f"a step of {ROWS - 1} running rows: {plain * 1e3:.0f} ms; with a bare prompt joining "
+        f"({len(prompts[0])} tokens): {statistics.median(joined) * 1e3:.0f} ms, "
+        f"so its prefill costs {extra * 1e3:.0f} ms there"
+    )
 
 
 def running_engine(backbone, steerings: list, prompts) -> Engine:
     engine = Engine(backbone, max_batch=ROWS)
     for steering, ids in zip(steerings, prompts):
-        engine._prefill(job(steering, ids))
+        submit(engine, steering, ids)
     for _ in range(WARM_STEPS):
         engine._step()
     return engine
@@ -99,7 +98,8 @@ def steps(backbone, adapters: dict, prompts) -> Engine:
     for label, steerings in cases.items():
         engine = running_engine(backbone, steerings, prompts)
         seconds = median_seconds(engine._step, 7)
-        print(f"decoding step, {label}, cache width {engine.mask.shape[1]}: {seconds * 1e3:.0f} ms")
+        width = int(engine.cache.lengths[: engine.cache.rows].max())
+        print(f"decoding step, {label}, longest row {width} columns: {seconds * 1e3:.0f} ms")
         engines[label] = engine
     return engines[f"{ROWS} mixed rows"]
 
@@ -120,15 +120,6 @@ def profile_step(engine: Engine) -> None:
             f"{event.self_cpu_time_total / 1e3 / count:.1f} ms per step, "
             f"{event.count // count} calls per step"
         )
-    layer = engine.cache.layers[0]
-    keys = layer.keys
-    new = keys[:, :, -1:]
-    layers = len(engine.cache.layers)
-    seconds = median_seconds(lambda: torch.cat([keys, new], dim=-2), 200)
-    print(
-        f"DynamicCache's concatenation alone: {2 * layers} per step (keys and values of "
-        f"{layers} layers) of {list(keys.shape)} float32: {2 * layers * seconds * 1e3:.1f} ms"
-    )
 
 
 def main() -> None:
@@ -147,7 +138,7 @@ def main() -> None:
     requests = bench_serve.plan(ROWS, everyone, 0, (16, 64))
     prompts = [backbone.tokenizer(r.text).input_ids for r in requests]
     with torch.no_grad():
-        prefills(backbone, adapters, requests, prompts)
+        prefills(backbone, adapters, prompts)
         profile_step(steps(backbone, adapters, prompts))
     others, _ = watch.cores()
     print(f"other processes used {others:.2f} cores on average meanwhile")

@@ -1,11 +1,11 @@
 """Continuous batching on one frozen model: requests steered by different soft prompts,
 prefixes or nothing decode together, one token per step for every running row.
 
-A new request is prefilled alone (so its cache is exactly what it would be alone), then joins
-the running batch between two decoding steps: its cache rows are left-padded to the batch's
-width under a 0 mask, and its positions go on counting from its own first real position. A row
-leaves as soon as it finishes; the batch's cache loses its row and any all-padding columns.
-All model work runs on the engine's one thread; callers talk to it through a bounded queue.
+A new request joins at the next step: that step's one forward carries a token for each
+running row and the whole prompt of each joining request (its prefill), packed into one
+sequence; `serving.rows.RowCache` gives every request attention to its own columns only, so
+its output is what it gives alone. A row leaves as soon as it finishes. All model work runs on
+the engine's one thread; callers talk to it through a bounded queue.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-from transformers import DynamicCache
 
+from softprompt.errors import ModelError
 from softprompt.models.backbone import Backbone
+from softprompt.serving.rows import Joining, RowCache
+from softprompt.steering.attention import use_segment_attention
 from softprompt.steering.base import Steering
 
 
@@ -76,14 +78,19 @@ class Engine:
         queue_size: int = 64,
         on_step: Callable[[int, int], None] | None = None,
     ) -> None:
+        if not backbone.segment_attention and not use_segment_attention(backbone.model):
+            raise ModelError(
+                f"model {backbone.name} cannot be served: its attention does not go through "
+                "transformers' AttentionInterface (sdpa), which the engine's row attention needs"
+            )
         self.backbone = backbone
         self.max_batch = max_batch
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self.on_step = on_step or (lambda batch, tokens: None)
         self.rows: list[Job] = []
-        self.cache = DynamicCache()  # per layer [rows, kv_heads, width, head_dim]
-        self.mask = torch.zeros((0, 0), dtype=torch.long)
-        self.positions = torch.zeros((0,), dtype=torch.long)
+        self.joining: list[Job] = []
+        config = backbone.model.config
+        self.cache = RowCache(config, max_batch, backbone.dtype, backbone.device)
         self.last = torch.zeros((0,), dtype=torch.long)
         self.eos = _eos_ids(backbone)
         self._stopping = threading.Event()
@@ -113,7 +120,9 @@ class Engine:
     def stop(self, timeout: float = 30.0) -> None:
         """Finish what is running and queued (up to `timeout`), then end the loop."""
         deadline = time.monotonic() + timeout
-        while (self.rows or not self.queue.empty()) and time.monotonic() < deadline:
+        while (self.rows or self.joining or not self.queue.empty()) and (
+            time.monotonic() < deadline
+        ):
             time.sleep(0.01)
         self._stopping.set()
         if self._thread is not None:
@@ -124,7 +133,7 @@ class Engine:
     def _loop(self) -> None:
         while not self._stopping.is_set():
             self._admit()
-            if not self.rows:
+            if not self.rows and not self.joining:
                 self._wait_for_work()
                 continue
             with torch.no_grad():
@@ -138,7 +147,7 @@ class Engine:
         self._take(work)
 
     def _admit(self) -> None:
-        while len(self.rows) < self.max_batch:
+        while len(self.rows) + len(self.joining) < self.max_batch:
             try:
                 work = self.queue.get_nowait()
             except queue.Empty:
@@ -154,74 +163,71 @@ class Engine:
             else:
                 work.done(result, None)
             return
-        if work.cancelled.is_set():
-            return
-        try:
-            with torch.no_grad():
-                self._prefill(work)
-        except Exception as exc:  # a request that cannot run fails alone
-            work.emit("error", exc)
-
-    def _prefill(self, job: Job) -> None:
-        """Run the job's steering and prompt alone; its cache and first token join the batch."""
-        backbone, device = self.backbone, self.backbone.device
-        parts = job.steering.parts()
-        ids = torch.tensor([job.prompt_ids], device=device)
-        embeds = backbone.embed(ids)
-        if parts.embeddings is not None:
-            soft = parts.embeddings.to(device=device, dtype=embeds.dtype)[None]
-            embeds = torch.cat([soft, embeds], dim=1)
-        cache = DynamicCache()
-        for layer in range(len(parts.keys) if parts.keys is not None else 0):
-            keys = parts.keys[layer][None].to(device=device, dtype=embeds.dtype)
-            values = parts.values[layer][None].to(device=device, dtype=embeds.dtype)
-            cache.update(keys, values, layer)
-        width = parts.cache_length + embeds.shape[1]
-        out = backbone.model(
-            inputs_embeds=embeds,
-            attention_mask=torch.ones((1, width), dtype=torch.long, device=device),
-            position_ids=torch.arange(parts.cache_length, width, device=device)[None],
-            past_key_values=cache,
-            use_cache=True,
-            logits_to_keep=1,
-        )
-        if job.sampling.seed is not None:
-            job.generator = torch.Generator(device=device).manual_seed(job.sampling.seed)
-        self._join(job, cache, width)
-        self._advance([len(self.rows) - 1], out.logits[:, -1])
-
-    def _join(self, job: Job, cache: DynamicCache, width: int) -> None:
-        """Add a prefilled row: pad the batch's cache and the row's to one width."""
-        device = self.backbone.device
-        row_mask = torch.ones((1, width), dtype=torch.long, device=device)
-        if not self.rows:
-            self.cache, self.mask = cache, row_mask
-        else:
-            total = max(width, self.mask.shape[1])
-            for mine, theirs in zip(self.cache.layers, cache.layers):
-                mine.keys = _cat_left(mine.keys, theirs.keys, total)
-                mine.values = _cat_left(mine.values, theirs.values, total)
-            self.mask = _cat_left(self.mask, row_mask, total)
-        self.rows.append(job)
-        position = torch.tensor([width], device=device)
-        self.positions = torch.cat([self.positions.to(device), position])
-        self.last = torch.cat([self.last.to(device), torch.zeros_like(position)])
+        if not work.cancelled.is_set():
+            self.joining.append(work)
 
     def _step(self) -> None:
-        """One decoding step for every running row."""
-        ones = torch.ones((len(self.rows), 1), dtype=self.mask.dtype, device=self.mask.device)
-        self.mask = torch.cat([self.mask, ones], dim=1)
-        out = self.backbone.model(
-            input_ids=self.last[:, None],
-            attention_mask=self.mask,
-            position_ids=self.positions[:, None],
-            past_key_values=self.cache,
-            use_cache=True,
-            logits_to_keep=1,
+        """One forward: a new token for every running row, and the whole prompt of every
+        request that joins now (its prefill); then each of them picks its next token."""
+        joining, self.joining = self.joining, []
+        inputs = [self._joining_inputs(job) for job in joining]
+        ready = [(job, made) for job, made in zip(joining, inputs) if made is not None]
+        if not self.rows and not ready:
+            return
+        embeds = [self.backbone.embed(self.last[None])] if self.rows else []
+        embeds += [made[0] for _, made in ready]
+        positions = self.cache.begin([made[1] for _, made in ready])
+        ends = torch.tensor([made[1].tokens for _, made in ready], dtype=torch.long)
+        read = torch.cat([torch.arange(len(self.rows)), len(self.rows) + ends.cumsum(0) - 1])
+        device = self.backbone.device
+        try:
+            out = self.backbone.model(
+                inputs_embeds=torch.cat(embeds, dim=1),
+                position_ids=positions.to(device)[None],
+                attention_mask=torch.ones((1, 1, 1, 1), dtype=torch.bool, device=device),
+                use_cache=False,
+                logits_to_keep=read.to(device),
+                row_cache=self.cache,
+            )
+        except Exception as exc:  # the step's rows fail together; the engine goes on
+            self._fail_all([*self.rows, *(job for job, _ in ready)], exc)
+            return
+        self.cache.end()
+        for job, _ in ready:
+            if job.sampling.seed is not None:
+                job.generator = torch.Generator(device=device).manual_seed(job.sampling.seed)
+        self.rows += [job for job, _ in ready]
+        self.last = torch.cat(
+            [self.last.to(device), torch.zeros(len(ready), dtype=torch.long, device=device)]
         )
-        self.positions = self.positions + 1
         self.on_step(len(self.rows), len(self.rows))
-        self._advance(list(range(len(self.rows))), out.logits[:, -1])
+        self._advance(list(range(len(self.rows))), out.logits[0])
+
+    def _joining_inputs(self, job: Job) -> tuple[torch.Tensor, Joining] | None:
+        """A joining request's input embeddings [1, P, d] (soft prompt, then prompt) and its
+        cached prefix; None (the job told why) when its steering cannot run on this model."""
+        backbone, device = self.backbone, self.backbone.device
+        try:
+            parts = job.steering.parts()
+            embeds = backbone.embed(torch.tensor([job.prompt_ids], device=device))
+            if parts.embeddings is not None:
+                soft = parts.embeddings.to(device=device, dtype=embeds.dtype)[None]
+                embeds = torch.cat([soft, embeds], dim=1)
+            keys = values = None
+            if parts.keys is not None:
+                keys = parts.keys.to(device=device, dtype=embeds.dtype)
+                values = parts.values.to(device=device, dtype=embeds.dtype)
+            return embeds, Joining(keys, values, int(embeds.shape[1]))
+        except Exception as exc:  # a request that cannot run fails alone
+            job.emit("error", exc)
+            return None
+
+    def _fail_all(self, jobs: list[Job], exc: Exception) -> None:
+        for job in jobs:
+            job.emit("error", exc)
+        self.rows = []
+        self.cache.keep([])
+        self.last = self.last[:0]
 
     def _advance(self, indices: list[int], logits: torch.Tensor) -> None:
         """Pick each row's next token, emit what became final, drop finished rows."""
@@ -276,39 +282,12 @@ class Engine:
         )
 
     def _drop(self, indices: list[int]) -> None:
-        """Remove finished rows, and the cache columns that every remaining row pads."""
+        """Remove finished rows; the cache keeps the others' columns in their new order."""
         gone = set(indices)
         keep = [i for i in range(len(self.rows)) if i not in gone]
         self.rows = [self.rows[i] for i in keep]
-        if not keep:
-            self.cache = DynamicCache()
-            self.mask = self.mask[:0, :0]
-            self.positions, self.last = self.positions[:0], self.last[:0]
-            return
-        rows = torch.tensor(keep, device=self.mask.device)
-        mask = self.mask[rows]
-        start = int((mask.sum(0) > 0).nonzero()[0])
-        self.mask = mask[:, start:]
-        for layer in self.cache.layers:
-            layer.keys = layer.keys[rows][:, :, start:]
-            layer.values = layer.values[rows][:, :, start:]
-        self.positions, self.last = self.positions[rows], self.last[rows]
-
-
-def _cat_left(batch: torch.Tensor, row: torch.Tensor, width: int) -> torch.Tensor:
-    """Stack `row` under `batch` along dim 0, both left-padded with zeros to `width` along
-    their sequence dimension (the last but one for 4-d caches, the last for masks)."""
-    dim = -2 if batch.ndim == 4 else -1
-    return torch.cat([_pad_left(batch, width, dim), _pad_left(row, width, dim)], dim=0)
-
-
-def _pad_left(tensor: torch.Tensor, width: int, dim: int) -> torch.Tensor:
-    missing = width - tensor.shape[dim]
-    if missing == 0:
-        return tensor
-    shape = list(tensor.shape)
-    shape[dim] = missing
-    return torch.cat([tensor.new_zeros(shape), tensor], dim=dim)
+        self.cache.keep(keep)
+        self.last = self.last[torch.tensor(keep, dtype=torch.long, device=self.last.device)]
 
 
 def _pick(logits: torch.Tensor, sampling: Sampling, generator) -> int:

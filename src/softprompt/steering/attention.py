@@ -121,10 +121,22 @@ def segment_attention(
     **kwargs,
 ) -> tuple[torch.Tensor, None]:
     """A transformers attention function: [B, H, S, D] queries, [B, H_kv, S, D] keys/values
-    in, [B, S, H, D] out. Without `segments` (or where a layer needs more), plain sdpa."""
+    in, [B, S, H, D] out. Without `segments` (or where a layer needs more), plain sdpa. With
+    `row_cache` (the serving engine's `RowCache`), that object attends and keeps the keys."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     needs_more = kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None
+    rows = kwargs.pop("row_cache", None)
+    if rows is not None:
+        if needs_more or dropout > 0:
+            raise NotImplementedError(
+                "this model's attention needs logit soft-capping or attention sinks, which the "
+                "serving engine's row attention does not compute"
+            )
+        scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+        return rows.attend(
+            module.layer_idx, query, key, value, scale, kwargs.get("sliding_window")
+        ), None
     if segments is None or needs_more or dropout > 0:
         return sdpa_attention_forward(
             module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs
@@ -135,14 +147,14 @@ def segment_attention(
     v = _gather(value, segments.keys).transpose(1, 2)
     visible = segments.visible(kwargs.get("sliding_window"))
     scale = scaling if scaling is not None else dim**-0.5
-    out = _blocks(q, k, v, visible, scale)
+    out = masked_attention(q, k, v, visible, scale)
     out = out.transpose(1, 2).reshape(-1, heads, dim)
     result = out.new_zeros((segments.positions + 1, heads, dim))
     result = result.index_copy(0, segments.query_scatter, out)
     return result[:-1].view(rows, width, heads, dim), None
 
 
-def _blocks(q, k, v, visible: torch.Tensor, scale: float) -> torch.Tensor:
+def masked_attention(q, k, v, visible: torch.Tensor, scale: float) -> torch.Tensor:
     """Masked attention of the segments ([N, H, Q, D] queries, grouped keys/values): torch's
     fused kernel in float32; plain matmuls in half precision, where CPUs run them faster."""
     if q.dtype == torch.float32:
