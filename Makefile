@@ -53,3 +53,5 @@ bench: setup
 	$(BIN)/python benchmarks/bench_prefix_vs_peft.py
 	$(BIN)/python benchmarks/bench_demo.py --out runs/bench-demo
 	$(BIN)/python benchmarks/bench_explain.py runs/bench-demo/prompt.safetensors
+	$(BIN)/python benchmarks/bench_serve.py
+	$(BIN)/python benchmarks/serve_parity.py --requests 32 --dtype float32 bfloat16

@@ -83,6 +83,11 @@ class Engine:
                 f"model {backbone.name} cannot be served: its attention does not go through "
                 "transformers' AttentionInterface (sdpa), which the engine's row attention needs"
             )
+        if getattr(backbone.model.config, "attn_logit_softcapping", None):
+            raise ModelError(
+                f"model {backbone.name} soft-caps its attention logits, which the serving "
+                "engine's row attention does not compute; serve a model without it"
+            )
         self.backbone = backbone
         self.max_batch = max_batch
         self.queue: queue.Queue = queue.Queue(maxsize=queue_size)
