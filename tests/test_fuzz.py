@@ -181,3 +181,13 @@ def test_arbitrary_texts_are_classified(tiny, texts):
     verbalizer = {"a": " good", "b": " bad", "c": " great movie"}
     rows = predict(None, texts, tiny["llama"], template="{text} it was", verbalizer=verbalizer)
     assert_distributions(rows, texts, ["a", "b", "c"])
+
+
+def test_braces_in_a_text_are_kept_as_they_are(tiny):
+    llama = tiny["llama"]
+    task = ClassificationTask(llama, "{text} : {text_b} ?", {"a": " good", "b": " bad"})
+    text, text_b = "good {text_b} bad {text}", "{label} great"
+    ids, _, _ = task.encode(Example(text, text_b=text_b, where="x"), with_label=False).rows[0]
+    written = f"{text} : {text_b} ?"
+    expected = llama.tokenizer(written, add_special_tokens=False).input_ids
+    assert ids[len(task.specials_before) :] == expected

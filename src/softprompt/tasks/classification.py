@@ -44,7 +44,10 @@ def check_template(template: str, needs_text_b: bool = False) -> None:
 
 
 def _fill(template: str, text: str, text_b: str | None) -> str:
-    return template.replace("{text}", text).replace("{text_b}", text_b or "")
+    """The template with its {text} and {text_b} filled in, in one pass: braces in the texts
+    themselves (a text that says "{text_b}") stay as they are."""
+    values = {"text": text, "text_b": text_b or ""}
+    return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
 @dataclass
