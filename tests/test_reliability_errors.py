@@ -280,3 +280,12 @@ def test_an_empty_text_on_a_causal_model_without_bos_is_read_from_its_start_toke
     verbalizer = {"a": " good", "b": " bad"}
     rows = predict(None, ["", "good"], no_bos, template="{text}", verbalizer=verbalizer)
     assert all(abs(sum(row["probabilities"].values()) - 1) < 1e-5 for row in rows)
+
+
+def test_an_out_that_is_a_file_is_refused_before_the_models_load(
+    monkeypatch, capsys, tmp_path, sentiment_dir
+):
+    (tmp_path / "taken").write_text("not a folder")
+    config = write_config(tmp_path, tmp_path / "no-such-model", sentiment_dir)
+    code, _, err = invoke(monkeypatch, capsys, "train", config, "--out", tmp_path / "taken")
+    assert_one_line_error(code, err, 2, "is a file; give a folder for the run")
