@@ -407,3 +407,19 @@ def test_a_reader_that_stops_early_ends_the_run_quietly(prompt, tmp_path, senten
     assert code == 1, err
     assert "Traceback" not in err and "\x1b" not in err
     assert all(re.fullmatch(r"predict: \d+/480", line) for line in err.splitlines()), err
+
+
+def test_the_batch_functions_default_to_the_prompts_own_model(prompt, tiny, tmp_path):
+    # no model given: the prompt's recorded model (the tiny llama's folder), not DEFAULT_MODEL
+    source = write_jsonl(tmp_path / "in.jsonl", RECORDS)
+    summary = predict_file(prompt, source, tmp_path / "p.jsonl")
+    assert summary["model"] == tiny["llama"].name
+    texts = [r["text"] for r in RECORDS]
+    assert_rows_match_predict(read_rows(tmp_path / "p.jsonl"), texts, prompt, tiny["llama"])
+    summary = generate_file(prompt, source, tmp_path / "g.jsonl", options=GREEDY)
+    assert summary["model"] == tiny["llama"].name
+    steer = softprompt.load_artifact(prompt).steering_for(tiny["llama"])
+    expected = generate_samples(tiny["llama"], texts, steer, GREEDY)
+    assert [row["with_prompt"] for row in read_rows(tmp_path / "g.jsonl")] == [
+        e["with_prompt"] for e in expected
+    ]

@@ -3,6 +3,7 @@
 import tempfile
 from pathlib import Path
 
+import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -11,6 +12,7 @@ from safetensors.torch import save_file
 from softprompt.config import load_config, validate_config
 from softprompt.data import DataSpec, Example, load_split
 from softprompt.errors import ConfigError, DataError, PromptFileError
+from softprompt.evaluation import predict
 from softprompt.methods.prompt import load_prompt
 from softprompt.tasks.classification import ClassificationTask, check_template
 
@@ -126,3 +128,66 @@ def test_arbitrary_metadata_is_validated(metadata, shape):
         except PromptFileError:
             return
         assert prompt.embedding.ndim == 2 and isinstance(prompt.models, list)
+
+
+AWKWARD_TEXTS = [
+    "",
+    "   ",
+    "\n\t\r",
+    "good 😃🎉👍🏽 great",
+    "مرحبا بالعالم שלום עולם",
+    "e\u0301te\u0301 cafe\u0301 n\u0303 a\u0308",
+    "bad\x01\x07\x1b\x1f\x7f awful",
+    "{text}",
+    "{label} and {text_b}",
+    "{{ good }} {",
+    "}",
+    "it was {great",
+    "good " * 400,
+    "[UNK] [MASK] [CLS] <s> </s>" * 40,
+]
+# valid text: no NUL, no lone surrogates (category Cs, not Unicode text; refused, see below)
+NUL_FREE = st.text(
+    alphabet=st.characters(blacklist_characters="\x00", blacklist_categories=("Cs",)),
+    max_size=300,
+)
+
+
+def assert_distributions(rows: list[dict], texts: list[str], labels: list[str]) -> None:
+    """One row per text, each a probability distribution over the verbalizer's labels."""
+    assert [row["text"] for row in rows] == texts
+    for row in rows:
+        probabilities = row["probabilities"]
+        assert list(probabilities) == labels and row["label"] in labels
+        assert all(0.0 <= p <= 1.0 for p in probabilities.values())
+        assert abs(sum(probabilities.values()) - 1.0) < 1e-5
+
+
+@pytest.mark.parametrize("family", ["llama", "bert"])
+def test_awkward_texts_are_classified(tiny, family):
+    template = "review: {text} sentiment: {label}" if family == "bert" else "review: {text} :"
+    verbalizer = {"negative": " bad", "positive": " good"}
+    task = ClassificationTask(tiny[family], template, verbalizer, max_length=32)
+    for text in AWKWARD_TEXTS:
+        ids, positions, _ = task.encode(Example(text, where="fuzz"), with_label=False).rows[0]
+        assert len(ids) <= 32 and 0 <= positions[0] < len(ids)
+    rows = predict(None, AWKWARD_TEXTS, tiny[family], template=template, verbalizer=verbalizer)
+    assert_distributions(rows, AWKWARD_TEXTS, ["negative", "positive"])
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(texts=st.lists(NUL_FREE | st.sampled_from(AWKWARD_TEXTS), min_size=1, max_size=4))
+def test_arbitrary_texts_are_classified(tiny, texts):
+    verbalizer = {"a": " good", "b": " bad", "c": " great movie"}
+    rows = predict(None, texts, tiny["llama"], template="{text} it was", verbalizer=verbalizer)
+    assert_distributions(rows, texts, ["a", "b", "c"])
+
+
+def test_braces_in_a_text_are_kept_as_they_are(tiny):
+    llama = tiny["llama"]
+    task = ClassificationTask(llama, "{text} : {text_b} ?", {"a": " good", "b": " bad"})
+    text, text_b = "good {text_b} bad {text}", "{label} great"
+    ids, _, _ = task.encode(Example(text, text_b=text_b, where="x"), with_label=False).rows[0]
+    written = f"{text} : {text_b} ?"
+    expected = llama.tokenizer(written, add_special_tokens=False).input_ids
+    assert ids[len(task.specials_before) :] == expected

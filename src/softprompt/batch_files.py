@@ -23,11 +23,19 @@ import torch
 
 from softprompt.data import DataSpec, Example, csv_records, jsonl_records, record_to_example
 from softprompt.errors import DataError, UsageError
-from softprompt.evaluation import as_artifact, classifier, prediction_rows, resolve_task, steering
+from softprompt.evaluation import (
+    as_artifact,
+    classifier,
+    fit_check,
+    model_for,
+    prediction_rows,
+    resolve_task,
+    steering,
+)
 from softprompt.files import atomic_text_file
 from softprompt.generation import SamplingOptions, generate_samples
 from softprompt.methods.base import Artifact
-from softprompt.models.backbone import DEFAULT_MODEL, Backbone, load_backbone
+from softprompt.models.backbone import Backbone, load_backbone
 from softprompt.tasks.classification import classification_metrics, classification_scores
 
 FORMATS = ("jsonl", "csv", "txt")
@@ -186,7 +194,7 @@ def predict_file(
     source: str | Path,
     output: Output = None,
     *,
-    model: str | Backbone = DEFAULT_MODEL,
+    model: str | Backbone | None = None,
     fmt: str | None = None,
     config: str | Path | None = None,
     template: str | None = None,
@@ -203,11 +211,17 @@ def predict_file(
 
     The text, second text and label fields are the prompt's task's (its config's), unless
     `text_field` / `label_field` say otherwise; an explicit `label_field` must be in every
-    record. Returns a summary: the counts, and for a labelled input the evaluation's metrics
-    (loss, accuracy, macro-F1) of the predictions against the input's labels."""
+    record. `model` defaults to the prompt's own (`model_for`), as in `predict`. Returns a
+    summary: the counts, and for a labelled input the evaluation's metrics (loss, accuracy,
+    macro-F1) of the predictions against the input's labels."""
     check_output(output)
+    soft = as_artifact(prompt)
     fields = resolve_task(
-        as_artifact(prompt), config=config, template=template, verbalizer=verbalizer
+        soft,
+        config=config,
+        check_fit=fit_check(soft, model, dtype, str(prompt)),
+        template=template,
+        verbalizer=verbalizer,
     )
     inputs = read_inputs(
         source,
@@ -217,7 +231,7 @@ def predict_file(
         label_field=label_field or fields.label_field,
         require_label=label_field is not None,
     )
-    backbone = _backbone(model, dtype, device)
+    backbone = _backbone(model_for(soft, model), dtype, device)
     task, steer, _ = classifier(
         prompt, backbone, config=config, template=template, verbalizer=verbalizer, dtype=dtype
     )
@@ -264,7 +278,7 @@ def generate_file(
     source: str | Path,
     output: Output = None,
     *,
-    model: str | Backbone = DEFAULT_MODEL,
+    model: str | Backbone | None = None,
     fmt: str | None = None,
     text_field: str = "text",
     options: SamplingOptions | None = None,
@@ -281,15 +295,16 @@ def generate_file(
     a list of `num_samples` continuations when more than one.
 
     Batch k samples with seed `options.seed + k`, so that batches draw different noise and the
-    first batch is what `generate_samples` gives for its texts. Returns a summary (counts)."""
+    first batch is what `generate_samples` gives for its texts. `model` defaults to the
+    prompt's own (`model_for`). Returns a summary (counts)."""
     options = options or SamplingOptions()
     options.check()
     if compare and prompt is None:
         raise UsageError("--compare needs a PROMPT to compare against the bare model")
     check_output(output)
     inputs = read_inputs(source, fmt, text_field=text_field)
-    backbone = _backbone(model, dtype, device)
     soft = as_artifact(prompt)
+    backbone = _backbone(model_for(soft, model), dtype, device)
     steer = steering(soft, backbone, str(prompt)) if soft is not None else None
     texts = [example.text for example in inputs.examples]
     advance = _counter(progress, texts)

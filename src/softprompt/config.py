@@ -153,13 +153,24 @@ class TrainConfig(_Strict):
     (softprompt.methods); `validate_config` picks the class that validates it."""
 
     method: str = "prompt"
-    models: list[str] = Field(default_factory=lambda: ["smollm2-135m"], min_length=1)
+    models: list[str] = Field(default_factory=lambda: ["smollm2-135m"])
     model_weights: list[float] | None = None
     trust_remote_code: bool = False
     task: TaskConfig
     prompt: PromptSettings = Field(default_factory=PromptSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     cross_model: CrossModelSettings = Field(default_factory=CrossModelSettings)
+
+    @field_validator("models")
+    @classmethod
+    def _some_model(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError(
+                "the list is empty; name at least one model (a bundled alias such as "
+                "smollm2-135m, a model folder, a .gguf file or a hub id), or leave the key out "
+                "for the default"
+            )
+        return value
 
     @field_validator("cross_model", mode="before")
     @classmethod

@@ -32,6 +32,26 @@ class Example:
     text_b: str | None = None
     where: str = ""
 
+    def __post_init__(self) -> None:
+        for name, value in (("text", self.text), ("text_b", self.text_b)):
+            check_unicode(value, f"{self.where}: {name}" if self.where else name)
+
+
+def check_unicode(text: str | None, where: str) -> None:
+    """Refuse a lone surrogate (from a JSON escape like \\ud800, or bytes that were not UTF-8
+    in a command-line argument): it is not Unicode text, and tokenizers fail on it with a
+    traceback."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = f"\\u{ord(text[exc.start]):04x}"
+        raise DataError(
+            f"{where} holds {code} at character {exc.start}, half of a surrogate pair and not "
+            "valid Unicode text; fix that character (or the bytes that were not UTF-8)"
+        ) from None
+
 
 @dataclass(frozen=True)
 class DataSpec:
@@ -80,12 +100,22 @@ def load_split(spec: DataSpec, split: str) -> list[Example]:
 
 def _load_local(spec: DataSpec, split: str) -> list[Example]:
     path = Path(spec.source).expanduser()
+    if path.is_dir() and path.suffix.lower() in SUFFIXES:
+        raise DataError(
+            f"{path} is a folder, not a data file; give a {path.suffix} file there, or the "
+            "folder that holds the split files"
+        )
     if path.is_dir():
         for name in SPLIT_ALIASES[split]:
             for suffix in SUFFIXES:
                 candidate = path / f"{name}{suffix}"
                 if candidate.is_file():
                     return read_file(candidate, spec)
+                if candidate.is_dir():
+                    raise DataError(
+                        f"{candidate} is a folder, not a data file; put the {split} examples "
+                        f"in a file of that name (or rename the folder)"
+                    )
         raise DataError(
             f"no {split} file in {path}: expected one of "
             f"{', '.join(n + '.jsonl' for n in SPLIT_ALIASES[split])} (or .csv/.txt)"
@@ -195,7 +225,10 @@ def record_to_example(record: dict, spec: DataSpec, where: str) -> Example:
             )
         value = record[name]
         if value is None or isinstance(value, (dict, list)):
-            raise DataError(f"{where}: field {name!r} must be text, got {value!r}")
+            raise DataError(
+                f"{where}: field {name!r} must be text (or a number), got "
+                f"{json.dumps(value, default=str)}; fill it in or drop the record"
+            )
         return str(value)
 
     return Example(

@@ -3,6 +3,7 @@ texts: the task's own metrics (loss, accuracy, macro-F1, perplexity, suffix rate
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -46,10 +47,14 @@ def resolve_task(
     data: str | None = None,
     *,
     config: str | Path | None = None,
+    check_fit: Callable[[], object] | None = None,
     **overrides,
 ) -> TaskConfig:
     """The task to evaluate on: the prompt's recorded task, then a config file's task section,
-    then explicit overrides (template=..., verbalizer=..., data=...), later ones winning."""
+    then explicit overrides (template=..., verbalizer=..., data=...), later ones winning.
+
+    `check_fit` (see `fit_check`) runs before a missing verbalizer is reported: a prompt that
+    does not fit the model is the first thing to fix, since no verbalizer would mend it."""
     raw: dict = dict(prompt.task) if prompt is not None and prompt.task else {}
     raw.pop("max_examples", None)  # a training-time limit, not part of the task
     if config is not None:
@@ -59,6 +64,8 @@ def resolve_task(
         raw["data"] = data
     raw.setdefault("data", "")
     if raw.get("type", "classification") == "classification" and not raw.get("verbalizer"):
+        if check_fit is not None:
+            check_fit()
         origin = "the prompt's metadata has none" if prompt is not None else "no prompt gives one"
         raise UsageError(
             f"the classification task needs a verbalizer and {origin}; pass --verbalizer "
@@ -69,6 +76,16 @@ def resolve_task(
         return TaskConfig.model_validate(raw)
     except ValidationError as exc:
         raise UsageError(f"task: {describe_error(exc, TaskConfig)}") from exc
+
+
+def fit_check(
+    artifact: Artifact | None, model: str | Backbone | None, dtype: str, source: str
+) -> Callable[[], object] | None:
+    """For `resolve_task`: a check, run only when needed, that the artifact fits the model it
+    is run on (loading the model if given by name); None without an artifact."""
+    if artifact is None:
+        return None
+    return lambda: steering(artifact, as_backbone(model_for(artifact, model), dtype), source)
 
 
 def model_for(artifact: Artifact | None, model: str | Backbone | None = None) -> str | Backbone:
@@ -103,7 +120,13 @@ def evaluate(
     """
     soft = as_artifact(prompt)
     task_config = resolve_task(
-        soft, data, config=config, template=template, verbalizer=verbalizer, type=task
+        soft,
+        data,
+        config=config,
+        check_fit=fit_check(soft, model, dtype, str(prompt)),
+        template=template,
+        verbalizer=verbalizer,
+        type=task,
     )
     if not task_config.data:
         raise UsageError("no data given: pass --data (a folder, a file or hf:NAME)")
@@ -139,7 +162,13 @@ def classifier(
     which record fields hold the texts and the label): what `predict` and the batch files of
     `softprompt.batch_files` share."""
     soft = as_artifact(prompt)
-    task_config = resolve_task(soft, config=config, template=template, verbalizer=verbalizer)
+    task_config = resolve_task(
+        soft,
+        config=config,
+        check_fit=fit_check(soft, model, dtype, str(prompt)),
+        template=template,
+        verbalizer=verbalizer,
+    )
     if task_config.type != "classification":
         raise UsageError("predict needs a classification task (template and verbalizer)")
     backbone = as_backbone(model_for(soft, model), dtype)

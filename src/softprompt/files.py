@@ -60,8 +60,15 @@ def _umask() -> int:
 def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """Tensors and header metadata of a safetensors file, with clear errors for bad files."""
     source = Path(path)
+    if source.is_dir():
+        raise PromptFileError(folder_given(source))
     if not source.is_file():
         raise PromptFileError(f"prompt file not found: {source}")
+    if source.stat().st_size == 0:
+        raise PromptFileError(
+            f"{source} is empty (0 bytes); save or copy the prompt file again (a run writes "
+            "RUN/prompt.safetensors)"
+        )
     try:
         tensors = load_file(source)
         with safe_open(source, framework="pt") as handle:
@@ -71,3 +78,16 @@ def read_safetensors(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
             f"{source} is not a readable safetensors file ({str(exc).splitlines()[0]})"
         ) from exc
     return tensors, metadata
+
+
+def folder_given(folder: Path) -> str:
+    """What to say when a folder is given where a prompt file is expected: a PEFT adapter is
+    imported first, a run folder holds its prompt file, any other folder is simply not one."""
+    if (folder / "adapter_config.json").is_file():
+        return (
+            f"{folder} is a PEFT adapter folder, not a prompt file; bring it in with "
+            f"softprompt import {folder} --from peft --out NEW.safetensors and use that file"
+        )
+    if (folder / "prompt.safetensors").is_file():
+        return f"{folder} is a run folder; give its prompt file, {folder / 'prompt.safetensors'}"
+    return f"{folder} is a folder, not a prompt file; give the prompt's .safetensors file"

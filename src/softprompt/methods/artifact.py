@@ -38,7 +38,10 @@ def read_artifact(
     names it for the error when the file holds another)."""
     tensors, meta = read_safetensors(path)
     if meta.get("format", FORMAT_NAME) != FORMAT_NAME:
-        raise PromptFileError(f"{path} is a {meta['format']!r} file, not a softprompt artifact")
+        raise PromptFileError(
+            f"{path} is a {meta['format']!r} file (model weights, say), not a softprompt "
+            "artifact; give a prompt or prefix file written by softprompt"
+        )
     version = meta.get("format_version", FORMAT_VERSION)
     if version != FORMAT_VERSION:
         raise PromptFileError(

@@ -147,7 +147,11 @@ def load_prompt(path: str | os.PathLike) -> SoftPrompt:
     """Read and validate a prompt artifact; metadata is parsed, never trusted blindly."""
     tensors, fields = read_artifact(path, "prompt", "soft prompt")
     if "prompt" not in tensors:
-        raise PromptFileError(f"{path} has no 'prompt' tensor (found: {', '.join(tensors)})")
+        raise PromptFileError(
+            f"{path} has no 'prompt' tensor (it holds {_some_names(tensors)}), so it is not a "
+            "softprompt prompt; give a prompt written by softprompt train, or bring one in with "
+            "softprompt import"
+        )
     embedding = tensors["prompt"]
     if embedding.ndim != 2 or embedding.shape[0] < 1 or not embedding.is_floating_point():
         raise PromptFileError(
@@ -158,6 +162,13 @@ def load_prompt(path: str | os.PathLike) -> SoftPrompt:
         raise PromptFileError(f"{path}: 'prompt' holds NaN or infinite values")
     views = _read_views(path, tensors, fields["models"], embedding.shape[0])
     return SoftPrompt(embedding=embedding.float(), views=views, **fields)
+
+
+def _some_names(tensors: dict, shown: int = 3) -> str:
+    """The first few tensor names of a file (a model's weights file has hundreds)."""
+    names = list(tensors)
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return (", ".join(names[:shown]) or "no tensors") + more
 
 
 def _read_views(path, tensors: dict, models: list[dict], length: int) -> dict[str, torch.Tensor]:

@@ -404,6 +404,7 @@ def ensure_bundled(alias: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{alias}-src-") as workdir:
         gguf = bundled.locate_gguf(Path(workdir))
+        check_gguf_readable(gguf)
         _convert_gguf(gguf, target)
     return target
 
@@ -414,9 +415,38 @@ def ensure_gguf_converted(path: Path) -> Path:
     key = hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()
     target = cached_model_dir(f"gguf-{path.stem}-{key[:12]}")
     if not _is_complete(target):
+        check_gguf_readable(path)
         target.parent.mkdir(parents=True, exist_ok=True)
         _convert_gguf(path, target)
     return target
+
+
+def check_gguf_readable(path: Path) -> None:
+    """Refuse a file the GGUF reader cannot parse whole (cut short by a broken download, or not
+    GGUF at all) with one line, before the conversion starts."""
+    with path.open("rb") as handle:
+        magic = handle.read(4)
+    reason = None if magic == b"GGUF" else "it does not start with the GGUF magic bytes"
+    if reason is None:
+        reason = _gguf_read_failure(path)
+    if reason is not None:
+        raise ModelError(
+            f"{path} is not a readable GGUF file ({reason}); download it again or give a "
+            "complete .gguf model file"
+        )
+
+
+def _gguf_read_failure(path: Path) -> str | None:
+    """Why the GGUF reader cannot parse the file, or None when it can. Its failures on damaged
+    bytes are of many kinds (struct, numpy, index errors), so any of them means unreadable."""
+    import gguf as gguf_lib
+
+    try:
+        gguf_lib.GGUFReader(path)
+    except Exception as exc:  # any parse failure of these bytes means the same to the user
+        size = path.stat().st_size
+        return f"cut short or damaged, {size} bytes: {_first_line(exc).rstrip('.')}"
+    return None
 
 
 # the marker of a finished conversion; a new name makes older caches convert again (v2: the

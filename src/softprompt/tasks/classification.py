@@ -44,7 +44,10 @@ def check_template(template: str, needs_text_b: bool = False) -> None:
 
 
 def _fill(template: str, text: str, text_b: str | None) -> str:
-    return template.replace("{text}", text).replace("{text_b}", text_b or "")
+    """The template with its {text} and {text_b} filled in, in one pass: braces in the texts
+    themselves (a text that says "{text_b}") stay as they are."""
+    values = {"text": text, "text_b": text_b or ""}
+    return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
 
 
 @dataclass
@@ -106,6 +109,7 @@ class ClassificationTask(Task):
         for label, ids in zip(self.labels, self.word_ids):
             if not ids:
                 raise ConfigError(f"verbalizer word for {label!r} has no tokens")
+        self._check_distinct_words()
         if backbone.kind == "masked" and self.tokenizer.mask_token_id is None:
             raise ModelError(f"model {backbone.name} has no mask token; a masked task needs one")
         self.shared = all(len(ids) == 1 for ids in self.word_ids)
@@ -113,6 +117,39 @@ class ClassificationTask(Task):
         self.specials_before, self.specials_after = special_tokens(self.tokenizer)
         if backbone.kind == "causal":
             self.specials_after = []
+
+    def _check_distinct_words(self) -> None:
+        """Refuse two labels whose words are the same, or tokenize to the same tokens: their
+        scores would always be equal, so the task could never tell the labels apart (training
+        would sit at loss ln 2 for two labels)."""
+        seen: dict[tuple[int, ...], str] = {}
+        for label, ids in zip(self.labels, self.word_ids):
+            other = seen.setdefault(tuple(ids), label)
+            if other == label:
+                continue
+            first, word = self.verbalizer[other], self.verbalizer[label]
+            if first == word:
+                raise ConfigError(
+                    f"verbalizer labels {other!r} and {label!r} have the same word {word!r}; "
+                    "give each label a word of its own"
+                )
+            tokens = " ".join(self.tokenizer.convert_ids_to_tokens(ids))
+            raise ConfigError(
+                f"verbalizer words {first!r} ({other!r}) and {word!r} ({label!r}) are the same "
+                f"token(s) {tokens!r} for model {self.backbone.name}; choose label words this "
+                "model tokenizes differently"
+            )
+
+    def _head_ids(self, text: str) -> list[int]:
+        """The tokens of the rendered text before the label slot. A causal LM predicts the
+        label word from the position before it, so for a model that adds no start token (no
+        BOS) an empty text becomes its BOS or EOS token (GPT-2's start of text)."""
+        ids = self._content_ids(text)
+        if ids or self.specials_before or self.backbone.kind != "causal":
+            return ids
+        start = self.tokenizer.bos_token_id
+        start = self.tokenizer.eos_token_id if start is None else start
+        return [start] if start is not None else []
 
     def _content_ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False).input_ids if text else []
@@ -132,7 +169,7 @@ class ClassificationTask(Task):
         longest = max(len(ids) for ids in words)
         text, text_b = example.text, example.text_b
         for _ in range(6):
-            before = self._content_ids(_fill(self.before, text, text_b))
+            before = self._head_ids(_fill(self.before, text, text_b))
             after = self._content_ids(_fill(self.after, text, text_b))
             fixed = len(self.specials_before) + len(self.specials_after) + len(after)
             total = self.prompt_length + fixed + len(before) + longest
@@ -142,6 +179,11 @@ class ClassificationTask(Task):
             text, text_b = self._shorten(text, text_b, excess, example)
         else:
             raise DataError(f"{example.where}: cannot fit the text into max_length")
+        if self.backbone.kind == "causal" and not (self.specials_before or before):
+            raise DataError(
+                f"{example.where}: the text is empty and the model adds no start token, so "
+                "nothing comes before the label; put words before {text} in the template"
+            )
         rows = [self._row(before, after, ids) for ids in words]
         if self.shared:
             ids, positions, _ = rows[0]

@@ -66,7 +66,7 @@ class RunDir:
         if not self.is_main or fcntl is None:
             yield
             return
-        self.path.mkdir(parents=True, exist_ok=True)
+        self.create()
         with open(self.path / LOCK_FILE, "a+", encoding="utf-8") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -82,6 +82,29 @@ class RunDir:
             handle.write(f"{os.getpid()}\n")
             handle.flush()
             yield  # closing the file releases the lock
+
+    def check_target(self) -> None:
+        """Before anything is loaded: the run folder must be a folder, or creatable (a file in
+        its place, or under a file, is refused at once, not after the models load)."""
+        if not self.is_main:
+            return
+        if self.path.exists() and not self.path.is_dir():
+            raise UsageError(f"--out {self.path} is a file; give a folder for the run")
+        above = next((p for p in self.path.absolute().parents if p.exists()), None)
+        if above is not None and not above.is_dir():
+            raise UsageError(f"--out {self.path}: {above} is a file, so no folder fits there")
+
+    def create(self) -> None:
+        """Make the run folder, with a one-line error when the system refuses (no such parent,
+        read-only or no permission)."""
+        self.check_target()
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(
+                f"--out {self.path} cannot be created ({exc.strerror or exc}); choose a folder "
+                "where you can write"
+            ) from exc
 
     def refuse_existing(self) -> None:
         """Stop a new run from overwriting one that can still be resumed."""

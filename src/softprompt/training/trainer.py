@@ -65,6 +65,7 @@ class Trainer:
         check_trackers(self.settings.report_to)
         self.processes = launched_processes(self.settings.device)
         self.run_dir = RunDir(self.out_dir, is_main=self.processes.is_main)
+        self.run_dir.check_target()
         self.progress = progress and self.processes.is_main
         self.device = self.processes.training_device(self.settings)
         self.dtype = "bfloat16" if self.settings.precision == "bf16" else "float32"
