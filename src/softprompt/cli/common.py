@@ -12,11 +12,32 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from softprompt.errors import UsageError
 
-out = Console()
+PIPE_WIDTH = 10_000  # columns of stdout when it is not a terminal: a table row stays one line
+
+
+class OutputConsole(Console):
+    """stdout's console. On a terminal, its width; into a pipe or a file (where rich would
+    assume 80 columns, or the width of a terminal on stderr), PIPE_WIDTH columns, so that
+    tables and long lines are never wrapped mid-sentence for a reader that is a program.
+    COLUMNS, when set, still decides."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)
+        if self._width is None and not self.is_terminal and "COLUMNS" not in os.environ:
+            return ConsoleDimensions(PIPE_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+
+out = OutputConsole()
 err = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
