@@ -3,6 +3,8 @@ measured in display cells, no replacement character where generation cut a chara
 
 from __future__ import annotations
 
+import io
+import re
 import unicodedata
 from types import SimpleNamespace
 
@@ -147,3 +149,122 @@ def test_a_narrow_table_folds_cjk_instead_of_cutting_it(monkeypatch, capsys, tmp
     assert "".join(lines).count("😀") == 4  # two per column, none lost
     widths = {cells(line) for line in lines}
     assert len(widths) == 1 and widths.pop() <= 40
+
+
+# --- progress on stderr --------------------------------------------------------------------
+
+VERBALIZER = {"negative": " bad", "positive": " good"}
+
+
+def saved_prompt(tiny, tmp_path, length: int = 6):
+    """A random prompt for the tiny Llama with the sentiment task's template and verbalizer."""
+    from softprompt.methods.artifact import model_record
+
+    embedding = torch.randn(length, 32, generator=torch.Generator().manual_seed(0))
+    task = {"template": "review: {text} sentiment:", "verbalizer": VERBALIZER}
+    prompt = SoftPrompt(embedding, models=[model_record(tiny["llama"])], task=task)
+    return save_prompt(prompt, tmp_path / "p.safetensors")
+
+
+def progress_counts(err: str, what: str, unit: str, note: str = "") -> list[tuple[int, int]]:
+    """(done, total) of each log line of `what` (ending in the `note` pattern, if any)."""
+    end = f", {note}" if note else ""
+    line = re.compile(rf"{re.escape(what)}: (\d+)/(\d+) {unit} \((\d+)%\), \d+ s{end}")
+    found = [line.fullmatch(text) for text in err.splitlines()]
+    return [(int(m[1]), int(m[2])) for m in found if m]
+
+
+def assert_log_progress(err: str, what: str, unit: str, note: str = "") -> None:
+    """Several plain lines (no carriage return, no escape codes), counts rising to the total."""
+    assert "\r" not in err and "\x1b" not in err
+    counts = progress_counts(err, what, unit, note)
+    assert len(counts) >= 3, err
+    done = [d for d, _ in counts]
+    assert done == sorted(set(done)), counts
+    assert len({t for _, t in counts}) == 1 and done[-1] == counts[0][1]
+
+
+def test_explain_reports_progress_in_log_lines(monkeypatch, capsys, tiny, tiny_dirs, tmp_path):
+    from conftest import SENTIMENT
+
+    prompt = saved_prompt(tiny, tmp_path)
+    code, _, err = invoke(
+        monkeypatch, capsys, "explain", prompt, "-m", tiny_dirs["llama"], "--data", SENTIMENT,
+        "--split", "dev", "--max-examples", "8", "--batch-size", "4", "--projection", "none",
+        "--out", tmp_path / "report", "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    assert_log_progress(err, "importance (llama, 7 variants)", "ablated examples")
+    assert progress_counts(err, "importance (llama, 7 variants)", "ablated examples")[-1] == (
+        56,
+        56,
+    )  # the full prompt and 6 ablations, on 8 examples each
+
+
+def test_compress_reports_progress_in_log_lines(monkeypatch, capsys, tiny, tmp_path):
+    from conftest import SENTIMENT
+
+    prompt = saved_prompt(tiny, tmp_path)
+    code, _, err = invoke(
+        monkeypatch, capsys, "compress", prompt, "--keep", "2", "--out", tmp_path / "short",
+        "--data", SENTIMENT, "--split", "dev", "--batch-size", "4", "--device", "cpu",
+    )  # fmt: skip
+    assert code == 0, err
+    assert_log_progress(err, "importance (llama, 7 variants)", "ablated examples")
+
+
+@pytest.fixture(scope="module")
+def two_llamas(tmp_path_factory) -> list[str]:
+    """Two tiny Llamas of one tokenizer (different seeds): a joint run's models."""
+    from conftest import corpus
+    from softprompt.models.tiny import save_tiny
+
+    root = tmp_path_factory.mktemp("two-llamas")
+    return [str(save_tiny(root / f"llama-{s}", corpus(), "llama", seed=s)) for s in (0, 1)]
+
+
+def train_three_steps(models: list[str], out_dir) -> None:
+    from conftest import SENTIMENT
+    from softprompt.config import validate_config
+    from softprompt.training.trainer import Trainer
+
+    config = {
+        "models": models,
+        "task": {
+            "data": str(SENTIMENT),
+            "template": "review: {text} sentiment:",
+            "verbalizer": VERBALIZER,
+            "max_examples": 8,
+        },
+        "prompt": {"length": 2},
+        "train": {"steps": 3, "batch_size": 2, "eval_every": 1, "checkpoint_every": 3},
+    }
+    Trainer(validate_config(config), out_dir, progress=True).run()
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_training_log_lines_show_the_step_counter(count, capsys, two_llamas, tmp_path):
+    """One model or two, the log lines count the steps and carry the loss and dev metrics."""
+    train_three_steps(two_llamas[:count], tmp_path / "run")
+    err = capsys.readouterr().err
+    assert_log_progress(err, "train", "steps", r"loss [\d.]+ dev loss [\d.]+ accuracy [\d.]+.*")
+    last = [line for line in err.splitlines() if line.startswith("train: ")][-1]
+    assert last.startswith("train: 3/3 steps (100%), ")
+    assert ("llama-0:" in last and "llama-1:" in last) == (count == 2)
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_training_bar_on_a_terminal_keeps_the_step_counter(
+    count, monkeypatch, two_llamas, tmp_path
+):
+    """On an 80-column terminal the two models' dev metrics make the bar's text long: the
+    note is cut, not the `3/3` counter (which rich squeezed to `3…` before)."""
+    from rich.console import Console
+
+    screen = io.StringIO()
+    terminal = Console(file=screen, width=80, force_terminal=True)
+    monkeypatch.setattr("softprompt.progress.stderr_is_terminal", lambda: True)
+    monkeypatch.setattr("softprompt.progress.Console", lambda **_: terminal)
+    train_three_steps(two_llamas[:count], tmp_path / "run")
+    final = screen.getvalue().split("\r")[-1]
+    assert "3/3" in final, final

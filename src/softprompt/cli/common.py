@@ -140,30 +140,16 @@ def default_model(prompt_path: Path | None, model: str | None) -> str:
 def progress_reporter(
     what: str, *, rows_on_stdout: bool = False, quiet: bool = False
 ) -> Iterator[Callable[[int, int], None]]:
-    """A `(done, total)` callback showing a batch job's progress on stderr: a rich bar when
-    stderr is a terminal (and stdout is not the same screen receiving rows, which a live bar
-    would tear), else at most four plain lines (`what: 50/200`, at each quarter) that read
-    well in a log; nothing when `quiet`."""
-    if err.is_terminal and not (rows_on_stdout and out.is_terminal):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    """A `(done, total)` callback showing a batch job's progress on stderr
+    (`softprompt.progress`): a live bar when stderr is a terminal (and stdout is not the same
+    screen receiving rows, which a live bar would tear), else log lines (`what: 50/200 inputs
+    (25%), 3 s`, at each tenth); with `quiet`, no log lines."""
+    from softprompt.progress import Progress
 
-        columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err, redirect_stdout=False, redirect_stderr=False) as bar:
-            task = bar.add_task(what, total=None)
-            yield lambda done, total: bar.update(task, completed=done, total=total)
-        return
-    if quiet:
-        yield lambda done, total: None
-        return
-    shown = [0]
-
-    def log(done: int, total: int) -> None:
-        quarter = 4 * done // max(total, 1)
-        if done and quarter > shown[0]:
-            shown[0] = quarter
-            err.print(f"{what}: {done}/{total}", markup=False, highlight=False, soft_wrap=True)
-
-    yield log
+    live = err.is_terminal and not (rows_on_stdout and out.is_terminal)
+    shown = {"live": live, "enabled": live or not quiet, "console": err}
+    with Progress(what, unit="inputs", **shown) as progress:
+        yield lambda done, total: progress.update(done, total)
 
 
 @contextmanager
