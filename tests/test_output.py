@@ -268,3 +268,27 @@ def test_training_bar_on_a_terminal_keeps_the_step_counter(
     train_three_steps(two_llamas[:count], tmp_path / "run")
     final = screen.getvalue().split("\r")[-1]
     assert "3/3" in final, final
+
+
+def test_slow_work_logs_a_line_every_30_seconds_between_tenths(monkeypatch, capsys):
+    """A step of 1 in 1000 passes no tenth, but half a minute without a line gets one."""
+    from softprompt import progress as progress_module
+
+    now = [100.0]
+    monkeypatch.setattr(progress_module.time, "monotonic", lambda: now[0])
+    with progress_module.Progress("work", 1000, unit="items", live=False) as progress:
+        progress.update(1)
+        now[0] += 31
+        progress.update(2)
+        now[0] += 1
+        progress.update(3)
+        now[0] += 40
+        progress.update(3)  # 41 s after the last line, with new work since
+        now[0] += 40
+        progress.update(3)  # no new work since the last line: nothing to say
+        progress.update(100)  # a tenth passed
+    assert capsys.readouterr().err.splitlines() == [
+        "work: 2/1000 items (0%), 31 s",
+        "work: 3/1000 items (0%), 1 min 12 s",
+        "work: 100/1000 items (10%), 1 min 52 s",
+    ]
