@@ -72,3 +72,34 @@ def test_generate_samples_errors(tiny):
         generate_samples(tiny["llama"], ["great"], None, GREEDY, compare=True)
     with pytest.raises(UsageError, match="--num-samples needs sampling"):
         generate_samples(tiny["llama"], ["great"], torch.zeros(2, 32), GREEDY, num_samples=2)
+
+
+SAMPLED = SamplingOptions(max_new_tokens=8, temperature=1.5, seed=0)
+
+
+@pytest.mark.parametrize("prompt", [None, torch.randn(3, 32) * 0.5])
+def test_a_sampled_text_continues_the_same_alone_or_in_any_batch(tiny, prompt):
+    """A row samples from its own seeded generator: batching the text with two others, in
+    any position, does not change its continuation."""
+    backbone = tiny["llama"]
+    text = "great movie"
+    others = ["it was awful and bad , really", "review : good"]
+    alone = generate(backbone, [text], prompt, SAMPLED)[0]
+    first = generate(backbone, [text, *others], prompt, SAMPLED)
+    last = generate(backbone, [*others, text], prompt, SAMPLED)
+    assert first[0] == alone
+    assert last[2] == alone
+    assert first[1:] == last[:2]  # the others too are unmoved by their places
+
+
+def test_sampling_depends_on_the_seed_and_the_sample_number(tiny):
+    """Sampling does sample: over several seeds the tiny random model gives several different
+    continuations, and the samples of one text under one seed differ from each other."""
+    backbone = tiny["llama"]
+    texts = ["great movie"]
+    seeds = {generate(backbone, texts, None, SamplingOptions(8, seed=s))[0] for s in range(6)}
+    assert len(seeds) > 1
+    rows = generate_samples(backbone, texts, None, SAMPLED, num_samples=4)
+    assert len({r["generated"] for r in rows}) > 1
+    greedy = SamplingOptions(max_new_tokens=8, greedy=True)
+    assert len({generate(backbone, texts, None, greedy)[0] for _ in range(2)}) == 1

@@ -212,3 +212,34 @@ def test_peak_activations_stay_at_one_models_worth(sentiment_dir, tmp_path):
     assert peaks[1] > 0
     assert peaks[4] <= 1.1 * peaks[1]
     assert peaks["naive4"] >= 3.5 * peaks["naive1"]
+
+
+def test_study_resumes_an_interrupted_run_with_changes_only_when_allowed(
+    sentiment_dir, family, tmp_path, monkeypatch, capsys
+):
+    """A run with checkpoints but no summary resumes as `train --resume` does: a base config
+    changed since is refused, naming --allow-changes, which `study` takes and records."""
+    from test_cli import invoke
+
+    base = tmp_path / "base.yaml"
+    config = joint_config(sentiment_dir, family["dirs"][:1], steps=2, checkpoint_every=1)
+    base.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    study_file = tmp_path / "study.yaml"
+    grid = {"config": "base.yaml", "model_sets": [family["dirs"][:1]], "train_seeds": [1]}
+    study_file.write_text(yaml.safe_dump({**grid, "init_seeds": [0]}))
+    run_study(load_study(study_file), tmp_path / "study", progress=False)
+    run = tmp_path / "study" / "set0-1models" / "train1-init0"
+    (run / "summary.json").unlink()  # as if stopped after its last checkpoint
+    changed = joint_config(sentiment_dir, family["dirs"][:1], steps=3, checkpoint_every=1)
+    base.write_text(yaml.safe_dump(changed.model_dump(mode="json")))
+    args = ("study", study_file, "--out", tmp_path / "study", "--quiet", "--json")
+    code, _, err = invoke(monkeypatch, capsys, *args)
+    assert code == 2 and "train.steps" in err and "--allow-changes" in err, err
+    assert not (run / "summary.json").exists()
+    code, _, err = invoke(monkeypatch, capsys, *args, "--allow-changes")
+    assert code == 0, err
+    assert json.loads((run / "summary.json").read_text())["steps"] == 3
+    recorded = [
+        json.loads(line) for line in (run / "config-changes.jsonl").read_text().splitlines()
+    ]
+    assert any("train.steps" in json.dumps(r) for r in recorded), recorded

@@ -3,7 +3,9 @@ loads with `PeftModel.from_pretrained` and gives softprompt's logits and greedy 
 PEFT made imports into an artifact that does the same."""
 
 import json
+import os
 import socket
+import stat
 
 import pytest
 import torch
@@ -517,3 +519,27 @@ def test_cli_import_from_esp_still_works_beside_peft(monkeypatch, capsys, tiny_d
         "hidden_size": 32,
     }
     assert torch.equal(load_artifact(out_path).embedding, weight)
+
+
+@pytest.mark.parametrize(
+    "umask, folder_mode, file_mode", [(0o022, 0o755, 0o644), (0o077, 0o700, 0o600)]
+)
+def test_exported_folder_and_files_follow_the_umask(
+    umask, folder_mode, file_mode, monkeypatch, capsys, tiny_dirs, tmp_path
+):
+    """The adapter folder and its two files get the modes mkdir/open would give under the
+    umask (mkdtemp's 0700 and mkstemp's 0600 are only for the staging names)."""
+    prompt = save_artifact(random_prompt(load_backbone(str(tiny_dirs["llama"]))), tmp_path / "p")
+    adapter = tmp_path / "adapter"
+    previous = os.umask(umask)
+    try:
+        code, _, err = invoke(
+            monkeypatch, capsys, "export", prompt, "--format", "peft", "-m", tiny_dirs["llama"],
+            "--out", adapter,
+        )  # fmt: skip
+    finally:
+        os.umask(previous)
+    assert code == 0, err
+    assert stat.S_IMODE(adapter.stat().st_mode) == folder_mode
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        assert stat.S_IMODE((adapter / name).stat().st_mode) == file_mode, name

@@ -1,4 +1,6 @@
 import json
+import os
+import stat
 
 import pytest
 import torch
@@ -102,3 +104,16 @@ def test_corrupt_and_foreign_files_are_refused(tmp_path):
         load_prompt(typed)
     with pytest.raises(PromptFileError, match="not found"):
         load_prompt(tmp_path / "missing.safetensors")
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640)])
+def test_saved_prompt_file_gets_the_umask_mode(umask, mode, tmp_path):
+    """A prompt written through the atomic writer reads as a file `open()` made (0644 under
+    022), not as mkstemp's private 0600."""
+    prompt = SoftPrompt(embedding=torch.zeros(2, 4), models=[], task={})
+    previous = os.umask(umask)
+    try:
+        save_prompt(prompt, tmp_path / "p.safetensors")
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE((tmp_path / "p.safetensors").stat().st_mode) == mode

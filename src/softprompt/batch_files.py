@@ -15,7 +15,7 @@ import json
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
@@ -294,9 +294,10 @@ def generate_file(
     record) and "generated" (no prompt) or "with_prompt" (and "without_prompt" with `compare`),
     a list of `num_samples` continuations when more than one.
 
-    Batch k samples with seed `options.seed + k`, so that batches draw different noise and the
-    first batch is what `generate_samples` gives for its texts. `model` defaults to the
-    prompt's own (`model_for`). Returns a summary (counts)."""
+    Each row samples from its own generator seeded from (seed, sample number, text), so an
+    input's continuation is what `generate_samples` gives for its text alone, whatever the
+    batch size or its place in the file. `model` defaults to the prompt's own (`model_for`).
+    Returns a summary (counts)."""
     options = options or SamplingOptions()
     options.check()
     if compare and prompt is None:
@@ -309,11 +310,10 @@ def generate_file(
     texts = [example.text for example in inputs.examples]
     advance = _counter(progress, texts)
     with open_output(output) as handle:
-        for index, start in enumerate(range(0, len(texts), batch_size)):
+        for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
-            seeded = replace(options, seed=options.seed + index)
             rows = generate_samples(
-                backbone, chunk, steer, seeded, num_samples=num_samples, compare=compare
+                backbone, chunk, steer, options, num_samples=num_samples, compare=compare
             )
             for offset in range(len(chunk)):
                 samples = rows[offset * num_samples : (offset + 1) * num_samples]

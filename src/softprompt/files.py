@@ -20,11 +20,14 @@ from softprompt.errors import PromptFileError
 def write_safetensors_atomic(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str], target: Path
 ) -> None:
-    """Write a safetensors file atomically (temp file, fsync, rename): never half-written."""
+    """Write a safetensors file atomically (temp file, fsync, rename): never half-written. The
+    file gets the mode a plain `open()` would give under the umask, not the 0600 that mkstemp
+    and safetensors' `save_file` (which replaces the file it is given) both leave."""
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata=metadata)
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
@@ -51,7 +54,18 @@ def atomic_text_file(target: Path) -> Iterator[TextIO]:
             os.unlink(tmp)
 
 
+def staging_dir(target: Path) -> Path:
+    """A fresh hidden folder next to `target`, to fill and then rename into place: made by
+    mkdtemp (a unique name, never an existing folder) but with the mode `mkdir` would give
+    under the umask (0755 under 022), not mkdtemp's 0700, so the renamed folder reads as any
+    other the user makes."""
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    os.chmod(staging, 0o777 & ~_umask())
+    return staging
+
+
 def _umask() -> int:
+    """The process's umask (os.umask only reads it by setting it, so it is set back at once)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

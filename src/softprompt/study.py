@@ -75,8 +75,13 @@ def planned_runs(study: StudyConfig) -> list[dict]:
     return runs
 
 
-def run_study(study: StudyConfig, out_dir: str | Path, progress: bool = True) -> dict:
-    """Run every unfinished run of the grid, then summarise all of them."""
+def run_study(
+    study: StudyConfig, out_dir: str | Path, progress: bool = True, allow_changes: bool = False
+) -> dict:
+    """Run every unfinished run of the grid, then summarise all of them. An interrupted run
+    (checkpoints, no summary) resumes as `train --resume` does: a config changed since (the
+    base config, `set:`) is refused unless `allow_changes`, which records the changes in the
+    run. Finished runs are kept as they are."""
     folder = Path(out_dir)
     runs = planned_runs(study)
     for run in runs:
@@ -85,7 +90,8 @@ def run_study(study: StudyConfig, out_dir: str | Path, progress: bool = True) ->
             run["skipped"] = True
             continue
         config = load_config(study.config, run["overrides"])
-        train(config, run_dir, resume=(run_dir / "checkpoints").is_dir(), progress=progress)
+        resume = (run_dir / "checkpoints").is_dir()
+        train(config, run_dir, resume=resume, allow_changes=allow_changes, progress=progress)
         run["skipped"] = False
     return summarise(study, runs, folder)
 

@@ -7,15 +7,14 @@ The gradient estimate needs one backward pass: delta_loss_i ~ (ablated_i - p_i) 
 
 from __future__ import annotations
 
-import torch
-from rich.console import Console
-from rich.progress import track
+from pathlib import Path
 
+import torch
+
+from softprompt.progress import Progress
 from softprompt.steering.base import Steering
 from softprompt.steering.prompt import PromptSteering, prompt_states
 from softprompt.tasks.classification import ClassificationTask, EncodedExample
-
-_STDERR = Console(stderr=True)
 
 ABLATIONS = ("zero", "mean", "remove")
 
@@ -56,18 +55,18 @@ def variant_metrics(
     loss_sum = torch.zeros(count)
     correct = torch.zeros(count)
     labels = torch.tensor([enc.label for enc in encoded])
-    starts = range(0, len(pairs), batch_size)
-    for start in track(
-        starts, description=f"ablations ({count} variants)", console=_STDERR, transient=True
-    ):
-        chunk = pairs[start : start + batch_size]
-        variant_ids = torch.tensor([v for v, _ in chunk])
-        example_ids = torch.tensor([e for _, e in chunk])
-        batch = task.collate([encoded[e] for e in example_ids.tolist()])
-        scores = task.class_scores(steer.select(variant_ids), batch).float().cpu()
-        losses = task.losses(scores, labels[example_ids])
-        loss_sum.index_add_(0, variant_ids, losses)
-        correct.index_add_(0, variant_ids, (scores.argmax(1) == labels[example_ids]).float())
+    what = f"importance ({Path(task.backbone.name).name}, {count} variants)"
+    with Progress(what, len(pairs), unit="ablated examples", transient=True) as progress:
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            variant_ids = torch.tensor([v for v, _ in chunk])
+            example_ids = torch.tensor([e for _, e in chunk])
+            batch = task.collate([encoded[e] for e in example_ids.tolist()])
+            scores = task.class_scores(steer.select(variant_ids), batch).float().cpu()
+            losses = task.losses(scores, labels[example_ids])
+            loss_sum.index_add_(0, variant_ids, losses)
+            correct.index_add_(0, variant_ids, (scores.argmax(1) == labels[example_ids]).float())
+            progress.advance(len(chunk))
     return {"loss": loss_sum / len(encoded), "accuracy": correct / len(encoded)}
 
 
@@ -111,9 +110,12 @@ def gradient_importance(
     """First-order estimate of each token's loss importance from one backward pass.
     Removal is estimated as zeroing (the first-order view of a missing token)."""
     point = prompt.detach().float().clone().requires_grad_(True)
-    for start in range(0, len(encoded), batch_size):
-        batch = task.collate(encoded[start : start + batch_size])
-        scores = task.class_scores(point, batch)
-        (task.losses(scores, batch.labels).sum() / len(encoded)).backward()
+    what = f"importance gradient ({Path(task.backbone.name).name})"
+    with Progress(what, len(encoded), unit="examples", transient=True) as progress:
+        for start in range(0, len(encoded), batch_size):
+            batch = task.collate(encoded[start : start + batch_size])
+            scores = task.class_scores(point, batch)
+            (task.losses(scores, batch.labels).sum() / len(encoded)).backward()
+            progress.advance(len(batch.labels))
     target = point.detach().mean(dim=0, keepdim=True) if mode == "mean" else 0.0
     return ((target - point.detach()) * point.grad).sum(dim=-1)

@@ -12,11 +12,32 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
 
 from softprompt.errors import UsageError
 
-out = Console()
+PIPE_WIDTH = 10_000  # columns of stdout when it is not a terminal: a table row stays one line
+
+
+class OutputConsole(Console):
+    """stdout's console. On a terminal, its width; into a pipe or a file (where rich would
+    assume 80 columns, or the width of a terminal on stderr), PIPE_WIDTH columns, so that
+    tables and long lines are never wrapped mid-sentence for a reader that is a program.
+    COLUMNS, when set, still decides."""
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = Console.size.fget(self)
+        if self._width is None and not self.is_terminal and "COLUMNS" not in os.environ:
+            return ConsoleDimensions(PIPE_WIDTH, size.height)
+        return size
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)
+
+
+out = OutputConsole()
 err = Console(stderr=True)
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON on stdout.")]
@@ -119,30 +140,16 @@ def default_model(prompt_path: Path | None, model: str | None) -> str:
 def progress_reporter(
     what: str, *, rows_on_stdout: bool = False, quiet: bool = False
 ) -> Iterator[Callable[[int, int], None]]:
-    """A `(done, total)` callback showing a batch job's progress on stderr: a rich bar when
-    stderr is a terminal (and stdout is not the same screen receiving rows, which a live bar
-    would tear), else at most four plain lines (`what: 50/200`, at each quarter) that read
-    well in a log; nothing when `quiet`."""
-    if err.is_terminal and not (rows_on_stdout and out.is_terminal):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+    """A `(done, total)` callback showing a batch job's progress on stderr
+    (`softprompt.progress`): a live bar when stderr is a terminal (and stdout is not the same
+    screen receiving rows, which a live bar would tear), else log lines (`what: 50/200 inputs
+    (25%), 3 s`, at each tenth); with `quiet`, no log lines."""
+    from softprompt.progress import Progress
 
-        columns = ("{task.description}", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        with Progress(*columns, console=err, redirect_stdout=False, redirect_stderr=False) as bar:
-            task = bar.add_task(what, total=None)
-            yield lambda done, total: bar.update(task, completed=done, total=total)
-        return
-    if quiet:
-        yield lambda done, total: None
-        return
-    shown = [0]
-
-    def log(done: int, total: int) -> None:
-        quarter = 4 * done // max(total, 1)
-        if done and quarter > shown[0]:
-            shown[0] = quarter
-            err.print(f"{what}: {done}/{total}", markup=False, highlight=False, soft_wrap=True)
-
-    yield log
+    live = err.is_terminal and not (rows_on_stdout and out.is_terminal)
+    shown = {"live": live, "enabled": live or not quiet, "console": err}
+    with Progress(what, unit="inputs", **shown) as progress:
+        yield lambda done, total: progress.update(done, total)
 
 
 @contextmanager

@@ -83,13 +83,22 @@ def _check_train_options(
 def study(
     study_file: Annotated[Path, typer.Argument(help="Study YAML (base config and the grid).")],
     out_dir: Annotated[Path, typer.Option("--out", help="Study directory.")] = Path("runs/study"),
+    allow_changes: Annotated[
+        bool,
+        typer.Option(
+            help="Resume interrupted runs with a changed config, recorded in each run "
+            "(finished runs are kept)."
+        ),
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a grid of trainings (model sets x seeds); finished runs are skipped on re-run."""
+    """Run a grid of trainings (model sets x seeds); finished runs are skipped on re-run and
+    interrupted ones resume from their checkpoint."""
     from softprompt.study import load_study, run_study
 
-    result = run_study(load_study(study_file), out_dir, progress=not quiet)
+    study_config = load_study(study_file)
+    result = run_study(study_config, out_dir, progress=not quiet, allow_changes=allow_changes)
 
     def render(r: dict) -> None:
         table = Table("group", "models", "runs", "mean", "std", title=f"{r['metric']}")

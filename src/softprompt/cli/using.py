@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from softprompt.cli.common import (
     BatchOpt,
@@ -306,10 +308,14 @@ def _generate_texts(prompt, text, model, place, dtype, as_json, options, num_sam
 def _render_generations(items: list[dict], compare: bool) -> None:
     """A with/without table for --compare, else each text followed by its continuation."""
     if compare:
-        table = Table("text", "with prompt", "without prompt", show_lines=True)
+        table = Table(show_lines=True)
+        for header in ("text", "with prompt", "without prompt"):
+            table.add_column(header, overflow="fold")  # a long CJK run folds, is not cut to …
         for item in items:
-            table.add_row(item["text"], item["with_prompt"], item["without_prompt"])
+            cells = (item["text"], item["with_prompt"], item["without_prompt"])
+            table.add_row(*(Text(cell) for cell in cells))  # as written: no [markup]
         out.print(table)
         return
     for item in items:
-        out.print(f"[bold]{item['text']}[/]{next(v for k, v in item.items() if k != 'text')}")
+        continuation = next(v for k, v in item.items() if k != "text")
+        out.print(f"[bold]{escape(item['text'])}[/]{escape(continuation)}")

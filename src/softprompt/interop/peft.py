@@ -23,14 +23,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 import uuid
 from pathlib import Path
 
 import torch
 
 from softprompt.errors import ModelError, PromptFileError, UsageError
-from softprompt.files import read_safetensors, write_safetensors_atomic
+from softprompt.files import read_safetensors, staging_dir, write_safetensors_atomic
 from softprompt.methods import load_artifact
 from softprompt.methods.artifact import header_metadata, model_record, parse_json_field
 from softprompt.methods.prefix import SavedPrefix
@@ -311,7 +310,7 @@ def _write_adapter_dir(
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise UsageError(f"{target} exists and is not empty; choose another --out or add --force")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    staging = staging_dir(target)
     try:
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tensors = {TENSOR: tensor.detach().float().cpu().contiguous()}

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from softprompt.errors import ConfigError, ModelError, UsageError
+from softprompt.files import staging_dir
 from softprompt.steering.attention import NAME as SEGMENT_ATTENTION
 from softprompt.steering.attention import Segments, use_segment_attention
 from softprompt.steering.last_layer import last_mlp_at
@@ -493,7 +494,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         clean = type(loaded)(clean_config)
     clean.load_state_dict(loaded.state_dict(), assign=True, strict=False)
     clean.tie_weights()
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    staging = staging_dir(target)
     try:
         clean.save_pretrained(staging)
         tokenizer.save_pretrained(staging)

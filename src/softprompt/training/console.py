@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 
 from softprompt.errors import SoftpromptError
+from softprompt.progress import Progress
 
 
 class Interrupted(SoftpromptError):
@@ -66,50 +67,27 @@ def _describe_dev(dev: dict) -> str:
 
 
 class ProgressBar:
-    """A rich progress bar on stderr with live loss and dev metrics (or nothing if disabled)."""
+    """The run's steps on stderr (`softprompt.progress`: a live bar on a terminal, log lines
+    elsewhere) with the newest loss and dev metrics after the step counter; nothing if
+    disabled."""
 
     def __init__(self, enabled: bool, total: int, completed: int) -> None:
-        self.enabled = enabled
-        self.total, self.completed = total, completed
+        self._progress = Progress(
+            "train", total, unit="steps", completed=completed, enabled=enabled
+        )
         self.fields = {"loss": "", "dev": ""}
 
     def __enter__(self) -> ProgressBar:
-        if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
-
-            self._progress = Progress(
-                TextColumn("[bold]train"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                TimeRemainingColumn(),
-                TextColumn("{task.fields[loss]} {task.fields[dev]}"),
-                console=Console(stderr=True),
-            )
-            self._progress.__enter__()
-            self._task = self._progress.add_task(
-                "train", total=self.total, completed=self.completed, **self.fields
-            )
+        self._progress.__enter__()
         return self
 
     def update(self, step: int, loss: float | None = None, dev: dict | None = None) -> None:
-        """Move the bar to `step`; show the newest loss and dev metrics when given."""
-        if not self.enabled:
-            return
+        """Move to `step`; show the newest loss and dev metrics when given."""
         if loss is not None:
             self.fields["loss"] = f"loss {loss:.4f}"
         if dev is not None:
             self.fields["dev"] = _describe_dev(dev)
-        self._progress.update(self._task, completed=step, **self.fields)
+        self._progress.update(step, note=" ".join(f for f in self.fields.values() if f))
 
     def __exit__(self, *exc) -> None:
-        if self.enabled:
-            self._progress.__exit__(*exc)
+        self._progress.__exit__(*exc)

@@ -240,11 +240,12 @@ class Trainer:
             log,
         ):
             while state.step < settings.steps and not stopped_early:
-                loss = self._step(state)
-                self._log_step(state, loss, log, bar)
+                loss, dev = self._step(state), None
+                self._log_step(state, loss, log)
                 if state.step % settings.eval_every == 0 or state.step == settings.steps:
-                    last_dev = self._evaluate(state, log, bar)
+                    dev = last_dev = self._evaluate(state, log)
                     stopped_early = self._after_eval(state, last_dev)
+                bar.update(state.step, loss=loss, dev=dev)  # once a step: a log line has both
                 if state.step % settings.checkpoint_every == 0 or stopped_early:
                     self.run_dir.save_checkpoint(state)
                 log.flush()
@@ -259,21 +260,19 @@ class Trainer:
             self._save_last(state)
             raise
 
-    def _log_step(self, state: TrainState, loss: float, log: RunLog, bar: ProgressBar) -> None:
-        """The step's loss and learning rate (and each model's loss) to the log and the bar."""
+    def _log_step(self, state: TrainState, loss: float, log: RunLog) -> None:
+        """The step's loss and learning rate (and each model's loss) to the run's log."""
         record = {"event": "train", "step": state.step, "loss": loss}
         record["lr"] = state.scheduler.get_last_lr()[0]
         if len(self.slots) > 1:
             record["model_losses"] = state.last_losses
         log.train(record)
-        bar.update(loss=loss, step=state.step)
 
-    def _evaluate(self, state: TrainState, log: RunLog, bar: ProgressBar) -> dict:
-        """Dev metrics of the prompt as it is now, logged and shown."""
+    def _evaluate(self, state: TrainState, log: RunLog) -> dict:
+        """Dev metrics of the prompt as it is now, logged."""
         with torch.no_grad():
             dev = self.evaluate_dev(state.module)
         log.eval(state.step, dev)
-        bar.update(dev=dev, step=state.step)
         return dev
 
     def _after_eval(self, state: TrainState, dev: dict) -> bool:
