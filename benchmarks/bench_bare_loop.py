@@ -9,18 +9,23 @@ of the verbalizer tokens at the label position, cross-entropy, backward, step. T
 alternate in blocks (A B A B ...) in one process; after the same number of steps their losses
 must agree (the difference is printed).
 
-Also printed: the FLOP/s the model achieves while training, against a large matmul's FLOP/s in
-the same run. FLOPs per step = 4 * N * tokens, N = parameters of the transformer body
-(embeddings and LM head excluded: the verbalizer loss uses 2 rows of the head), tokens = the
-positions each contender runs through the model: batch x (16 + padded text width) for the bare
-loop; for the trainer on a CPU, rows of [prompt | text | text ...] x their width. 4N = forward
+Also printed: the FLOP/s the model achieves while training, against two matmul limits measured
+in the same run, in fp32 and bf16, each warm (untimed calls first) and the best of several timed
+blocks: a square --matmul-size matmul, and the model-shape limit, the step's own GEMMs (every
+linear layer's forward and input gradient at the contender's tokens per step; common.py,
+prompt_tuning_gemms) timed the same way, total FLOPs over total best time.
+FLOPs per step = 4 * N * tokens, N = parameters of the transformer body (embeddings and LM
+head excluded: the verbalizer loss uses 2 rows of the head), tokens = the positions each
+contender runs through the model: batch x (16 + padded text width) for the bare loop; for the
+trainer on a CPU, rows of [prompt | text | text ...] x their width. 4N = forward
 2N + backward 2N for the activation gradients only: the frozen weights get no weight gradient,
 so the usual 6N (which adds 2N for weight gradients) would overstate the work; 6N is printed
 too, labelled, for comparison with fine-tuning figures. Attention-score FLOPs (about 1% at
 these lengths) are left out.
 
 Run: .venv/bin/python benchmarks/bench_bare_loop.py [--dtype float32|bfloat16]
-     [--steps 5] [--repeats 4] [--batch-size 8] [--matmul-size 2048] [--model smollm2-135m]
+     [--steps 5] [--repeats 4] [--batch-size 8] [--matmul-size 2048] [--matmul-blocks 5]
+     [--matmul-per-block 10] [--model smollm2-135m]
 """
 
 from __future__ import annotations
@@ -30,7 +35,18 @@ import json
 
 import torch
 import torch.nn.functional as F
-from common import ROOT, alternate, device, loss_agreement, machine, median, ratio_line, timed
+from common import (
+    ROOT,
+    WARMUP_CALLS,
+    alternate,
+    limits_line,
+    loss_agreement,
+    machine,
+    matmul_limits,
+    median,
+    prompt_tuning_gemms,
+    ratio_line,
+)
 
 from softprompt.config import load_config
 from softprompt.data import load_split
@@ -124,21 +140,15 @@ def body_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if id(p) not in skip)
 
 
-def matmul_flops(size: int, dtype: torch.dtype, repeats: int = 5) -> float:
-    """FLOP/s of a size x size matmul on the training device (median of `repeats`)."""
-    a = torch.randn(size, size, dtype=dtype, device=device())
-    b = torch.randn(size, size, dtype=dtype, device=a.device)
-    timed(lambda: a @ b)  # warm-up: kernel selection, allocation
-    return 2 * size**3 / median([timed(lambda: a @ b)[1] for _ in range(repeats)])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     parser.add_argument("--steps", type=int, default=5, help="steps per block")
     parser.add_argument("--repeats", type=int, default=4, help="blocks per contender")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--matmul-size", type=int, default=2048)
+    parser.add_argument("--matmul-size", type=int, default=2048, help="square matmul limit")
+    parser.add_argument("--matmul-blocks", type=int, default=5, help="timed blocks per shape")
+    parser.add_argument("--matmul-per-block", type=int, default=10, help="matmuls per block")
     parser.add_argument("--model", default=MODEL, help="model spec (alias, local dir, ...)")
     args = parser.parse_args()
     print(machine())
@@ -167,7 +177,7 @@ def packed_positions(lengths: list[int]) -> int:
 
 
 def report(args, bare, schedule, times, losses) -> None:
-    """Samples/s and ratio, loss agreement, achieved model FLOP/s against the matmul's."""
+    """Samples/s and ratio, loss agreement, achieved model FLOP/s against the matmul limits."""
     print(
         f"prompt tuning, L={PROMPT_LENGTH}, batch {args.batch_size}, {args.dtype}, "
         f"{args.repeats} blocks x {args.steps} steps each, medians:"
@@ -184,25 +194,57 @@ def report(args, bare, schedule, times, losses) -> None:
     computed["trainer"] = computed["bare loop"]
     if next(bare.model.parameters()).device.type == "cpu":
         computed["trainer"] = [packed_positions(batch) for batch in lengths]
-    matmul_dtype = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
-    peak = matmul_flops(args.matmul_size, matmul_dtype)
     print(
         f"  N = {n / 1e6:.1f}M body parameters; median tokens computed per step: "
         + ", ".join(f"{name} {median(t):.0f}" for name, t in computed.items())
     )
-    for name, seconds in times.items():
-        tokens = computed[name]
-        achieved = median([4 * n * t / s for t, s in zip(tokens, seconds)])
-        print(
-            f"  {name}: 4N*tokens {achieved / 1e9:.1f} GFLOP/s ({achieved / peak:.0%} of the "
-            f"matmul); 6N*tokens convention {1.5 * achieved / 1e9:.1f} GFLOP/s"
-        )
-    print(f"  {args.matmul_size}x{args.matmul_size} {args.dtype} matmul: {peak / 1e9:.1f} GFLOP/s")
-    other = torch.float32 if matmul_dtype == torch.bfloat16 else torch.bfloat16
+    report_flops(args, bare.model, n, computed, times)
+
+
+def model_tokens(config, computed: dict[str, list[int]]) -> dict[str, int]:
+    """Each contender's median positions per step, the m of its GEMMs; printed with the weights
+    the model-shape GEMMs cover (to check against N), or {} if the model is not Llama-style."""
+    try:
+        gemms = prompt_tuning_gemms(config, 1)
+    except ValueError as error:
+        print(f"  model-shape limit: n/a ({error})")
+        return {}
+    covered = sum(g.k * g.n * g.count for g in gemms if g.stored_t)
     print(
-        f"  {args.matmul_size}x{args.matmul_size} {str(other).removeprefix('torch.')} matmul: "
-        f"{matmul_flops(args.matmul_size, other) / 1e9:.1f} GFLOP/s"
+        f"  model-shape GEMMs: q/k/v/o and gate/up/down forward and input gradients (weights "
+        f"frozen: no weight gradients), no LM head; {covered / 1e6:.1f}M weights of N"
     )
+    return {name: round(median(tokens)) for name, tokens in computed.items()}
+
+
+def report_flops(args, model, n: int, computed, times) -> None:
+    """Achieved 4N*tokens FLOP/s of each contender, as shares of both limits in the run's dtype;
+    both limits in fp32 and bf16, each measured warm (best of blocks) in this run."""
+    tokens = model_tokens(model.config, computed)
+    print(
+        f"  limits measured warm: {WARMUP_CALLS} untimed calls, then the best of "
+        f"{args.matmul_blocks} blocks of {args.matmul_per_block} calls, per shape"
+    )
+    run = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
+    dtypes = [run, torch.float32 if run == torch.bfloat16 else torch.bfloat16]
+    timing = (args.matmul_size, args.matmul_blocks, args.matmul_per_block)
+    every = {
+        dtype: matmul_limits(model.config, tokens.values(), dtype, *timing) for dtype in dtypes
+    }
+    for dtype, found in every.items():
+        print("  " + limits_line(dtype, args.matmul_size, found))
+    limits = every[run]
+    for name, seconds in times.items():
+        achieved = median([4 * n * t / s for t, s in zip(computed[name], seconds)])
+        square = f"{args.matmul_size}x{args.matmul_size}"
+        shares = [f"{achieved / limits['square']:.0%} of the {square} matmul limit"]
+        if name in tokens:
+            share = achieved / limits[tokens[name]]
+            shares.append(f"{share:.0%} of the model-shape limit at {tokens[name]} tokens")
+        print(
+            f"  {name}: 4N*tokens {achieved / 1e9:.1f} GFLOP/s ({args.dtype}: "
+            f"{', '.join(shares)}); 6N*tokens convention {1.5 * achieved / 1e9:.1f} GFLOP/s"
+        )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Helpers shared by the benchmarks: the machine description every benchmark prints, block
-alternation of contenders within one process, and the ratio line.
+alternation of contenders within one process, the ratio line, and the matmul limits that
+achieved FLOP/s are compared with.
 
 Benchmarks run as scripts (`python benchmarks/bench_x.py`), so this folder is on `sys.path`
 and they import this module as `common`.
@@ -14,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -22,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 # CPU features that decide matmul speed in fp32 / bf16 (x86: AVX-512, its bf16 ops, AMX tiles).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8")
+# untimed calls before a matmul's timed blocks: kernel selection, allocation, caches, clocks
+WARMUP_CALLS = 3
 
 
 def _cpuinfo() -> tuple[str, list[str]]:
@@ -121,4 +125,86 @@ def loss_agreement(losses: dict[str, list[float]]) -> str:
     return (
         f"loss: first-step difference {gaps[0]:.2e}; after {len(gaps)} steps {first} "
         f"{a[-1]:.5f}, {second} {b[-1]:.5f}; largest per-step difference {max(gaps):.2e}"
+    )
+
+
+class Gemm(NamedTuple):
+    """One matmul shape of a training step: [m, k] @ [k, n], `count` times per step. `stored_t`:
+    the weight is stored [n, k] and read transposed (nn.Linear's forward, x @ W^T); otherwise
+    it is read as stored (the input gradient, grad_y @ W)."""
+
+    m: int
+    k: int
+    n: int
+    count: int
+    stored_t: bool
+
+
+def prompt_tuning_gemms(config, tokens: int, head: bool = False) -> list[Gemm]:
+    """The GEMMs one prompt-tuning step runs through a Llama-style model (q/k/v/o, gate/up/down
+    per layer, the LM head if `head`) on `tokens` positions: each weight's forward x @ W^T and
+    its input gradient grad_y @ W. No weight-gradient GEMMs: the weights are frozen. Their
+    FLOPs add up to the 4N*tokens convention (N = the listed weights). ValueError for a config
+    without intermediate_size / num_key_value_heads."""
+    text = config.get_text_config()
+    if None in (getattr(text, key, None) for key in ("intermediate_size", "num_key_value_heads")):
+        raise ValueError(f"{text.model_type} is not a Llama-style config")
+    d, mlp, layers = text.hidden_size, text.intermediate_size, text.num_hidden_layers
+    head_dim = getattr(text, "head_dim", None) or d // text.num_attention_heads
+    q, kv = text.num_attention_heads * head_dim, text.num_key_value_heads * head_dim
+    # each weight as nn.Linear stores it, [out, in], and how many of it a step passes through:
+    # q; k and v; o; gate and up; down
+    weights = [(q, d, layers), (kv, d, 2 * layers), (d, q, layers), (mlp, d, 2 * layers)]
+    weights.append((d, mlp, layers))
+    if head:
+        weights.append((text.vocab_size, d, 1))
+    forward = [Gemm(tokens, inp, out, count, True) for out, inp, count in weights]
+    return forward + [Gemm(tokens, out, inp, count, False) for out, inp, count in weights]
+
+
+def square_gemm(size: int) -> list[Gemm]:
+    """The classic limit: one size x size @ size x size matmul."""
+    return [Gemm(size, size, size, 1, False)]
+
+
+def gemm_seconds(gemm: Gemm, dtype: torch.dtype, blocks: int, per_block: int) -> float:
+    """Seconds of one call of `gemm` on the training device, warm: WARMUP_CALLS untimed calls,
+    then `blocks` timed blocks of `per_block` calls; the best block counts (a limit is the best
+    the machine does, not a typical run)."""
+    x = torch.randn(gemm.m, gemm.k, dtype=dtype, device=device())
+    shape = (gemm.n, gemm.k) if gemm.stored_t else (gemm.k, gemm.n)
+    w = torch.randn(shape, dtype=dtype, device=x.device)
+    weight = w.T if gemm.stored_t else w
+    for _ in range(WARMUP_CALLS):
+        x @ weight
+    block = [timed(lambda: [x @ weight for _ in range(per_block)])[1] for _ in range(blocks)]
+    return min(block) / per_block
+
+
+def gemm_flops(gemms: list[Gemm], dtype: torch.dtype, blocks: int, per_block: int) -> float:
+    """Combined FLOP/s of a step's `gemms`: their total FLOPs over their total best time (each
+    shape timed warm by gemm_seconds, weighted by its count)."""
+    flops = sum(g.count * 2 * g.m * g.k * g.n for g in gemms)
+    return flops / sum(g.count * gemm_seconds(g, dtype, blocks, per_block) for g in gemms)
+
+
+def matmul_limits(
+    config, token_counts, dtype: torch.dtype, size: int, blocks: int, per_block: int, head=False
+) -> dict[str | int, float]:
+    """FLOP/s limits in `dtype` to set achieved FLOP/s against, each measured warm and best of
+    blocks (gemm_seconds): "square", the size x size matmul, and per count in `token_counts`
+    the model-shape limit, the step's own GEMMs (prompt_tuning_gemms) at that many positions."""
+    limits = {"square": gemm_flops(square_gemm(size), dtype, blocks, per_block)}
+    for tokens in sorted(set(token_counts)):
+        gemms = prompt_tuning_gemms(config, tokens, head)
+        limits[tokens] = gemm_flops(gemms, dtype, blocks, per_block)
+    return limits
+
+
+def limits_line(dtype: torch.dtype, size: int, limits: dict[str | int, float]) -> str:
+    """'bfloat16 limits: 2048x2048 matmul x GFLOP/s; model shapes at t tokens y GFLOP/s, ...'"""
+    shapes = [f"at {t} tokens {f / 1e9:.1f} GFLOP/s" for t, f in limits.items() if t != "square"]
+    return (
+        f"{str(dtype).removeprefix('torch.')} limits: {size}x{size} matmul "
+        f"{limits['square'] / 1e9:.1f} GFLOP/s; model shapes {', '.join(shapes) or 'n/a'}"
     )
