@@ -129,7 +129,7 @@ class RowCache:
             keys[slot, :, start : start + tokens] = key[0, :, at : at + tokens]
             values[slot, :, start : start + tokens] = value[0, :, at : at + tokens]
             q = query[:, :, at : at + tokens]  # [1, H, P, D]
-            mask = _causal(start, tokens, sliding_window, self.device)
+            mask = step.joining_mask(offset, sliding_window, self.device)
             k = keys[slot : slot + 1, :, : start + tokens]
             v = values[slot : slot + 1, :, : start + tokens]
             outputs.append(masked_attention(q, k, v, mask, scale)[0].transpose(0, 1))
@@ -189,6 +189,14 @@ class _Step:
                 mask &= self.write[:, None] - columns[None] < sliding_window
             self._masks[sliding_window] = mask[:, None, None].to(device)
         return self._masks[sliding_window]
+
+    def joining_mask(self, offset: int, sliding_window: int | None, device) -> torch.Tensor:
+        """[1, 1, P, start + P] for joining request `offset` (made once a step, not a layer)."""
+        key = (offset, sliding_window)
+        if key not in self._masks:
+            start, tokens = self.starts[offset], self.tokens[offset]
+            self._masks[key] = _causal(start, tokens, sliding_window, device)
+        return self._masks[key]
 
 
 def _causal(start: int, tokens: int, sliding_window: int | None, device) -> torch.Tensor:
