@@ -106,3 +106,24 @@ def test_more_requests_than_rows_wait_and_the_queue_drains(tiny):
     served = _run(engine, [requests], steps_between=1)
     assert max(batches) == 3 and engine.pending == 0
     assert served == [_alone(backbone, s, t, m) for s, t, m in requests]
+
+
+def test_a_failing_step_fails_its_rows_and_the_engine_serves_the_next(tiny, monkeypatch):
+    backbone = tiny["llama"]
+    engine = Engine(backbone, max_batch=4)
+    events: list[tuple[str, object]] = []
+    ids = backbone.tokenizer(TEXTS[0]).input_ids
+    real_begin = engine.cache.begin
+
+    def out_of_memory(joining):
+        monkeypatch.setattr(engine.cache, "begin", real_begin)  # only this step fails
+        raise RuntimeError("cannot allocate memory")
+
+    monkeypatch.setattr(engine.cache, "begin", out_of_memory)
+    job = Job(NoSteering(), ids, Sampling(max_tokens=3, temperature=0), lambda *e: events.append(e))
+    engine.submit(job)
+    engine._admit()
+    engine._step()
+    assert [kind for kind, _ in events] == ["error"] and engine.running == 0
+    served = _run(engine, [[(NoSteering(), TEXTS[0], 3)]], steps_between=0)
+    assert served == [_alone(backbone, NoSteering(), TEXTS[0], 3)]

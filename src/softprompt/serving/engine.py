@@ -181,11 +181,11 @@ class Engine:
             return
         embeds = [self.backbone.embed(self.last[None])] if self.rows else []
         embeds += [made[0] for _, made in ready]
-        positions = self.cache.begin([made[1] for _, made in ready])
         ends = torch.tensor([made[1].tokens for _, made in ready], dtype=torch.long)
         read = torch.cat([torch.arange(len(self.rows)), len(self.rows) + ends.cumsum(0) - 1])
         device = self.backbone.device
-        try:
+        try:  # the store may need to grow (memory), the model may fail: not the loop's end
+            positions = self.cache.begin([made[1] for _, made in ready])
             out = self.backbone.model(
                 inputs_embeds=torch.cat(embeds, dim=1),
                 position_ids=positions.to(device)[None],
