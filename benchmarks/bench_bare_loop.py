@@ -36,7 +36,9 @@ import json
 import torch
 import torch.nn.functional as F
 from common import (
+    BLOCK_S,
     ROOT,
+    SHAPE_BUDGET_S,
     WARMUP_CALLS,
     alternate,
     limits_line,
@@ -222,8 +224,10 @@ def report_flops(args, model, n: int, computed, times) -> None:
     both limits in fp32 and bf16, each measured warm (best of blocks) in this run."""
     tokens = model_tokens(model.config, computed)
     print(
-        f"  limits measured warm: {WARMUP_CALLS} untimed calls, then the best of "
-        f"{args.matmul_blocks} blocks of {args.matmul_per_block} calls, per shape"
+        f"  limits measured warm: {WARMUP_CALLS} untimed calls, then the best of up to "
+        f"{args.matmul_blocks} blocks of up to {args.matmul_per_block} calls, per shape "
+        f"(fewer where a call takes over {BLOCK_S / args.matmul_per_block:.2f} s or a shape "
+        f"over {SHAPE_BUDGET_S:.0f} s)"
     )
     run = torch.bfloat16 if args.dtype == "bfloat16" else torch.float32
     dtypes = [run, torch.float32 if run == torch.bfloat16 else torch.bfloat16]

@@ -167,18 +167,30 @@ def square_gemm(size: int) -> list[Gemm]:
     return [Gemm(size, size, size, 1, False)]
 
 
+SHAPE_BUDGET_S = 5.0  # timed seconds per shape at most, after the first block
+BLOCK_S = 0.5  # a block holds fewer calls where one call takes longer than BLOCK_S / per_block
+
+
 def gemm_seconds(gemm: Gemm, dtype: torch.dtype, blocks: int, per_block: int) -> float:
     """Seconds of one call of `gemm` on the training device, warm: WARMUP_CALLS untimed calls,
-    then `blocks` timed blocks of `per_block` calls; the best block counts (a limit is the best
-    the machine does, not a typical run)."""
+    then up to `blocks` timed blocks of up to `per_block` calls; the best block counts (a limit
+    is the best the machine does, not a typical run). Slow shapes (bf16 emulated on a CPU
+    without it) get fewer calls and blocks, so that no shape takes minutes."""
     x = torch.randn(gemm.m, gemm.k, dtype=dtype, device=device())
     shape = (gemm.n, gemm.k) if gemm.stored_t else (gemm.k, gemm.n)
     w = torch.randn(shape, dtype=dtype, device=x.device)
     weight = w.T if gemm.stored_t else w
-    for _ in range(WARMUP_CALLS):
+    first = timed(lambda: x @ weight)[1]
+    for _ in range(WARMUP_CALLS - 1 if first < BLOCK_S else 0):
         x @ weight
-    block = [timed(lambda: [x @ weight for _ in range(per_block)])[1] for _ in range(blocks)]
-    return min(block) / per_block
+    calls = max(1, min(per_block, int(BLOCK_S / max(first, 1e-9))))
+    best, spent = float("inf"), 0.0
+    for _ in range(blocks):
+        seconds = timed(lambda: [x @ weight for _ in range(calls)])[1]
+        best, spent = min(best, seconds / calls), spent + seconds
+        if spent > SHAPE_BUDGET_S:
+            break
+    return best
 
 
 def gemm_flops(gemms: list[Gemm], dtype: torch.dtype, blocks: int, per_block: int) -> float:
