@@ -94,8 +94,7 @@ class Engine:
         self.on_step = on_step or (lambda batch, tokens: None)
         self.rows: list[Job] = []
         self.joining: list[Job] = []
-        config = backbone.model.config
-        self.cache = RowCache(config, max_batch, backbone.dtype, backbone.device)
+        self.cache = RowCache(backbone.model, max_batch, backbone.dtype, backbone.device)
         self.last = torch.zeros((0,), dtype=torch.long)
         self.eos = _eos_ids(backbone)
         self._stopping = threading.Event()

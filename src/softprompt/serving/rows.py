@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from softprompt.steering.attention import masked_attention
+from softprompt.steering.prefix import prefix_geometry
 
 FIRST_CAPACITY = 128
 
@@ -38,12 +39,8 @@ class RowCache:
     """Keys and values of up to `slots` rows; rows 0..rows-1 are running, in the engine's
     order. Grows its capacity (columns) by doubling; never shrinks while serving."""
 
-    def __init__(self, config, slots: int, dtype: torch.dtype, device: torch.device) -> None:
-        self.layers = int(config.num_hidden_layers)
-        self.heads = int(getattr(config, "num_key_value_heads", config.num_attention_heads))
-        self.head_dim = int(
-            getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
-        )
+    def __init__(self, model, slots: int, dtype: torch.dtype, device: torch.device) -> None:
+        self.layers, self.heads, self.head_dim = prefix_geometry(model)
         self.slots, self.dtype, self.device = slots, dtype, device
         self.capacity = 0
         self.keys: list[torch.Tensor] = []
@@ -70,7 +67,8 @@ class RowCache:
                 for layer in range(self.layers):
                     self.keys[layer][slot, :, : join.cached] = join.keys[layer]
                     self.values[layer][slot, :, : join.cached] = join.values[layer]
-        self._step = _Step.plan(self.lengths[: self.rows], starts, [j.tokens for j in joining])
+        tokens = [j.tokens for j in joining]
+        self._step = _Step.plan(self.lengths[: self.rows], starts, tokens, self.device)
         positions = [self.lengths[: self.rows]]
         positions += [torch.arange(s, s + j.tokens) for s, j in zip(starts, joining)]
         return torch.cat(positions)
@@ -113,13 +111,11 @@ class RowCache:
         outputs = []
         running = step.running
         if running:
-            rows = torch.arange(running, device=self.device)
-            columns = step.write.to(self.device)
+            rows, columns, width = step.rows, step.columns, step.width
             keys[rows, :, columns] = key[0, :, :running].transpose(0, 1)
             values[rows, :, columns] = value[0, :, :running].transpose(0, 1)
             q = query[0, :, :running].transpose(0, 1)[:, :, None]  # [R, H, 1, D]
-            width = step.width
-            mask = step.running_mask(sliding_window, self.device)
+            mask = step.running_mask(sliding_window)
             out = masked_attention(
                 q, keys[:running, :, :width], values[:running, :, :width], mask, scale
             )
@@ -129,7 +125,7 @@ class RowCache:
             keys[slot, :, start : start + tokens] = key[0, :, at : at + tokens]
             values[slot, :, start : start + tokens] = value[0, :, at : at + tokens]
             q = query[:, :, at : at + tokens]  # [1, H, P, D]
-            mask = step.joining_mask(offset, sliding_window, self.device)
+            mask = step.joining_mask(offset, sliding_window)
             k = keys[slot : slot + 1, :, : start + tokens]
             v = values[slot : slot + 1, :, : start + tokens]
             outputs.append(masked_attention(q, k, v, mask, scale)[0].transpose(0, 1))
@@ -152,50 +148,55 @@ class RowCache:
                 new[:, :, : self.capacity] = old
             return new
 
-        self.keys = [grown(t) for t in self.keys] or [grown(None) for _ in range(self.layers)]
-        self.values = [grown(t) for t in self.values] or [grown(None) for _ in range(self.layers)]
+        empty = [None] * self.layers
+        self.keys = [grown(t) for t in self.keys or empty]
+        self.values = [grown(t) for t in self.values or empty]
         self.capacity = capacity
 
 
 @dataclass
 class _Step:
-    """The layout of one step's packed tokens."""
+    """The layout of one step's packed tokens, and what every layer's attention reads of it
+    (made once a step)."""
 
     running: int  # the first `running` tokens: one per running row
-    write: torch.Tensor  # [R] the column each running row's new token goes to
+    write: torch.Tensor  # [R] the column each running row's new token goes to (CPU)
+    rows: torch.Tensor  # [R] 0..R-1 on the device
+    columns: torch.Tensor  # `write` on the device
+    width: int  # the columns the running rows see: the longest one's, new token included
     starts: list[int]  # per joining request: its first fed token's column (= its prefix)
     tokens: list[int]  # per joining request: how many tokens it feeds
     at: list[int]  # per joining request: where its tokens start in the packed sequence
+    device: torch.device
     _masks: dict
 
     @classmethod
-    def plan(cls, lengths: torch.Tensor, starts: list[int], tokens: list[int]) -> _Step:
+    def plan(cls, lengths: torch.Tensor, starts: list[int], tokens: list[int], device) -> _Step:
         at, offset = [], len(lengths)
         for count in tokens:
             at.append(offset)
             offset += count
-        return cls(len(lengths), lengths.clone(), starts, tokens, at, {})
+        write = lengths.clone()
+        width = int(write.max()) + 1 if len(write) else 0
+        rows = torch.arange(len(write), device=device)
+        return cls(len(write), write, rows, write.to(device), width, starts, tokens, at, device, {})
 
-    @property
-    def width(self) -> int:
-        return int(self.write.max()) + 1
-
-    def running_mask(self, sliding_window: int | None, device) -> torch.Tensor:
+    def running_mask(self, sliding_window: int | None) -> torch.Tensor:
         """[R, 1, 1, W]: each running row sees its own columns up to its new token."""
         if sliding_window not in self._masks:
             columns = torch.arange(self.width)
             mask = columns[None] <= self.write[:, None]
             if sliding_window is not None:
                 mask &= self.write[:, None] - columns[None] < sliding_window
-            self._masks[sliding_window] = mask[:, None, None].to(device)
+            self._masks[sliding_window] = mask[:, None, None].to(self.device)
         return self._masks[sliding_window]
 
-    def joining_mask(self, offset: int, sliding_window: int | None, device) -> torch.Tensor:
-        """[1, 1, P, start + P] for joining request `offset` (made once a step, not a layer)."""
+    def joining_mask(self, offset: int, sliding_window: int | None) -> torch.Tensor:
+        """[1, 1, P, start + P] for joining request `offset`."""
         key = (offset, sliding_window)
         if key not in self._masks:
             start, tokens = self.starts[offset], self.tokens[offset]
-            self._masks[key] = _causal(start, tokens, sliding_window, device)
+            self._masks[key] = _causal(start, tokens, sliding_window, self.device)
         return self._masks[key]
 
 
