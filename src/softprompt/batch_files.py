@@ -25,11 +25,10 @@ from softprompt.data import DataSpec, Example, csv_records, jsonl_records, recor
 from softprompt.errors import DataError, UsageError
 from softprompt.evaluation import (
     as_artifact,
+    classification_config,
     classifier,
-    fit_check,
     model_for,
     prediction_rows,
-    resolve_task,
     steering,
 )
 from softprompt.files import atomic_text_file
@@ -216,13 +215,7 @@ def predict_file(
     macro-F1) of the predictions against the input's labels."""
     check_output(output)
     soft = as_artifact(prompt)
-    fields = resolve_task(
-        soft,
-        config=config,
-        check_fit=fit_check(soft, model, dtype, str(prompt)),
-        template=template,
-        verbalizer=verbalizer,
-    )
+    fields = classification_config(soft, str(prompt), model, config, template, verbalizer, dtype)
     inputs = read_inputs(
         source,
         fmt,

@@ -162,18 +162,35 @@ def classifier(
     which record fields hold the texts and the label): what `predict` and the batch files of
     `softprompt.batch_files` share."""
     soft = as_artifact(prompt)
+    task_config = classification_config(
+        soft, str(prompt), model, config, template, verbalizer, dtype
+    )
+    backbone = as_backbone(model_for(soft, model), dtype)
+    steer = steering(soft, backbone, str(prompt))
+    return build_task(task_config, backbone, steer.input_length), steer, task_config
+
+
+def classification_config(
+    soft: Artifact | None,
+    source: str,
+    model: str | Backbone | None,
+    config: str | Path | None,
+    template: str | None,
+    verbalizer: dict[str, str] | None,
+    dtype: str,
+) -> TaskConfig:
+    """The classification task config `predict` and the batch files run (see `resolve_task`);
+    a prompt that does not fit `model` is reported before a missing verbalizer."""
     task_config = resolve_task(
         soft,
         config=config,
-        check_fit=fit_check(soft, model, dtype, str(prompt)),
+        check_fit=fit_check(soft, model, dtype, source),
         template=template,
         verbalizer=verbalizer,
     )
     if task_config.type != "classification":
         raise UsageError("predict needs a classification task (template and verbalizer)")
-    backbone = as_backbone(model_for(soft, model), dtype)
-    steer = steering(soft, backbone, str(prompt))
-    return build_task(task_config, backbone, steer.input_length), steer, task_config
+    return task_config
 
 
 def prediction_rows(task: Task, scores: torch.Tensor) -> list[dict]:
