@@ -55,6 +55,16 @@ def train_command(config, *args):
     ]
 
 
+def start_training(config, run_dir, text: bool = False) -> subprocess.Popen:
+    """`softprompt train CONFIG --out RUN_DIR` in a child process, its output piped."""
+    return subprocess.Popen(
+        train_command(config, "--out", str(run_dir)),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=text,
+    )
+
+
 def train_steps_done(run_dir) -> int:
     path = run_dir / "metrics.jsonl"
     if not path.exists():
@@ -94,11 +104,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(reference, tm
     config, reference_dir = reference
     kill_at = random.randint(3, 140)
     run_dir = tmp_path / "killed"
-    process = subprocess.Popen(
-        train_command(config, "--out", str(run_dir)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+    process = start_training(config, run_dir)
     wait_for_step(process, run_dir, kill_at)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -122,12 +128,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bitwise_identical(reference, tm
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, tmp_path):
     config, reference_dir = reference
     run_dir = tmp_path / "terminated"
-    process = subprocess.Popen(
-        train_command(config, "--out", str(run_dir)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_training(config, run_dir, text=True)
     wait_for_step(process, run_dir, 20)
     process.send_signal(signal.SIGTERM)
     _, err = process.communicate(timeout=60)
@@ -172,12 +173,7 @@ def test_ctrl_c_stops_training_with_its_line_but_no_error_prefix(
 ):
     config = config_file(tmp_path, tiny_dirs["llama"], sentiment_dir, steps=100_000)
     run_dir = tmp_path / "stopped"
-    process = subprocess.Popen(
-        train_command(config, "--out", str(run_dir)),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_training(config, run_dir, text=True)
     try:
         wait_for_step(process, run_dir, 3)
         process.send_signal(signal.SIGINT)
