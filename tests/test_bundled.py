@@ -41,8 +41,8 @@ def test_short_training_on_smollm2_beats_zero_shot_on_dev(tmp_path):
             "train.steps=30",
             "train.eval_every=15",
             "train.warmup=0.1",
-            # fp32: CPUs without native bf16 (AVX2 only) emulate the config's bf16 at a
-            # fraction of fp32's speed; what this test checks does not depend on the precision
+            # fp32 on every machine (the config's auto picks bf16 where it is native); what this
+            # test checks does not depend on the precision
             "train.precision=fp32",
         ],
     )

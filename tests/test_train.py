@@ -260,3 +260,26 @@ def test_resume_of_a_missing_folder_or_one_without_its_config_is_an_error(
     with pytest.raises(UsageError, match="it has no config.yaml, so it is not a training run"):
         run(config, tiny, tmp_path / "empty", resume=True)
     assert list((tmp_path / "empty").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("precision", "native", "expected"),
+    [
+        ("auto", False, "fp32"),
+        ("auto", True, "bf16"),
+        ("fp32", True, "fp32"),
+        ("bf16", False, "bf16"),
+    ],
+)
+def test_precision_auto_picks_bf16_only_where_it_is_native(
+    sentiment_dir, tiny_dirs, tmp_path, monkeypatch, precision, native, expected
+):
+    # a CPU without native bf16 emulates it many times slower than fp32 (BENCHMARKS.md): auto
+    # must not pick it there; an explicit setting is always kept
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: native)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    config = make_config(sentiment_dir, precision=precision, device="cpu", steps=1, eval_every=1)
+    config.models = [str(tiny_dirs["llama"])]
+    trainer = Trainer(config, tmp_path, progress=False)
+    assert trainer.backbones[0].dtype == {"fp32": torch.float32, "bf16": torch.bfloat16}[expected]
+    assert trainer.run()["precision"] == expected

@@ -80,7 +80,7 @@ class TrainSettings(_Strict):
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     warmup: int | float = Field(0, ge=0)
     max_grad_norm: float | None = Field(1.0, gt=0)
-    precision: Literal["fp32", "bf16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16"] = "fp32"
     eval_every: int = Field(50, ge=1)
     checkpoint_every: int = Field(50, ge=1)
     best_metric: Literal["accuracy", "macro_f1", "loss"] = "accuracy"

@@ -24,6 +24,7 @@ from softprompt.methods import get_method
 from softprompt.methods.artifact import model_record
 from softprompt.methods.base import TrainableModule
 from softprompt.models.backbone import Backbone, load_backbone, resolve_device
+from softprompt.models.precision import DTYPE_NAMES, training_precision
 from softprompt.steering.base import Steering
 from softprompt.steering.forward import as_steering
 from softprompt.tasks import build_task, data_spec
@@ -68,7 +69,9 @@ class Trainer:
         self.run_dir.check_target()
         self.progress = progress and self.processes.is_main
         self.device = self.processes.training_device(self.settings)
-        self.dtype = "bfloat16" if self.settings.precision == "bf16" else "float32"
+        devices = [resolve_device(d) for d in self.settings.devices or [self.device]]
+        self.precision = training_precision(self.settings.precision, devices)
+        self.dtype = DTYPE_NAMES[self.precision]
         self.backbones = backbones or _load_backbones(config, self.device, self.dtype)
         self.slots = self._build_slots()
         self.schedule = BatchSchedule(
@@ -320,6 +323,7 @@ class Trainer:
             "train_samples_per_second": per_second,
             "resumed_from": str(resumed_from) if resumed_from else None,
             "processes": self.processes.world,
+            "precision": self.precision,
         }
 
     # --- what gets saved, and how a step is scored -----------------------------------------
