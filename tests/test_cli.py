@@ -397,13 +397,12 @@ def test_bare_softprompt_prints_the_help(monkeypatch, capsys):
     assert "Traceback" not in out + err
 
 
-def test_importing_the_cli_leaves_torch_out():
+def imported_after(module: str, watched: set[str]) -> list[str]:
+    """Which of `watched` a fresh interpreter has imported after importing `module`."""
     import softprompt
 
     source = str(Path(softprompt.__file__).parents[1])
-    check = (
-        "import sys, softprompt.cli; print(sorted({'torch', 'transformers'} & set(sys.modules)))"
-    )
+    check = f"import json, sys, {module}; print(json.dumps(sorted({watched!r} & set(sys.modules))))"
     done = subprocess.run(
         [sys.executable, "-c", check],
         capture_output=True,
@@ -412,7 +411,17 @@ def test_importing_the_cli_leaves_torch_out():
         check=False,
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    return json.loads(done.stdout)
+
+
+def test_importing_the_cli_leaves_torch_out():
+    assert imported_after("softprompt.cli", {"torch", "transformers"}) == []
+
+
+def test_the_server_and_generation_do_not_import_sklearn():
+    # its import costs ~2 s of every server start; only evaluation's macro-F1 needs it
+    assert imported_after("softprompt.serving.app", {"sklearn"}) == []
+    assert imported_after("softprompt.generation", {"sklearn"}) == []
 
 
 def test_the_public_api_resolves_lazily():

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import f1_score
 
 from softprompt.data import Example
 from softprompt.errors import ConfigError, DataError, ModelError
@@ -337,6 +336,8 @@ def classification_metrics(
     task: ClassificationTask, scores: torch.Tensor, labels: torch.Tensor
 ) -> dict[str, float]:
     """Loss (the task's loss), accuracy and macro-F1 over all labels of the verbalizer."""
+    from sklearn.metrics import f1_score  # here: its import costs ~2 s that serving never needs
+
     predictions = scores.argmax(dim=1)
     return {
         "loss": float(task.losses(scores, labels).mean()),
