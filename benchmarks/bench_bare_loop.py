@@ -41,6 +41,7 @@ from common import (
     SHAPE_BUDGET_S,
     WARMUP_CALLS,
     alternate,
+    gemm_pass,
     limits_line,
     loss_agreement,
     machine,
@@ -166,10 +167,43 @@ def main() -> None:
         "trainer": lambda: losses["trainer"].append(trainer.train_step(state)),
         "bare loop": lambda: losses["bare loop"].append(bare.step()),
     }
+    computed = positions_computed(args, bare, schedule)
+    floor = trainer_gemms(bare.model.config, computed["trainer"])
+    if floor:
+        contenders[GEMMS_ALONE] = gemm_pass(floor, getattr(torch, args.dtype))
     for step in contenders.values():
         step()
     times = alternate(contenders, args.repeats, args.steps)
-    report(args, bare, schedule, times, losses)
+    floor_times = times.pop(GEMMS_ALONE, None)
+    report(args, bare, computed, times, losses)
+    if floor:
+        report_floor(floor, floor_times, times["trainer"], computed["trainer"], bare.model)
+
+
+GEMMS_ALONE = "the trainer's GEMMs alone"
+
+
+def trainer_gemms(config, trainer_tokens: list[int]) -> list:
+    """The GEMMs of a trainer step at its median positions ([]: not a Llama-style model)."""
+    try:
+        return prompt_tuning_gemms(config, round(median(trainer_tokens)))
+    except ValueError:
+        return []
+
+
+def report_floor(gemms, floor_times, trainer_times, trainer_tokens, model) -> None:
+    """The trainer's FLOP/s against its own GEMMs run alone in the same alternation: the share
+    least moved by the machine's drift."""
+    flops = sum(g.count * 2 * g.m * g.k * g.n for g in gemms)
+    alone = flops / median(floor_times)
+    n = body_parameters(model)
+    achieved = median([4 * n * t / s for t, s in zip(trainer_tokens, trainer_times)])
+    print(
+        f"  floor, timed in the same alternation: the trainer's GEMMs alone at {gemms[0].m} "
+        f"positions {median(floor_times):.3f} s a step ({alone / 1e9:.1f} GFLOP/s); the "
+        f"trainer's median step {median(trainer_times):.3f} s; trainer 4N*tokens "
+        f"{achieved / 1e9:.1f} GFLOP/s = {achieved / alone:.0%} of its GEMMs alone"
+    )
 
 
 def packed_positions(lengths: list[int]) -> int:
@@ -178,7 +212,20 @@ def packed_positions(lengths: list[int]) -> int:
     return len(bins) * (PROMPT_LENGTH + max(sum(lengths[i] for i in b) for b in bins))
 
 
-def report(args, bare, schedule, times, losses) -> None:
+def positions_computed(args, bare, schedule) -> dict[str, list[int]]:
+    """Positions each contender runs through the model per timed step: the bare loop
+    [prompt; text] per row; the trainer on a CPU rows of [prompt | text | text ...] (on a GPU
+    [prompt; text] rows too)."""
+    lengths = [bare.lengths[torch.tensor(s)].tolist() for s in schedule[1:]]
+    widths = [max(batch) for batch in lengths]
+    computed = {"bare loop": [args.batch_size * (PROMPT_LENGTH + w) for w in widths]}
+    computed["trainer"] = computed["bare loop"]
+    if next(bare.model.parameters()).device.type == "cpu":
+        computed["trainer"] = [packed_positions(batch) for batch in lengths]
+    return computed
+
+
+def report(args, bare, computed, times, losses) -> None:
     """Samples/s and ratio, loss agreement, achieved model FLOP/s against the matmul limits."""
     print(
         f"prompt tuning, L={PROMPT_LENGTH}, batch {args.batch_size}, {args.dtype}, "
@@ -188,14 +235,6 @@ def report(args, bare, schedule, times, losses) -> None:
     print(ratio_line("  throughput", rates, "samples/s") + "  (target >= 0.90x)")
     print("  " + loss_agreement(losses))
     n = body_parameters(bare.model)
-    lengths = [bare.lengths[torch.tensor(s)].tolist() for s in schedule[1:]]
-    widths = [max(batch) for batch in lengths]
-    # positions each one runs through the model: the bare loop [prompt; text] per row; the
-    # trainer on a CPU rows of [prompt | text | text ...] (on a GPU [prompt; text] rows too)
-    computed = {"bare loop": [args.batch_size * (PROMPT_LENGTH + w) for w in widths]}
-    computed["trainer"] = computed["bare loop"]
-    if next(bare.model.parameters()).device.type == "cpu":
-        computed["trainer"] = [packed_positions(batch) for batch in lengths]
     print(
         f"  N = {n / 1e6:.1f}M body parameters; median tokens computed per step: "
         + ", ".join(f"{name} {median(t):.0f}" for name, t in computed.items())

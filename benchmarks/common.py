@@ -213,6 +213,26 @@ def matmul_limits(
     return limits
 
 
+def gemm_pass(gemms: list[Gemm], dtype: torch.dtype) -> Callable[[], None]:
+    """A call that runs every GEMM of a step once per its count, on inputs made here: the
+    step's matmul work alone. Timed in alternation with the step itself (alternate), it gives
+    the step's floor under the same machine drift as the step, which a limit timed before or
+    after the steps does not (this machine's matmul rate wanders by 20% over minutes)."""
+    operands = []
+    for gemm in gemms:
+        x = torch.randn(gemm.m, gemm.k, dtype=dtype, device=device())
+        shape = (gemm.n, gemm.k) if gemm.stored_t else (gemm.k, gemm.n)
+        w = torch.randn(shape, dtype=dtype, device=x.device)
+        operands.append((x, w.T if gemm.stored_t else w, gemm.count))
+
+    def run() -> None:
+        for x, weight, count in operands:
+            for _ in range(count):
+                x @ weight
+
+    return run
+
+
 def limits_line(dtype: torch.dtype, size: int, limits: dict[str | int, float]) -> str:
     """'bfloat16 limits: 2048x2048 matmul x GFLOP/s; model shapes at t tokens y GFLOP/s, ...'"""
     shapes = [f"at {t} tokens {f / 1e9:.1f} GFLOP/s" for t, f in limits.items() if t != "square"]

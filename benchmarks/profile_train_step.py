@@ -1,11 +1,11 @@
 """Where a training step's time goes (issue #18), and how close its matmuls already are to the
 machine: torch.profiler over the trainer's own steps, the operators grouped by what they do,
-and the step's floor, the time its GEMMs alone take at the warm model-shape limit measured in
-the same run (benchmarks/common.py, matmul_limits).
+and the step's floor: the time its GEMMs alone take (benchmarks/common.py, gemm_pass), timed
+in turns with the step, so that both see the same machine (whose matmul rate drifts).
 
 Both methods of the speed benchmarks: prompt tuning as bench_bare_loop.py trains it (16-token
 prompt, sentiment, batch 8) and prefix tuning as bench_prefix_vs_peft.py does (smiley, L = 10,
-LM loss, batch 8). The floor is 4 * (the GEMMs' weights) * tokens over the limit: for prompt
+LM loss, batch 8). The floor's GEMMs are 4 * (their weights) * positions FLOPs: for prompt
 tuning the body's weights at the packed positions (no LM head: the verbalizer loss runs 2 of
 its rows); for prefix tuning the body and the LM head at every position of the packed rows
 (the LM loss needs every position's full-vocabulary logits, forward and input gradient).
@@ -18,13 +18,11 @@ Run: PYTHONPATH=src .venv/bin/python benchmarks/profile_train_step.py
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import bench_bare_loop
 import bench_prefix_vs_peft
 import torch
-from common import machine, matmul_limits, prompt_tuning_gemms
+from common import alternate, gemm_pass, machine, median, prompt_tuning_gemms
 from torch.profiler import ProfilerActivity, profile
 
 from softprompt.steering.packing import first_fit_decreasing
@@ -98,41 +96,37 @@ def profile_method(method: str, dtype: str, steps: int, warmup: int) -> None:
     state = trainer.fresh_state()
     for _ in range(warmup):
         trainer.train_step(state)
-    tokens, seconds = [], []
+    tokens = []
     with profile(activities=[ProfilerActivity.CPU]) as profiler:
         for _ in range(steps):
             tokens.append(positions(trainer, trainer.step_indices(state.step)))
-            started = time.perf_counter()
             trainer.train_step(state)
-            seconds.append(time.perf_counter() - started)
-    report(trainer, method, dtype, profiler, tokens, seconds, head)
+    gemms = prompt_tuning_gemms(trainer.backbones[0].model.config, round(median(tokens)), head)
+    # the floor and the step timed in turns, without the profiler: the same machine drift
+    contenders = {"step": lambda: trainer.train_step(state)}
+    contenders["GEMMs alone"] = gemm_pass(gemms, getattr(torch, dtype))
+    times = alternate(contenders, steps, 1)
+    report(method, dtype, profiler, tokens, gemms, times)
 
 
-def report(trainer, method, dtype, profiler, tokens, seconds, head: bool) -> None:
+def report(method, dtype, profiler, tokens, gemms, times) -> None:
     """The step's time by operator group, its GEMM rate and its floor."""
     per_group: dict[str, float] = {}
     for event in profiler.key_averages():
         group = group_of(event.key)
         per_group[group] = per_group.get(group, 0.0) + event.self_cpu_time_total / 1e6
     profiled = sum(per_group.values())
-    step = statistics.median(seconds)
-    print(f"{method} tuning, batch {BATCH}, {dtype}, {len(seconds)} profiled steps:")
-    print(f"  step {step:.3f} s median (under the profiler); positions per step {tokens}")
+    print(f"{method} tuning, batch {BATCH}, {dtype}, {len(tokens)} profiled steps:")
+    print(f"  positions per profiled step {tokens}; time by operator group (self time):")
     for group, spent in sorted(per_group.items(), key=lambda item: -item[1]):
-        print(f"  {spent / len(seconds):7.3f} s/step  {spent / profiled:4.0%}  {group}")
-    config = trainer.backbones[0].model.config
-    torch_dtype = getattr(torch, dtype)
-    middle = round(statistics.median(tokens))
-    gemms = prompt_tuning_gemms(config, middle, head)
+        print(f"  {spent / len(tokens):7.3f} s/step  {spent / profiled:4.0%}  {group}")
     flops = sum(g.count * 2 * g.m * g.k * g.n for g in gemms)
-    limit = matmul_limits(config, [middle], torch_dtype, 2048, 5, 10, head)[middle]
-    gemm_seconds = per_group[GROUPS[0][0]] / len(seconds)
-    floor = flops / limit
+    step, floor = median(times["step"]), median(times["GEMMs alone"])
     print(
-        f"  GEMMs at {middle} positions: {flops / 1e9:.1f} GFLOP a step, run at "
-        f"{flops / gemm_seconds / 1e9:.1f} GFLOP/s; warm model-shape limit {limit / 1e9:.1f} "
-        f"GFLOP/s, so the floor is {floor:.3f} s a step ({BATCH / floor:.2f} samples/s at most; "
-        f"the median step is {step / floor:.2f}x the floor)"
+        f"  without the profiler, in turns: step {step:.3f} s; its GEMMs alone at "
+        f"{gemms[0].m} positions ({flops / 1e9:.1f} GFLOP) {floor:.3f} s "
+        f"({flops / floor / 1e9:.1f} GFLOP/s): the floor, {BATCH / floor:.2f} samples/s at "
+        f"most; the step is {step / floor:.2f}x the floor"
     )
 
 
