@@ -43,15 +43,15 @@ lock: setup
 clean:
 	rm -rf $(VENV) runs .pytest_cache
 
-# Full-size numbers (BENCHMARKS.md): run on an otherwise idle machine.
+# Full-size numbers (BENCHMARKS.md): run on an otherwise idle machine. bf16 runs only where the
+# machine computes it natively (each script says when it skips it; --dtype/--precision forces it).
 bench: setup
 	$(BIN)/python benchmarks/bench_load.py
 	$(BIN)/python benchmarks/bench_joint.py
 	$(BIN)/python benchmarks/bench_train_vs_peft.py
-	$(BIN)/python benchmarks/bench_bare_loop.py --dtype float32
-	$(BIN)/python benchmarks/bench_bare_loop.py --dtype bfloat16
+	$(BIN)/python benchmarks/bench_bare_loop.py
 	$(BIN)/python benchmarks/bench_prefix_vs_peft.py
 	$(BIN)/python benchmarks/bench_demo.py --out runs/bench-demo
 	$(BIN)/python benchmarks/bench_explain.py runs/bench-demo/prompt.safetensors
 	$(BIN)/python benchmarks/bench_serve.py
-	$(BIN)/python benchmarks/serve_parity.py --requests 32 --dtype float32 bfloat16
+	$(BIN)/python benchmarks/serve_parity.py --requests 32

@@ -41,6 +41,7 @@ from common import (
     SHAPE_BUDGET_S,
     WARMUP_CALLS,
     alternate,
+    default_precisions,
     gemm_pass,
     limits_line,
     loss_agreement,
@@ -145,7 +146,12 @@ def body_parameters(model: torch.nn.Module) -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
+    parser.add_argument(
+        "--dtype",
+        nargs="+",
+        choices=DTYPES,
+        help="default: both where this machine computes bf16 natively, else float32 only",
+    )
     parser.add_argument("--steps", type=int, default=5, help="steps per block")
     parser.add_argument("--repeats", type=int, default=4, help="blocks per contender")
     parser.add_argument("--batch-size", type=int, default=8)
@@ -156,6 +162,15 @@ def main() -> None:
     args = parser.parse_args()
     print(machine())
     print(f"model: {args.model}")
+    for dtype in args.dtype or default_precisions(DTYPES):
+        bench(argparse.Namespace(**{**vars(args), "dtype": dtype}))
+
+
+DTYPES = ["float32", "bfloat16"]
+
+
+def bench(args: argparse.Namespace) -> None:
+    """Trainer, bare loop and the trainer's GEMMs alone, alternating, in `args.dtype`."""
     trainer = make_trainer(args.dtype, args.batch_size, args.model)
     state = trainer.fresh_state()
     total = 1 + args.steps * args.repeats  # one untimed warm-up step each

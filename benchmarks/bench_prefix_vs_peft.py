@@ -28,7 +28,16 @@ import argparse
 import json
 
 import torch
-from common import ROOT, alternate, device, loss_agreement, machine, median, ratio_line
+from common import (
+    ROOT,
+    alternate,
+    default_precisions,
+    device,
+    loss_agreement,
+    machine,
+    median,
+    ratio_line,
+)
 
 from softprompt.config import load_config
 from softprompt.data import load_split
@@ -203,7 +212,10 @@ def bench_generation(args, dtype: str, backbone: Backbone, prefix: PrefixKV) -> 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--dtype", nargs="+", choices=["float32", "bfloat16"], default=["float32", "bfloat16"]
+        "--dtype",
+        nargs="+",
+        choices=["float32", "bfloat16"],
+        help="default: both where this machine computes bf16 natively, else float32 only",
     )
     parser.add_argument("--steps", type=int, default=5, help="training steps per block")
     parser.add_argument("--repeats", type=int, default=4, help="blocks per contender")
@@ -216,7 +228,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     print(machine())
-    for dtype in args.dtype:
+    for dtype in args.dtype or default_precisions(["float32", "bfloat16"]):
         length = smiley_config([]).prompt.length
         print(f"prefix tuning, {args.model}, L={length}, {dtype}, {args.repeats} blocks, medians:")
         backbone, prefix = bench_training(args, dtype)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx2
 import torch
-from common import machine
+from common import default_precisions, machine
 
 from softprompt.generation import SamplingOptions, generate
 from softprompt.methods.artifact import model_record
@@ -91,12 +91,18 @@ def measure(dtype: str, requests: int, seed: int) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=48)
-    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument(
+        "--dtype",
+        nargs="+",
+        choices=["float32", "bfloat16"],
+        help="default: both where this machine computes bf16 natively, else float32 only",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     print(machine())
-    results = [measure(dtype, args.requests, args.seed) for dtype in args.dtype]
+    dtypes = args.dtype or default_precisions(["float32", "bfloat16"])
+    results = [measure(dtype, args.requests, args.seed) for dtype in dtypes]
     if args.json:
         print(json.dumps(results))
         return
