@@ -69,10 +69,7 @@ class Trainer:
         self.run_dir.check_target()
         self.progress = progress and self.processes.is_main
         self.device = self.processes.training_device(self.settings)
-        devices = [resolve_device(d) for d in self.settings.devices or [self.device]]
-        self.precision = training_precision(self.settings.precision, devices)
-        self.dtype = DTYPE_NAMES[self.precision]
-        self.backbones = backbones or _load_backbones(config, self.device, self.dtype)
+        self.backbones = backbones or _load_backbones(config, self.device)
         self.slots = self._build_slots()
         self.schedule = BatchSchedule(
             self.slots[0].train,
@@ -323,7 +320,7 @@ class Trainer:
             "train_samples_per_second": per_second,
             "resumed_from": str(resumed_from) if resumed_from else None,
             "processes": self.processes.world,
-            "precision": self.precision,
+            "precision": "bf16" if self.backbones[0].dtype == torch.bfloat16 else "fp32",
         }
 
     # --- what gets saved, and how a step is scored -----------------------------------------
@@ -350,14 +347,17 @@ class Trainer:
         return self.slots[0].task.selection_metric(self.settings.best_metric)
 
 
-def _load_backbones(config: TrainConfig, device: torch.device, dtype: str) -> list[Backbone]:
-    """The run's models, each on its device: `train.devices` round-robin, else `device`."""
+def _load_backbones(config: TrainConfig, device: torch.device) -> list[Backbone]:
+    """The run's models, each on its device (`train.devices` round-robin, else `device`), in
+    the run's precision (`auto` resolved for those devices)."""
     names = config.train.devices or [str(device)]
+    devices = [resolve_device(name) for name in names]
+    dtype = DTYPE_NAMES[training_precision(config.train.precision, devices)]
     return [
         load_backbone(
             spec,
             dtype=dtype,
-            device=resolve_device(names[i % len(names)]),
+            device=devices[i % len(devices)],
             trust_remote_code=config.trust_remote_code or None,
         )
         for i, spec in enumerate(config.models)
