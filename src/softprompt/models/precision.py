@@ -20,8 +20,8 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def training_precision(precision: str, devices: list[torch.device]) -> str:
-    """ "fp32" or "bf16" for a `train.precision` on these devices: `auto` is bf16 when every
-    one of them computes it natively, else fp32."""
+    """The precision ("fp32" or "bf16") a `train.precision` means on these devices: `auto` is
+    bf16 when every one of them computes it natively, else fp32."""
     if precision != "auto":
         return precision
     return "bf16" if all(native_bf16(d) for d in devices) else "fp32"
