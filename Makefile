@@ -50,6 +50,7 @@ bench: setup
 	$(BIN)/python benchmarks/bench_joint.py
 	$(BIN)/python benchmarks/bench_train_vs_peft.py
 	$(BIN)/python benchmarks/bench_bare_loop.py
+	$(BIN)/python benchmarks/profile_train_step.py
 	$(BIN)/python benchmarks/bench_prefix_vs_peft.py
 	$(BIN)/python benchmarks/bench_demo.py --out runs/bench-demo
 	$(BIN)/python benchmarks/bench_explain.py runs/bench-demo/prompt.safetensors
