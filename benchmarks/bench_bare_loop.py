@@ -50,6 +50,7 @@ from common import (
     median,
     prompt_tuning_gemms,
     ratio_line,
+    total_flops,
 )
 
 from softprompt.config import load_config
@@ -60,6 +61,8 @@ from softprompt.training.trainer import Trainer
 
 PROMPT_LENGTH = 16
 MODEL = "smollm2-135m"
+DTYPES = ["float32", "bfloat16"]
+GEMMS_ALONE = "the trainer's GEMMs alone"  # the floor's name among the alternated contenders
 
 
 def make_trainer(dtype: str, batch_size: int, model: str = MODEL) -> Trainer:
@@ -166,9 +169,6 @@ def main() -> None:
         bench(argparse.Namespace(**{**vars(args), "dtype": dtype}))
 
 
-DTYPES = ["float32", "bfloat16"]
-
-
 def bench(args: argparse.Namespace) -> None:
     """Trainer, bare loop and the trainer's GEMMs alone, alternating, in `args.dtype`."""
     trainer = make_trainer(args.dtype, args.batch_size, args.model)
@@ -195,9 +195,6 @@ def bench(args: argparse.Namespace) -> None:
         report_floor(floor, floor_times, times["trainer"], computed["trainer"], bare.model)
 
 
-GEMMS_ALONE = "the trainer's GEMMs alone"
-
-
 def trainer_gemms(config, trainer_tokens: list[int]) -> list:
     """The GEMMs of a trainer step at its median positions ([]: not a Llama-style model)."""
     try:
@@ -209,7 +206,7 @@ def trainer_gemms(config, trainer_tokens: list[int]) -> list:
 def report_floor(gemms, floor_times, trainer_times, trainer_tokens, model) -> None:
     """The trainer's FLOP/s against its own GEMMs run alone in the same alternation: the share
     least moved by the machine's drift."""
-    flops = sum(g.count * 2 * g.m * g.k * g.n for g in gemms)
+    flops = total_flops(gemms)
     alone = flops / median(floor_times)
     n = body_parameters(model)
     achieved = median([4 * n * t / s for t, s in zip(trainer_tokens, trainer_times)])

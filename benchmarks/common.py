@@ -205,10 +205,15 @@ def gemm_seconds(gemm: Gemm, dtype: torch.dtype, blocks: int, per_block: int) ->
     return best
 
 
+def total_flops(gemms: list[Gemm]) -> int:
+    """FLOPs of running every GEMM of the list its count of times."""
+    return sum(g.count * 2 * g.m * g.k * g.n for g in gemms)
+
+
 def gemm_flops(gemms: list[Gemm], dtype: torch.dtype, blocks: int, per_block: int) -> float:
     """Combined FLOP/s of a step's `gemms`: their total FLOPs over their total best time (each
     shape timed warm by gemm_seconds, weighted by its count)."""
-    flops = sum(g.count * 2 * g.m * g.k * g.n for g in gemms)
+    flops = total_flops(gemms)
     return flops / sum(g.count * gemm_seconds(g, dtype, blocks, per_block) for g in gemms)
 
 

@@ -22,7 +22,7 @@ import argparse
 import bench_bare_loop
 import bench_prefix_vs_peft
 import torch
-from common import alternate, gemm_pass, machine, median, prompt_tuning_gemms
+from common import alternate, gemm_pass, machine, median, prompt_tuning_gemms, total_flops
 from torch.profiler import ProfilerActivity, profile
 
 from softprompt.steering.packing import first_fit_decreasing
@@ -120,7 +120,7 @@ def report(method, dtype, profiler, tokens, gemms, times) -> None:
     print(f"  positions per profiled step {tokens}; time by operator group (self time):")
     for group, spent in sorted(per_group.items(), key=lambda item: -item[1]):
         print(f"  {spent / len(tokens):7.3f} s/step  {spent / profiled:4.0%}  {group}")
-    flops = sum(g.count * 2 * g.m * g.k * g.n for g in gemms)
+    flops = total_flops(gemms)
     step, floor = median(times["step"]), median(times["GEMMs alone"])
     print(
         f"  without the profiler, in turns: step {step:.3f} s; its GEMMs alone at "
