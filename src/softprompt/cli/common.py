@@ -147,8 +147,9 @@ def progress_reporter(
     from softprompt.progress import Progress
 
     live = err.is_terminal and not (rows_on_stdout and out.is_terminal)
-    shown = {"live": live, "enabled": live or not quiet, "console": err}
-    with Progress(what, unit="inputs", **shown) as progress:
+    with Progress(
+        what, unit="inputs", live=live, enabled=live or not quiet, console=err
+    ) as progress:
         yield lambda done, total: progress.update(done, total)
 
 

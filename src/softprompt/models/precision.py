@@ -19,6 +19,12 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def precision_of(dtype: torch.dtype) -> str:
+    """The `train.precision` name ("fp32", "bf16") of a model dtype; torch's name for others."""
+    names = {getattr(torch, name): precision for precision, name in DTYPE_NAMES.items()}
+    return names.get(dtype, str(dtype).removeprefix("torch."))
+
+
 def training_precision(precision: str, devices: list[torch.device]) -> str:
     """The precision ("fp32" or "bf16") a `train.precision` means on these devices: `auto` is
     bf16 when every one of them computes it natively, else fp32."""

@@ -24,7 +24,7 @@ from softprompt.methods import get_method
 from softprompt.methods.artifact import model_record
 from softprompt.methods.base import TrainableModule
 from softprompt.models.backbone import Backbone, load_backbone, resolve_device
-from softprompt.models.precision import DTYPE_NAMES, training_precision
+from softprompt.models.precision import DTYPE_NAMES, precision_of, training_precision
 from softprompt.steering.base import Steering
 from softprompt.steering.forward import as_steering
 from softprompt.tasks import build_task, data_spec
@@ -320,7 +320,7 @@ class Trainer:
             "train_samples_per_second": per_second,
             "resumed_from": str(resumed_from) if resumed_from else None,
             "processes": self.processes.world,
-            "precision": "bf16" if self.backbones[0].dtype == torch.bfloat16 else "fp32",
+            "precision": precision_of(self.backbones[0].dtype),
         }
 
     # --- what gets saved, and how a step is scored -----------------------------------------
