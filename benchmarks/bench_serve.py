@@ -74,13 +74,13 @@ import httpx2
 import torch
 from common import ROOT, machine
 
+from softprompt.decoding.engine import Engine, Job
 from softprompt.generation import SamplingOptions, generate
 from softprompt.interop.peft import export_peft
 from softprompt.methods.artifact import model_record
 from softprompt.methods.prefix import SavedPrefix
 from softprompt.methods.prompt import SoftPrompt
 from softprompt.models.backbone import Backbone, load_backbone
-from softprompt.serving.engine import Engine, Job, Sampling
 from softprompt.serving.server import Server
 from softprompt.steering.base import NoSteering
 from softprompt.steering.prefix import PrefixKV, prefix_geometry
@@ -509,7 +509,7 @@ def decode_run(backbone: Backbone, steerings: list, prompts: list[list[int]], to
     engine = Engine(backbone, max_batch=rows, queue_size=rows, on_step=on_step)
     holder.append(engine)
     for steering, ids in zip(steerings, prompts):
-        engine.submit(Job(steering, ids, Sampling(max_tokens=tokens, temperature=0), emit))
+        engine.submit(Job(steering, ids, SamplingOptions(max_new_tokens=tokens, greedy=True), emit))
     engine.start()
     all_done.wait(timeout=TIMEOUT_S)
     engine.stop(timeout=5)

@@ -21,9 +21,10 @@ import bench_serve
 import torch
 from common import machine
 
+from softprompt.decoding.engine import Engine, Job
+from softprompt.decoding.options import SamplingOptions
 from softprompt.models.backbone import load_backbone
 from softprompt.serving.adapters import artifact_sources, load_adapters
-from softprompt.serving.engine import Engine, Job, Sampling
 from softprompt.steering.base import NoSteering
 
 ROWS = 16
@@ -40,7 +41,7 @@ def median_seconds(function, repeats: int) -> float:
 
 
 def job(steering, ids: list[int]) -> Job:
-    return Job(steering, ids, Sampling(max_tokens=10**6, temperature=0), lambda *_: None)
+    return Job(steering, ids, SamplingOptions(max_new_tokens=10**6, greedy=True), lambda *_: None)
 
 
 def submit(engine: Engine, steering, ids: list[int]) -> None:

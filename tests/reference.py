@@ -63,3 +63,31 @@ def naive_importance(
 
     base = mean_loss(prompt)
     return torch.tensor([mean_loss(v) - base for v in ablated_variants(prompt.float(), mode)])
+
+
+@torch.no_grad()
+def hf_generate(backbone, texts: list[str], steer, max_new_tokens: int) -> list[str]:
+    """Greedy continuations through the model's own `generate` (left-padded batch, the
+    steering's `generation_inputs`): the independent path the decoder's engine is checked
+    against."""
+    from softprompt.decoding.text import drop_cut_character
+    from softprompt.steering.forward import as_steering
+
+    tokenizer = backbone.tokenizer
+    previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    try:
+        encoded = tokenizer(texts, return_tensors="pt", padding=True)
+    finally:
+        tokenizer.padding_side = previous_side
+    ids = encoded.input_ids.to(backbone.device)
+    mask = encoded.attention_mask.to(backbone.device)
+    inputs = as_steering(steer).generation_inputs(backbone, ids, mask)
+    output = backbone.model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    if "input_ids" in inputs:  # generate repeats given ids in front of the new tokens
+        output = output[:, inputs["input_ids"].shape[1] :]
+    return [drop_cut_character(t) for t in tokenizer.batch_decode(output, skip_special_tokens=True)]

@@ -47,7 +47,15 @@ def test_generation_errors(tiny):
     with pytest.raises(ModelError, match="needs a causal LM"):
         generate(tiny["bert"], ["great"], None, GREEDY)
     with pytest.raises(UsageError, match="temperature"):
-        generate(tiny["llama"], ["great"], None, SamplingOptions(temperature=0))
+        generate(tiny["llama"], ["great"], None, SamplingOptions(temperature=-0.5))
+
+
+def test_temperature_zero_is_greedy(tiny):
+    texts = ["great", "awful movie"]
+    zero = SamplingOptions(max_new_tokens=4, temperature=0, seed=3)
+    assert generate(tiny["llama"], texts, None, zero) == generate(
+        tiny["llama"], texts, None, GREEDY
+    )
 
 
 def test_generate_samples_repeats_each_text_and_compares_with_the_bare_model(tiny):

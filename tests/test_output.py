@@ -3,17 +3,17 @@ measured in display cells, no replacement character where generation cut a chara
 
 from __future__ import annotations
 
+import copy
 import io
 import re
 import unicodedata
-from types import SimpleNamespace
 
 import pytest
 import torch
 
-from softprompt.generation import SamplingOptions, drop_cut_character, generate
+from softprompt.decoding.text import drop_cut_character
+from softprompt.generation import SamplingOptions, generate
 from softprompt.methods.prompt import SoftPrompt, save_prompt
-from softprompt.steering.base import NoSteering
 from test_cli import invoke
 
 
@@ -44,32 +44,31 @@ def byte_tokenizer():
     return PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>")
 
 
-def canned_backbone(continuation: str, cut_bytes: int):
-    """A causal backbone whose model 'generates' `continuation` less its last `cut_bytes`
-    byte tokens, as `--max-new-tokens` stops inside a character."""
+def canned_backbone(monkeypatch, tiny, continuation: str, cut_bytes: int):
+    """A causal backbone (the tiny llama with a byte-level tokenizer) whose decoder picks the
+    byte tokens of `continuation` less its last `cut_bytes`, then ends the row, as
+    `--max-new-tokens` stops inside a character."""
     tokenizer = byte_tokenizer()
     new = tokenizer(continuation).input_ids[: -cut_bytes or None]
+    end = tokenizer.pad_token_id
 
-    def fake_generate(**kwargs):
-        return torch.tensor([new] * kwargs["attention_mask"].shape[0])
+    def replay(sampler, logits):
+        count = sampler.replayed = getattr(sampler, "replayed", -1) + 1
+        return new[count] if count < len(new) else end
 
-    return SimpleNamespace(
-        kind="causal",
-        name="bytes",
-        tokenizer=tokenizer,
-        device=torch.device("cpu"),
-        embed=lambda ids: torch.zeros(*ids.shape, 4),
-        model=SimpleNamespace(generate=fake_generate),
-    )
+    monkeypatch.setattr("softprompt.decoding.sampler.RowSampler.pick", replay)
+    monkeypatch.setattr("softprompt.decoding.engine._eos_ids", lambda backbone: {end})
+    backbone = copy.copy(tiny["llama"])
+    backbone.tokenizer = tokenizer
+    return backbone
 
 
-def canned_prompt_run(monkeypatch, tmp_path, continuation: str):
+def canned_prompt_run(monkeypatch, tiny, tmp_path, continuation: str):
     """A prompt file for `generate PROMPT --compare` whose model continues with `continuation`
     with and without it (the table's layout is under test, not the model)."""
-    backbone = canned_backbone(continuation, 0)
+    backbone = canned_backbone(monkeypatch, tiny, continuation, 0)
     monkeypatch.setattr("softprompt.models.backbone.load_backbone", lambda *a, **k: backbone)
-    monkeypatch.setattr("softprompt.evaluation.steering", lambda *a, **k: NoSteering())
-    prompt = SoftPrompt(embedding=torch.zeros(2, 4), models=[], task={})
+    prompt = SoftPrompt(embedding=torch.zeros(2, backbone.hidden_size), models=[], task={})
     return save_prompt(prompt, tmp_path / "p.safetensors")
 
 
@@ -81,15 +80,15 @@ def test_drop_cut_character_removes_only_a_trailing_replacement():
 
 
 @pytest.mark.parametrize("cut", [1, 2, 3])
-def test_generate_drops_a_character_cut_by_the_token_limit(cut):
+def test_generate_drops_a_character_cut_by_the_token_limit(monkeypatch, tiny, cut):
     """😀 is 4 bytes: a stop after 1, 2 or 3 of them leaves no U+FFFD, and the text before it."""
-    backbone = canned_backbone(" good 😀", cut)
+    backbone = canned_backbone(monkeypatch, tiny, " good 😀", cut)
     options = SamplingOptions(max_new_tokens=8, greedy=True)
     assert generate(backbone, ["x"], None, options) == [" good "]
 
 
-def test_cli_generate_prints_no_replacement_character(monkeypatch, capsys):
-    backbone = canned_backbone(" 日本 [b]ok[/b] 😀", 2)
+def test_cli_generate_prints_no_replacement_character(monkeypatch, capsys, tiny):
+    backbone = canned_backbone(monkeypatch, tiny, " 日本 [b]ok[/b] 😀", 2)
     monkeypatch.setattr("softprompt.models.backbone.load_backbone", lambda *a, **k: backbone)
     code, out, err = invoke(
         monkeypatch, capsys, "generate", "-m", "x", "-t", "[x]", "--greedy", "--device", "cpu"
@@ -122,12 +121,13 @@ def test_piped_compare_table_keeps_each_row_on_one_line(monkeypatch, capsys, tmp
     assert max(len(line) for line in lines) > 120
 
 
-def test_piped_generate_compare_table_keeps_rows_whole(monkeypatch, capsys, tmp_path):
+def test_piped_generate_compare_table_keeps_rows_whole(monkeypatch, capsys, tmp_path, tiny):
     """A long continuation with emoji and CJK stays one line per row of the table, and every
     line of the table is the same number of display cells wide (emoji and CJK count 2)."""
     continuation = " and then 😀 the film went on, 日本語のテキスト and more words " * 3
-    prompt = canned_prompt_run(monkeypatch, tmp_path, continuation)
+    prompt = canned_prompt_run(monkeypatch, tiny, tmp_path, continuation)
     args = ("generate", prompt, "-m", "x", "-t", "a text", "--greedy", "--compare")
+    args += ("--max-new-tokens", "400")
     code, out, err = invoke(monkeypatch, capsys, *args, "--device", "cpu")
     assert code == 0, err
     lines = out.splitlines()
@@ -136,12 +136,14 @@ def test_piped_generate_compare_table_keeps_rows_whole(monkeypatch, capsys, tmp_
     assert len({cells(line) for line in lines}) == 1
 
 
-def test_a_narrow_table_folds_cjk_instead_of_cutting_it(monkeypatch, capsys, tmp_path):
+def test_a_narrow_table_folds_cjk_instead_of_cutting_it(monkeypatch, capsys, tmp_path, tiny):
     """With COLUMNS=40 the table wraps, but no text is cut to an ellipsis and rows still line
     up in display cells."""
     monkeypatch.setenv("COLUMNS", "40")
-    prompt = canned_prompt_run(monkeypatch, tmp_path, " 日本語のテキストがとても長いです 😀😀 end")
+    continuation = " 日本語のテキストがとても長いです 😀😀 end"
+    prompt = canned_prompt_run(monkeypatch, tiny, tmp_path, continuation)
     args = ("generate", prompt, "-m", "x", "-t", "text", "--greedy", "--compare")
+    args += ("--max-new-tokens", "400")
     code, out, err = invoke(monkeypatch, capsys, *args, "--device", "cpu")
     assert code == 0, err
     lines = out.splitlines()

@@ -1,17 +1,19 @@
 """The serving engine's steps, driven by hand on tiny models of each causal family: requests
 that join at different steps (their prefill packed into the running rows' step), leave at
 different steps, with soft prompts, prefixes and nothing, give token for token what each gives
-alone through `softprompt.generate`; sliding-window layers keep their window."""
+alone through the model's own `generate` (tests/reference.py); sliding-window layers keep
+their window."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from softprompt.generation import SamplingOptions, generate
+from reference import hf_generate
+from softprompt.decoding import rows as rows_module
+from softprompt.decoding.engine import Engine, Job
+from softprompt.decoding.options import SamplingOptions
 from softprompt.models.backbone import load_backbone
-from softprompt.serving import rows as rows_module
-from softprompt.serving.engine import Engine, Job, Sampling
 from softprompt.steering.base import NoSteering
 from softprompt.steering.prefix import PrefixKV, prefix_geometry
 from softprompt.steering.prompt import PromptSteering
@@ -53,7 +55,9 @@ def _run(engine: Engine, batches: list[list[tuple]], steps_between: int) -> list
                 if kind == "done":
                     texts[at] = payload["text"]
 
-            engine.submit(Job(steering, ids, Sampling(max_tokens=max_tokens, temperature=0), emit))
+            engine.submit(
+                Job(steering, ids, SamplingOptions(max_new_tokens=max_tokens, greedy=True), emit)
+            )
             number += 1
         for _ in range(steps_between):
             engine._admit()
@@ -65,8 +69,7 @@ def _run(engine: Engine, batches: list[list[tuple]], steps_between: int) -> list
 
 
 def _alone(backbone, steering, text: str, max_tokens: int) -> str:
-    options = SamplingOptions(max_new_tokens=max_tokens, greedy=True)
-    return generate(backbone, [text], steering, options)[0]
+    return hf_generate(backbone, [text], steering, max_tokens)[0]
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma3"])
@@ -120,7 +123,12 @@ def test_a_failing_step_fails_its_rows_and_the_engine_serves_the_next(tiny, monk
         raise RuntimeError("cannot allocate memory")
 
     monkeypatch.setattr(engine.cache, "begin", out_of_memory)
-    job = Job(NoSteering(), ids, Sampling(max_tokens=3, temperature=0), lambda *e: events.append(e))
+    job = Job(
+        NoSteering(),
+        ids,
+        SamplingOptions(max_new_tokens=3, greedy=True),
+        lambda *e: events.append(e),
+    )
     engine.submit(job)
     engine._admit()
     engine._step()

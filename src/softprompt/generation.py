@@ -1,47 +1,19 @@
-"""Text generation under any steering (softprompt.steering), through the model's own
-`generate`."""
+"""Text generation under any steering (softprompt.steering): the texts as rows of the one
+decoder (`softprompt.decoding`), all joining at its first step, exactly as the server decodes a
+request."""
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
-
 import torch
-from transformers import (
-    LogitsProcessor,
-    LogitsProcessorList,
-    TemperatureLogitsWarper,
-    TopKLogitsWarper,
-    TopPLogitsWarper,
-)
 
+from softprompt.decoding.engine import Engine, Job
+from softprompt.decoding.options import SamplingOptions, row_seeds
 from softprompt.errors import ModelError, UsageError
 from softprompt.models.backbone import Backbone
+from softprompt.steering.base import Steering
 from softprompt.steering.forward import SteeringLike, as_steering
 
-
-@dataclass(frozen=True)
-class SamplingOptions:
-    """Greedy decoding, or sampling with temperature / top-k / top-p."""
-
-    max_new_tokens: int = 40
-    greedy: bool = False
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float | None = None
-    seed: int = 0
-
-    def check(self) -> None:
-        if self.max_new_tokens < 1:
-            raise UsageError("--max-new-tokens must be at least 1")
-        if self.temperature <= 0:
-            raise UsageError(
-                "--temperature must be above 0 (use --greedy for deterministic output)"
-            )
-        if self.top_k is not None and self.top_k < 1:
-            raise UsageError("--top-k must be at least 1")
-        if self.top_p is not None and not 0 < self.top_p <= 1:
-            raise UsageError("--top-p must be in (0, 1]")
+__all__ = ["SamplingOptions", "generate", "generate_samples"]
 
 
 @torch.no_grad()
@@ -53,88 +25,46 @@ def generate(
     samples: list[int] | None = None,
 ) -> list[str]:
     """Continue each text as given (no template) under `prompt`: a Steering (soft prompt,
-    prefix, or a list with one per text), a soft-prompt tensor [L, d], or None.
+    prefix), a list with one per text, a soft-prompt tensor [L, d], or None.
 
     Sampling draws each row from its own generator, seeded from (seed, the row's sample number
     in `samples` (default 0), its text): a text's continuation is the same alone or batched
-    with any others, in any position. The text ends before a character its last token cut."""
+    with any others, in any position, and the same as the server's for that request. The text
+    ends before a character its last token cut, and before the first of `options.stop`."""
     options = options or SamplingOptions()
     options.check()
     if backbone.kind != "causal":
         raise ModelError(f"generate needs a causal LM; {backbone.name} is a masked LM")
     if not texts:
         raise UsageError("give at least one --text to continue")
-    tokenizer = backbone.tokenizer
-    previous_side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        encoded = tokenizer(texts, return_tensors="pt", padding=True)
-    finally:
-        tokenizer.padding_side = previous_side
-    device = backbone.device
-    input_ids = encoded.input_ids.to(device)
-    attention_mask = encoded.attention_mask.to(device)
-    inputs = as_steering(prompt).generation_inputs(backbone, input_ids, attention_mask)
+    steerings = _row_steerings(prompt, len(texts))
     seeds = row_seeds(options.seed, texts, samples or [0] * len(texts))
-    kwargs = _generation_kwargs(backbone, options, seeds)
-    output = backbone.model.generate(**inputs, **kwargs)
-    if "input_ids" in inputs:  # generate repeats given ids in front of the new tokens
-        output = output[:, inputs["input_ids"].shape[1] :]
-    return [drop_cut_character(t) for t in tokenizer.batch_decode(output, skip_special_tokens=True)]
+    if options.seed is None:
+        seeds = [None] * len(texts)
+    results: list[object] = [None] * len(texts)
+    jobs = []
+    for index, (text, steer, seed) in enumerate(zip(texts, steerings, seeds)):
+
+        def emit(kind: str, payload, index=index) -> None:
+            if kind != "delta":
+                results[index] = payload
+
+        ids = backbone.tokenizer(text).input_ids
+        jobs.append(Job(steer, ids, options, emit, seed=seed))
+    Engine(backbone, max_batch=len(jobs), queue_size=1).run_jobs(jobs)
+    failed = [r for r in results if isinstance(r, BaseException)]
+    if failed:
+        raise failed[0]
+    return [r["text"] for r in results]
 
 
-def _generation_kwargs(backbone: Backbone, options: SamplingOptions, seeds: list[int]) -> dict:
-    """The model's `generate` arguments. Sampling is done by `RowSampler` as the last logits
-    processor, which leaves one allowed token per row for greedy decoding to pick: HF's own
-    sampling draws from the global generator, so a row's draws would depend on its batch."""
-    kwargs = {
-        "max_new_tokens": options.max_new_tokens,
-        "do_sample": False,
-        "pad_token_id": backbone.tokenizer.pad_token_id,
-    }
-    if not options.greedy:
-        sampler = RowSampler(options, seeds, backbone.device)
-        kwargs["logits_processor"] = LogitsProcessorList([sampler])
-    return kwargs
-
-
-def row_seeds(seed: int, texts: list[str], samples: list[int]) -> list[int]:
-    """One generator seed per row, a function of (seed, sample number, text) alone (SHA-256,
-    so that it is the same in every process and Python run, unlike `hash`)."""
-    seeds = []
-    for text, sample in zip(texts, samples):
-        digest = hashlib.sha256(f"{seed}\0{sample}\0{text}".encode()).digest()
-        seeds.append(int.from_bytes(digest[:8], "little") >> 1)  # a non-negative int64
-    return seeds
-
-
-class RowSampler(LogitsProcessor):
-    """Temperature, top-k and top-p as HF applies them, then one token drawn per row from that
-    row's own generator; returns scores that allow only the drawn token."""
-
-    def __init__(self, options: SamplingOptions, seeds: list[int], device: torch.device) -> None:
-        warpers: list[LogitsProcessor] = []
-        if options.temperature != 1.0:
-            warpers.append(TemperatureLogitsWarper(options.temperature))
-        if options.top_k is not None:
-            warpers.append(TopKLogitsWarper(options.top_k))
-        if options.top_p is not None and options.top_p < 1.0:
-            warpers.append(TopPLogitsWarper(options.top_p))
-        self.warpers = LogitsProcessorList(warpers)
-        self.generators = [torch.Generator(device=device).manual_seed(s) for s in seeds]
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        probs = torch.softmax(self.warpers(input_ids, scores).float(), dim=-1)
-        drawn = [torch.multinomial(p, 1, generator=g) for p, g in zip(probs, self.generators)]
-        allowed = torch.full_like(scores, float("-inf"))
-        return allowed.scatter_(1, torch.stack(drawn), 0.0)
-
-
-def drop_cut_character(text: str) -> str:
-    """`text` without the U+FFFD replacement characters at its end: what decoding leaves where
-    the last byte-level token stopped inside a multi-byte character (an emoji, CJK), a
-    character the model did not finish rather than one it wrote."""
-    return text.rstrip("\ufffd")
+def _row_steerings(prompt: SteeringLike, rows: int) -> list[Steering]:
+    """One batch-wide steering per row: the same one for every row, or the list's."""
+    if isinstance(prompt, list):
+        if len(prompt) != rows:
+            raise UsageError(f"{len(prompt)} steerings given for {rows} texts; give one per text")
+        return [as_steering(p) for p in prompt]
+    return [as_steering(prompt)] * rows
 
 
 def generate_samples(

@@ -16,10 +16,11 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from softprompt.decoding.engine import Call, Engine, Job, QueueFull
+from softprompt.decoding.options import SamplingOptions, row_seeds
 from softprompt.errors import SoftpromptError
 from softprompt.evaluation import predict
 from softprompt.serving.adapters import Adapter
-from softprompt.serving.engine import Call, Engine, Job, QueueFull, Sampling
 from softprompt.serving.metrics import ServerMetrics
 from softprompt.serving.schemas import ChatRequest, ClassifyRequest, CompletionRequest
 
@@ -106,21 +107,32 @@ class Service:
             )
         return ids
 
-    def submit(self, adapter: Adapter, prompts: list[list[int]], body, max_tokens: int):
-        """Queue one job per prompt and choice; all or none (429 when the queue is full)."""
+    def submit(
+        self, adapter: Adapter, prompts: list[list[int]], texts: list[str], body, max_tokens: int
+    ):
+        """Queue one job per prompt and choice; all or none (429 when the queue is full). A
+        seeded choice samples what `generate` samples for its text, seed and sample number
+        (the choice's index)."""
         loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
+        options = SamplingOptions(
+            max_new_tokens=max_tokens,
+            temperature=body.temperature,
+            top_p=body.top_p,
+            top_k=body.top_k,
+            seed=body.seed,
+            stop=body.stops,
+        )
         jobs = []
-        for p, ids in enumerate(prompts):
+        for p, (ids, text) in enumerate(zip(prompts, texts)):
             for c in range(body.n):
                 index = p * body.n + c
-                seed = None if body.seed is None else body.seed + c
-                sampling = Sampling(max_tokens, body.temperature, body.top_p, seed, body.stops)
+                seed = None if body.seed is None else row_seeds(body.seed, [text], [c])[0]
 
                 def emit(kind, payload, index=index):
                     loop.call_soon_threadsafe(events.put_nowait, (index, kind, payload))
 
-                jobs.append(Job(adapter.steering, ids, sampling, emit, adapter.name))
+                jobs.append(Job(adapter.steering, ids, options, emit, adapter.name, seed))
         try:
             for job in jobs:
                 self.engine.submit(job)
@@ -276,7 +288,8 @@ def _generation_routes(app: FastAPI, service: Service) -> None:
         request.state.adapter = adapter.name
         max_tokens = body.max_tokens or 16
         prompts = [service.encode(p, adapter, max_tokens) for p in body.prompts]
-        return await _respond(service, adapter, prompts, body, max_tokens, request, "text")
+        texts = body.prompts
+        return await _respond(service, adapter, prompts, texts, body, max_tokens, request, "text")
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
@@ -285,11 +298,11 @@ def _generation_routes(app: FastAPI, service: Service) -> None:
         max_tokens = body.max_completion_tokens or body.max_tokens or 256
         text = _chat_text(service, [m.model_dump() for m in body.messages])
         prompts = [service.encode(text, adapter, max_tokens)]
-        return await _respond(service, adapter, prompts, body, max_tokens, request, "chat")
+        return await _respond(service, adapter, prompts, [text], body, max_tokens, request, "chat")
 
 
-async def _respond(service, adapter, prompts, body, max_tokens, request, kind):
-    jobs, events = service.submit(adapter, prompts, body, max_tokens)
+async def _respond(service, adapter, prompts, texts, body, max_tokens, request, kind):
+    jobs, events = service.submit(adapter, prompts, texts, body, max_tokens)
     ident = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
     created = int(time.time())
     if body.stream:

@@ -20,6 +20,7 @@ class SamplingFields(_Request):
     max_tokens: int | None = Field(None, ge=1, le=4096)
     temperature: float = Field(1.0, ge=0.0, le=2.0)
     top_p: float = Field(1.0, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1)  # not in OpenAI's API; vLLM's and ours
     seed: int | None = None
     stop: str | list[str] | None = None
     n: int = Field(1, ge=1, le=8)

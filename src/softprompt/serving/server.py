@@ -15,11 +15,11 @@ from pathlib import Path
 
 import uvicorn
 
+from softprompt.decoding.engine import Engine
 from softprompt.errors import ModelError, UsageError
 from softprompt.models.backbone import Backbone, load_backbone, resolve_device
 from softprompt.serving.adapters import artifact_sources, load_adapters, trained_on
 from softprompt.serving.app import Service, create_app
-from softprompt.serving.engine import Engine
 from softprompt.serving.metrics import ServerMetrics
 
 

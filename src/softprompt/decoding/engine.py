@@ -1,11 +1,14 @@
-"""Continuous batching on one frozen model: requests steered by different soft prompts,
-prefixes or nothing decode together, one token per step for every running row.
+"""The decoder's loop (continuous batching) on one frozen model: rows steered by different
+soft prompts, prefixes or nothing decode together, one token per step for every running row.
+`generate` runs it on the caller's thread with every row joining at the first step
+(`run_jobs`); `softprompt serve` runs it on its own thread with rows joining and leaving.
 
 A new request joins at the next step: that step's one forward carries a token for each
 running row and the whole prompt of each joining request (its prefill), packed into one
-sequence; `serving.rows.RowCache` gives every request attention to its own columns only, so
+sequence; `decoding.rows.RowCache` gives every request attention to its own columns only, so
 its output is what it gives alone. A row leaves as soon as it finishes. All model work runs on
-the engine's one thread; callers talk to it through a bounded queue.
+the engine's one thread; callers talk to it through a bounded queue. Each row picks its tokens
+with its own `RowSampler` and keeps its text in a `RowText` (`decoding.sampler`, `.text`).
 """
 
 from __future__ import annotations
@@ -18,9 +21,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from softprompt.decoding.options import SamplingOptions
+from softprompt.decoding.rows import Joining, RowCache
+from softprompt.decoding.sampler import RowSampler
+from softprompt.decoding.text import RowText
 from softprompt.errors import ModelError
 from softprompt.models.backbone import Backbone
-from softprompt.serving.rows import Joining, RowCache
 from softprompt.steering.attention import use_segment_attention
 from softprompt.steering.base import Steering
 
@@ -29,34 +35,24 @@ class QueueFull(Exception):
     """The engine's queue is full: the caller should retry later."""
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """How one choice is decoded: greedy at temperature 0, else sampled (top-p, seeded)."""
-
-    max_tokens: int = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-
 @dataclass
 class Job:
-    """One generation: the prompt's token ids under a steering, and where events go.
+    """One generation: the prompt's token ids under a steering, how it is decoded (`seed`: its
+    row's generator seed, see `row_seeds`; None: a random one), and where events go.
 
     `emit(kind, payload)` is called from the engine thread: ("delta", text) as text becomes
-    final, then ("done", {"finish_reason", "prompt_tokens", "completion_tokens", "text"})."""
+    final, then ("done", {"finish_reason", "prompt_tokens", "completion_tokens", "text"}), or
+    ("error", exception)."""
 
     steering: Steering
     prompt_ids: list[int]
-    sampling: Sampling
+    options: SamplingOptions
     emit: Callable[[str, object], None]
     adapter: str = ""
+    seed: int | None = None
     cancelled: threading.Event = field(default_factory=threading.Event)
-    generated: list[int] = field(default_factory=list)
-    sent: int = 0  # characters of text already emitted
-    final_text: str | None = None  # set when a stop sequence cut the text
-    generator: torch.Generator | None = None
+    sampler: RowSampler | None = None  # made when the row joins
+    text: RowText | None = None
 
 
 @dataclass
@@ -132,6 +128,18 @@ class Engine:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
+    def run_jobs(self, jobs: list[Job]) -> None:
+        """Decode `jobs` on the calling thread (not while the loop thread runs): they all join
+        at the first step; returns when the last one is done."""
+        if self._thread is not None:
+            raise RuntimeError("run_jobs runs the engine on the caller's thread; stop it first")
+        if len(jobs) > self.max_batch:
+            raise ValueError(f"{len(jobs)} jobs do not fit a batch of {self.max_batch}")
+        self.joining.extend(job for job in jobs if not job.cancelled.is_set())
+        with torch.no_grad():
+            while self.rows or self.joining:
+                self._step()
+
     # --- the engine thread -----------------------------------------------------------------
 
     def _loop(self) -> None:
@@ -198,8 +206,8 @@ class Engine:
             return
         self.cache.end()
         for job, _ in ready:
-            if job.sampling.seed is not None:
-                job.generator = torch.Generator(device=device).manual_seed(job.sampling.seed)
+            job.sampler = RowSampler(job.options, job.seed, device)
+            job.text = RowText(self.backbone.tokenizer, job.options.stop)
         self.rows += [job for job, _ in ready]
         self.last = torch.cat(
             [self.last.to(device), torch.zeros(len(ready), dtype=torch.long, device=device)]
@@ -238,7 +246,7 @@ class Engine:
         finished = []
         for row, index in zip(logits, indices):
             job = self.rows[index]
-            token = _pick(row.float(), job.sampling, job.generator)
+            token = job.sampler.pick(row)
             self.last[index] = token
             reason = self._record(job, token)
             if reason is not None or job.cancelled.is_set():
@@ -252,36 +260,26 @@ class Engine:
         """Add the token to the job; returns its finish reason when it is done."""
         if token in self.eos:
             return "stop"
-        job.generated.append(token)
-        text = self.backbone.tokenizer.decode(job.generated, skip_special_tokens=True)
-        cut = _first_stop(text, job.sampling.stop)
-        if cut is not None:
-            job.final_text = text[:cut]
+        if job.text.add(token):
             return "stop"
-        if len(job.generated) >= job.sampling.max_tokens:
+        if len(job.text.tokens) >= job.options.max_new_tokens:
             return "length"
-        hold = max((len(s) for s in job.sampling.stop), default=1) - 1
-        final = len(text) - hold
-        while final > job.sent and text[final - 1] == "\ufffd":  # an unfinished character
-            final -= 1
-        if final > job.sent:
-            job.emit("delta", text[job.sent : final])
-            job.sent = final
+        piece = job.text.take_final()
+        if piece:
+            job.emit("delta", piece)
         return None
 
     def _finish(self, job: Job, reason: str) -> None:
-        text = job.final_text
-        if text is None:
-            text = self.backbone.tokenizer.decode(job.generated, skip_special_tokens=True)
-        if len(text) > job.sent:
-            job.emit("delta", text[job.sent :])
+        piece = job.text.take_final(finished=True)
+        if piece:
+            job.emit("delta", piece)
         job.emit(
             "done",
             {
                 "finish_reason": reason,
-                "text": text,
+                "text": job.text.text,
                 "prompt_tokens": len(job.prompt_ids),
-                "completion_tokens": len(job.generated),
+                "completion_tokens": len(job.text.tokens),
             },
         )
 
@@ -292,24 +290,6 @@ class Engine:
         self.rows = [self.rows[i] for i in keep]
         self.cache.keep(keep)
         self.last = self.last[torch.tensor(keep, dtype=torch.long, device=self.last.device)]
-
-
-def _pick(logits: torch.Tensor, sampling: Sampling, generator) -> int:
-    """Greedy at temperature 0; else a sample from the top-p nucleus at the temperature."""
-    if sampling.temperature == 0:
-        return int(logits.argmax())
-    probs = torch.softmax(logits / sampling.temperature, dim=-1)
-    if sampling.top_p < 1.0:
-        ordered, order = probs.sort(descending=True)
-        outside = ordered.cumsum(0) - ordered > sampling.top_p
-        ordered[outside] = 0
-        probs = torch.zeros_like(probs).scatter(0, order, ordered)
-    return int(torch.multinomial(probs, 1, generator=generator))
-
-
-def _first_stop(text: str, stops: tuple[str, ...]) -> int | None:
-    found = [text.find(s) for s in stops if s and s in text]
-    return min(found) if found else None
 
 
 def _eos_ids(backbone: Backbone) -> set[int]:
