@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,51 +19,65 @@ from safetensors.torch import load_file, save_file
 from softprompt.errors import PromptFileError
 
 
+@contextmanager
+def atomic_file(target: Path) -> Iterator[Path]:
+    """A temporary path beside `target` to write; when the block ends without an error it is
+    fsynced and renamed over `target` (never half a file), else removed and `target` is left
+    as it was. The file gets the mode a plain `open()` would give under the umask, not the
+    0600 that mkstemp leaves."""
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    temporary = Path(name)
+    try:
+        yield temporary
+        os.chmod(temporary, 0o666 & ~_umask())
+        with open(temporary, "rb") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, target)
+    finally:
+        temporary.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_folder(target: Path) -> Iterator[Path]:
+    """A fresh hidden folder beside `target` to fill; when the block ends without an error it
+    is renamed into place, replacing an existing `target` only once the new one is complete,
+    else removed. Made by mkdtemp (a unique name) but with the mode `mkdir` would give under
+    the umask (0755 under 022), not mkdtemp's 0700."""
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    os.chmod(staging, 0o777 & ~_umask())
+    try:
+        yield staging
+        if not target.exists():
+            staging.rename(target)
+            return
+        aside = target.parent / f".{target.name}-old-{uuid.uuid4().hex[:8]}"
+        target.rename(aside)
+        staging.rename(target)
+        shutil.rmtree(aside, ignore_errors=True)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def write_safetensors_atomic(
     tensors: dict[str, torch.Tensor], metadata: dict[str, str], target: Path
 ) -> None:
-    """Write a safetensors file atomically (temp file, fsync, rename): never half-written. The
-    file gets the mode a plain `open()` would give under the umask, not the 0600 that mkstemp
-    and safetensors' `save_file` (which replaces the file it is given) both leave."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    """Write a safetensors file atomically (see `atomic_file`)."""
+    with atomic_file(target) as temporary:
+        save_file(tensors, temporary, metadata=metadata)
 
 
 @contextmanager
 def atomic_text_file(target: Path) -> Iterator[TextIO]:
-    """A UTF-8 text file that appears at `target` only once the block ends without an error:
-    written to a temp file in the same folder, fsynced and renamed over `target`. On an error
-    the temp file is removed and `target` is left as it was (absent, or the old file)."""
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            os.chmod(tmp, 0o666 & ~_umask())  # what open() would give, not mkstemp's 0600
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
-def staging_dir(target: Path) -> Path:
-    """A fresh hidden folder next to `target`, to fill and then rename into place: made by
-    mkdtemp (a unique name, never an existing folder) but with the mode `mkdir` would give
-    under the umask (0755 under 022), not mkdtemp's 0700, so the renamed folder reads as any
-    other the user makes."""
-    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    os.chmod(staging, 0o777 & ~_umask())
-    return staging
+    """A UTF-8 text file that appears at `target` only once the block ends without an error
+    (see `atomic_file`)."""
+    with (
+        atomic_file(target) as temporary,
+        temporary.open("w", encoding="utf-8", newline="\n") as handle,
+    ):
+        yield handle
+        handle.flush()
 
 
 def _umask() -> int:

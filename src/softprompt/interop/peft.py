@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
 
 from softprompt.errors import ModelError, PromptFileError, UsageError
-from softprompt.files import read_safetensors, staging_dir, write_safetensors_atomic
+from softprompt.files import atomic_folder, read_safetensors, write_safetensors_atomic
 from softprompt.methods import load_artifact
 from softprompt.methods.artifact import header_metadata, model_record, parse_json_field
 from softprompt.methods.prefix import SavedPrefix
@@ -304,31 +302,14 @@ def _prefix_config(backbone: Backbone, length: int) -> dict:
 def _write_adapter_dir(
     target: Path, config: dict, tensor: torch.Tensor, metadata: dict, overwrite: bool
 ) -> Path:
-    """Write both files into a fresh sibling folder, then rename it into place."""
+    """Write both files into a fresh sibling folder, then move it into place."""
     if target.exists() and not target.is_dir():
         raise UsageError(f"--out {target} is a file; give a folder for the PEFT adapter")
     if target.is_dir() and any(target.iterdir()) and not overwrite:
         raise UsageError(f"{target} exists and is not empty; choose another --out or add --force")
     target.parent.mkdir(parents=True, exist_ok=True)
-    staging = staging_dir(target)
-    try:
+    with atomic_folder(target) as staging:
         (staging / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
         tensors = {TENSOR: tensor.detach().float().cpu().contiguous()}
         write_safetensors_atomic(tensors, metadata, staging / WEIGHTS_FILE)
-        _move_into_place(staging, target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def _move_into_place(staging: Path, target: Path) -> None:
-    """Rename `staging` to `target`, replacing an existing folder only after the new one is
-    complete."""
-    if not target.exists():
-        staging.rename(target)
-        return
-    aside = target.parent / f".{target.name}-old-{uuid.uuid4().hex[:8]}"
-    target.rename(aside)
-    staging.rename(target)
-    shutil.rmtree(aside, ignore_errors=True)

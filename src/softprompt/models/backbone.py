@@ -12,7 +12,6 @@ import hashlib
 import importlib.util
 import json
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +22,7 @@ import torch
 from torch import nn
 
 from softprompt.errors import ConfigError, ModelError, UsageError
-from softprompt.files import staging_dir
+from softprompt.files import atomic_folder
 from softprompt.steering.attention import NAME as SEGMENT_ATTENTION
 from softprompt.steering.attention import Segments, use_segment_attention
 from softprompt.steering.last_layer import last_mlp_at
@@ -494,17 +493,10 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         clean = type(loaded)(clean_config)
     clean.load_state_dict(loaded.state_dict(), assign=True, strict=False)
     clean.tie_weights()
-    staging = staging_dir(target)
-    try:
+    with atomic_folder(target) as staging:
         clean.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
         (staging / COMPLETE).write_text(str(gguf))
-        if target.exists():
-            shutil.rmtree(target)
-        staging.rename(target)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
 
 
 def list_models() -> list[dict]:

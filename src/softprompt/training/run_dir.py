@@ -25,7 +25,7 @@ import yaml
 
 from softprompt.config import TrainConfig, config_to_dict
 from softprompt.errors import SoftpromptError, UsageError
-from softprompt.files import read_safetensors, write_safetensors_atomic
+from softprompt.files import atomic_text_file, read_safetensors, write_safetensors_atomic
 from softprompt.training.console import warn
 from softprompt.training.state import TrainState
 from softprompt.training.tracking import Trackers
@@ -126,9 +126,8 @@ class RunDir:
             warn(f"resuming from {resumed_from} (step {step})")
         self.path.mkdir(parents=True, exist_ok=True)
         text = yaml.safe_dump(config_to_dict(config), sort_keys=False, allow_unicode=True)
-        temporary = self.path / ".config.yaml.tmp"
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, self.path / "config.yaml")  # other processes read it on resume
+        with atomic_text_file(self.path / "config.yaml") as handle:  # read on resume
+            handle.write(text)
         for stale in [*self.path.glob(".*.tmp"), *self.path.glob(f"{CHECKPOINT_DIR}/.*.tmp")]:
             stale.unlink()  # left by a process killed while writing
         metrics_path = self.path / "metrics.jsonl"
