@@ -19,10 +19,10 @@ import softprompt
 from conftest import write_jsonl
 from softprompt.batch_files import generate_file, predict_file, read_inputs
 from softprompt.errors import DataError
-from softprompt.evaluation import predict
 from softprompt.generation import SamplingOptions, generate_samples
 from softprompt.methods.artifact import model_record
 from softprompt.methods.prompt import SoftPrompt, save_prompt
+from softprompt.session import predict
 from test_cli import assert_one_line_error, invoke
 
 # label words on which the tiny llama's predictions differ from text to text, so that a row
@@ -363,7 +363,7 @@ def test_a_failure_midway_leaves_no_half_file_and_keeps_the_old_one(
             raise DataError("disk on fire")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr("softprompt.batch_files.generate_samples", fail_on_the_third_batch)
+    monkeypatch.setattr("softprompt.session.generate_samples", fail_on_the_third_batch)
     with pytest.raises(DataError, match="disk on fire"):
         generate_file(prompt, source, target, model=tiny["llama"], options=GREEDY, batch_size=2)
     assert len(calls) == 3  # two batches were written before the failure

@@ -11,10 +11,10 @@ from softprompt.analysis.explain import explain
 from softprompt.config import validate_config
 from softprompt.crossmodel.cache import load_alignment
 from softprompt.errors import ConfigError, PromptFileError
-from softprompt.evaluation import evaluate
 from softprompt.methods.prompt import SoftPrompt, load_prompt, save_prompt
 from softprompt.models.backbone import load_backbone
 from softprompt.models.tiny import save_tiny
+from softprompt.session import evaluate
 from softprompt.training.trainer import Trainer
 
 TEMPLATE = "review: {text} sentiment:"

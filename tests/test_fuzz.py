@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from softprompt.config import load_config, validate_config
 from softprompt.data import DataSpec, Example, load_split
 from softprompt.errors import ConfigError, DataError, PromptFileError
-from softprompt.evaluation import predict
 from softprompt.methods.prompt import load_prompt
+from softprompt.session import predict
 from softprompt.tasks.classification import ClassificationTask, check_template
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

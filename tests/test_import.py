@@ -4,8 +4,9 @@ import pickle
 import pytest
 import torch
 
+from softprompt.artifacts import open_prompt
 from softprompt.errors import PromptFileError
-from softprompt.interop.esp import import_esp, load_any_prompt, read_esp_tensor
+from softprompt.interop.esp import import_esp, read_esp_tensor
 from softprompt.methods.prompt import load_prompt, save_prompt
 from test_cli import assert_one_line_error, invoke
 
@@ -124,7 +125,7 @@ def test_compare_and_explain_read_research_files(
         "-m", tiny_dirs["llama"], "--out", artifact,
     )  # fmt: skip
     assert code == 0 and not err.strip(), err
-    assert torch.equal(load_any_prompt(tmp_path / "a.pt").embedding, weight)
+    assert torch.equal(open_prompt(tmp_path / "a.pt").embedding, weight)
     code, out, err = invoke(monkeypatch, capsys, "compare", tmp_path / "a.pt", artifact, "--json")
     assert code == 0, err
     result = json.loads(out)

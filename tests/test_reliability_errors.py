@@ -12,9 +12,9 @@ from safetensors.torch import save_file
 from conftest import write_jsonl
 from softprompt.data import DataSpec, Example, load_split
 from softprompt.errors import ConfigError, DataError, ModelError
-from softprompt.evaluation import predict
 from softprompt.methods.prompt import SoftPrompt
 from softprompt.models.backbone import check_gguf_readable, load_backbone
+from softprompt.session import predict
 from softprompt.tasks.classification import ClassificationTask
 from softprompt.tasks.lm import LanguageModelingTask
 from test_cli import assert_one_line_error, invoke, write_config
@@ -167,23 +167,19 @@ def _artifact_mistakes(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
     peft = tmp_path / "adapter"
     peft.mkdir()
     (peft / "adapter_config.json").write_text("{}")
-    run = tmp_path / "run"
-    run.mkdir()
-    SoftPrompt(torch.zeros(2, 32)).save(run / "prompt.safetensors")
     empty = tmp_path / "empty.safetensors"
     empty.write_bytes(b"")
     weights = tmp_path / "model.safetensors"
     save_file({f"layers.{i}.weight": torch.zeros(2, 2) for i in range(5)}, weights)
     return {
         "folder": (folder, ["is a folder, not a prompt file", ".safetensors file"]),
-        "peft": (peft, ["is a PEFT adapter folder", "softprompt import", "--from peft"]),
-        "run": (run, ["is a run folder", str(run / "prompt.safetensors")]),
+        "peft": (peft, [str(peft), "imports only PROMPT_TUNING and PREFIX_TUNING"]),
         "empty": (empty, ["is empty (0 bytes)"]),
         "weights": (weights, ["no 'prompt' tensor", "and 2 more", "not a softprompt prompt"]),
     }
 
 
-@pytest.mark.parametrize("mistake", ["folder", "peft", "run", "empty", "weights"])
+@pytest.mark.parametrize("mistake", ["folder", "peft", "empty", "weights"])
 def test_a_wrong_artifact_path_is_one_line(monkeypatch, capsys, tmp_path, tiny_dirs, mistake):
     path, fragments = _artifact_mistakes(tmp_path)[mistake]
     code, _, err = invoke(monkeypatch, capsys, "predict", path, "-m", tiny_dirs["llama"], "-t", "a")

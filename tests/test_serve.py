@@ -13,12 +13,12 @@ import openai
 import pytest
 import torch
 
-from softprompt.evaluation import predict
 from softprompt.generation import SamplingOptions, generate
 from softprompt.methods.artifact import model_record
 from softprompt.methods.prefix import SavedPrefix
 from softprompt.methods.prompt import SoftPrompt
 from softprompt.serving.server import Server
+from softprompt.session import predict
 from softprompt.steering.prefix import PrefixKV, prefix_geometry
 
 TASK = {

@@ -196,7 +196,7 @@ def test_length_bucketing_covers_each_example_once_per_window_and_cuts_padding()
 def test_python_evaluate_and_predict_default_to_the_prompts_own_model(
     sentiment_dir, tiny, tiny_dirs, tmp_path
 ):
-    from softprompt.evaluation import evaluate, predict
+    from softprompt.session import evaluate, predict
 
     run(make_config(sentiment_dir, steps=2), tiny, tmp_path)
     prompt = tmp_path / "prompt.safetensors"

@@ -29,7 +29,6 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ belo
     from softprompt.crossmodel.vocabulary import shared_vocabulary
     from softprompt.demo import run_demo
     from softprompt.errors import SoftpromptError
-    from softprompt.evaluation import evaluate, predict
     from softprompt.generation import SamplingOptions, generate, generate_samples
     from softprompt.interop.esp import import_esp
     from softprompt.interop.peft import export_peft, import_peft
@@ -39,6 +38,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ belo
     from softprompt.models.backbone import Backbone, load_backbone
     from softprompt.models.tiny import tiny_family
     from softprompt.serving.server import Server, serve
+    from softprompt.session import evaluate, predict
     from softprompt.study import load_study, run_study
     from softprompt.training.trainer import train
 
@@ -57,7 +57,7 @@ _EXPORTS = {
     "SoftpromptError": "softprompt.errors",
     "TrainConfig": "softprompt.config",
     "compress_prompt": "softprompt.analysis.compress_command",
-    "evaluate": "softprompt.evaluation",
+    "evaluate": "softprompt.session",
     "explain": "softprompt.analysis.explain",
     "export_peft": "softprompt.interop.peft",
     "fit_alignment": "softprompt.crossmodel.fit",
@@ -73,7 +73,7 @@ _EXPORTS = {
     "load_prefix": "softprompt.methods.prefix",
     "load_prompt": "softprompt.methods.prompt",
     "load_study": "softprompt.study",
-    "predict": "softprompt.evaluation",
+    "predict": "softprompt.session",
     "predict_file": "softprompt.batch_files",
     "read_inputs": "softprompt.batch_files",
     "run_demo": "softprompt.demo",

@@ -21,21 +21,15 @@ from typing import TextIO
 
 import torch
 
+from softprompt.artifacts import ArtifactSource
 from softprompt.data import DataSpec, Example, csv_records, jsonl_records, record_to_example
 from softprompt.errors import DataError, UsageError
-from softprompt.evaluation import (
-    as_artifact,
-    classification_config,
-    classifier,
-    model_for,
-    prediction_rows,
-    steering,
-)
+from softprompt.evaluation import prediction_rows
 from softprompt.files import atomic_text_file
-from softprompt.generation import SamplingOptions, generate_samples
-from softprompt.methods.base import Artifact
-from softprompt.models.backbone import Backbone, load_backbone
-from softprompt.tasks.classification import classification_metrics, classification_scores
+from softprompt.generation import SamplingOptions
+from softprompt.models.backbone import Backbone
+from softprompt.session import Session
+from softprompt.tasks.classification import classification_metrics
 
 FORMATS = ("jsonl", "csv", "txt")
 STDIN = "-"
@@ -181,15 +175,9 @@ def write_line(handle: TextIO, row: dict) -> None:
     handle.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _backbone(model: str | Backbone, dtype: str, device: str | torch.device | None) -> Backbone:
-    if isinstance(model, Backbone):
-        return model
-    return load_backbone(model, dtype=dtype, device=device or "cpu")
-
-
 @torch.no_grad()
 def predict_file(
-    prompt: str | Path | Artifact | None,
+    prompt: ArtifactSource,
     source: str | Path,
     output: Output = None,
     *,
@@ -214,8 +202,9 @@ def predict_file(
     summary: the counts, and for a labelled input the evaluation's metrics (loss, accuracy,
     macro-F1) of the predictions against the input's labels."""
     check_output(output)
-    soft = as_artifact(prompt)
-    fields = classification_config(soft, str(prompt), model, config, template, verbalizer, dtype)
+    overrides = {"config": config, "template": template, "verbalizer": verbalizer}
+    session = Session(prompt, model, dtype=dtype, device=device, **overrides)
+    fields = session.classification_config
     inputs = read_inputs(
         source,
         fmt,
@@ -224,16 +213,13 @@ def predict_file(
         label_field=label_field or fields.label_field,
         require_label=label_field is not None,
     )
-    backbone = _backbone(model_for(soft, model), dtype, device)
-    task, steer, _ = classifier(
-        prompt, backbone, config=config, template=template, verbalizer=verbalizer, dtype=dtype
-    )
+    task = session.classifier
     encoded = [task.encode(example, with_label=inputs.labelled) for example in inputs.examples]
-    scores = classification_scores(task, steer, encoded, batch_size, _counter(progress, encoded))
+    scores = session.class_scores(encoded, batch_size, _counter(progress, encoded))
     with open_output(output) as handle:
         for record, row in zip(inputs.records, prediction_rows(task, scores)):
             write_line(handle, {**row, "input": record})
-    summary = _summary(prompt, backbone, inputs, output)
+    summary = _summary(session, inputs, output)
     if inputs.labelled:
         labels = torch.tensor([item.label for item in encoded])
         summary.update(classification_metrics(task, scores, labels))
@@ -254,11 +240,11 @@ def _counter(progress: ProgressCallback | None, items: list) -> Callable[[int], 
     return advance
 
 
-def _summary(prompt, backbone: Backbone, inputs: Inputs, output: Output) -> dict:
+def _summary(session: Session, inputs: Inputs, output: Output) -> dict:
     path = check_output(output)
     return {
-        "model": backbone.name,
-        "prompt": str(prompt) if prompt is not None else None,
+        "model": session.backbone.name,
+        "prompt": session.source,
         "input": inputs.name,
         "output": str(path) if path is not None else None,
         "inputs": len(inputs.examples),
@@ -267,7 +253,7 @@ def _summary(prompt, backbone: Backbone, inputs: Inputs, output: Output) -> dict
 
 @torch.no_grad()
 def generate_file(
-    prompt: str | Path | Artifact | None,
+    prompt: ArtifactSource,
     source: str | Path,
     output: Output = None,
     *,
@@ -297,24 +283,20 @@ def generate_file(
         raise UsageError("--compare needs a PROMPT to compare against the bare model")
     check_output(output)
     inputs = read_inputs(source, fmt, text_field=text_field)
-    soft = as_artifact(prompt)
-    backbone = _backbone(model_for(soft, model), dtype, device)
-    steer = steering(soft, backbone, str(prompt)) if soft is not None else None
+    session = Session(prompt, model, dtype=dtype, device=device).load()
     texts = [example.text for example in inputs.examples]
     advance = _counter(progress, texts)
     with open_output(output) as handle:
         for start in range(0, len(texts), batch_size):
             chunk = texts[start : start + batch_size]
-            rows = generate_samples(
-                backbone, chunk, steer, options, num_samples=num_samples, compare=compare
-            )
+            rows = session.generate(chunk, options, num_samples=num_samples, compare=compare)
             for offset in range(len(chunk)):
                 samples = rows[offset * num_samples : (offset + 1) * num_samples]
                 record = inputs.records[start + offset]
                 write_line(handle, {"input": record, **_merged(samples)})
             if advance is not None:
                 advance(len(chunk))
-    return _summary(prompt, backbone, inputs, output)
+    return _summary(session, inputs, output)
 
 
 def _merged(samples: list[dict[str, str]]) -> dict:

@@ -10,9 +10,9 @@ from softprompt.analysis.compression import compress, top_tokens
 from softprompt.analysis.importance import ABLATIONS, exact_importance, gradient_importance
 from softprompt.analysis.neighbours import nearest_tokens
 from softprompt.analysis.splitting import alignment, knn_location, owners
+from softprompt.artifacts import open_prompt
 from softprompt.errors import UsageError
 from softprompt.evaluation import evaluate_task, resolve_task
-from softprompt.interop.esp import load_any_prompt
 from softprompt.methods.prompt import SoftPrompt
 from softprompt.models.backbone import Backbone, as_backbone
 from softprompt.tasks import load_task
@@ -42,7 +42,7 @@ def explain(
     if ablation not in ABLATIONS:
         raise UsageError(f"--ablation must be one of {', '.join(ABLATIONS)}")
     from_file = isinstance(prompt, (str, Path))
-    soft = load_any_prompt(prompt) if from_file else prompt  # .safetensors or research .pt
+    soft = open_prompt(prompt) if from_file else prompt  # .safetensors or research .pt
     name = str(prompt) if from_file else "prompt"
     task_config = resolve_task(soft, data, config=config, template=template, verbalizer=verbalizer)
     if task_config.type != "classification" or not task_config.data:

@@ -9,8 +9,8 @@ import numpy as np
 
 from softprompt.analysis.projection import project
 from softprompt.analysis.report import write_report
+from softprompt.artifacts import open_prompt
 from softprompt.errors import UsageError
-from softprompt.interop.esp import load_any_prompt
 from softprompt.methods.prompt import SoftPrompt
 from softprompt.models.backbone import Backbone
 
@@ -59,6 +59,6 @@ def write_explain_report(
     points = None
     if projection != "none":
         points = prompt_projection(
-            load_any_prompt(path) if soft is None else soft, backbones, projection
+            open_prompt(path) if soft is None else soft, backbones, projection
         )
     return write_report(result, points, Path(folder))

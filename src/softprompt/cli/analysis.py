@@ -164,11 +164,11 @@ def compare(
 ) -> None:
     """The six similarity metrics between prompts, as matrices (no model needed)."""
     from softprompt.analysis.similarity import METRICS, similarity_matrices
-    from softprompt.interop.esp import load_any_prompt
+    from softprompt.artifacts import open_prompt
 
     if len(prompts) < 2:
         raise UsageError("compare needs at least two prompts")
-    embeddings = [load_any_prompt(p).embedding for p in prompts]
+    embeddings = [open_prompt(p).embedding for p in prompts]
     widths = {str(p): int(e.shape[1]) for p, e in zip(prompts, embeddings)}
     if len(set(widths.values())) > 1:
         listed = ", ".join(f"{p} {d}" for p, d in widths.items())

@@ -128,12 +128,12 @@ def display_name(name: str) -> str:
 def default_model(prompt_path: Path | None, model: str | None) -> str:
     """The given model, else the first model the prompt was trained on, else the default (the
     library's `model_for`, so that the CLI and the Python API pick the same model)."""
+    from softprompt.artifacts import open_artifact
     from softprompt.evaluation import model_for
-    from softprompt.methods import load_artifact
 
     if model:
         return model
-    return str(model_for(load_artifact(prompt_path) if prompt_path is not None else None))
+    return str(model_for(open_artifact(prompt_path)))
 
 
 @contextmanager

@@ -28,7 +28,6 @@ from softprompt.cli.common import (
     TemplateOpt,
     TextFieldOpt,
     VerbalizerOpt,
-    default_model,
     emit,
     err,
     out,
@@ -61,25 +60,16 @@ def evaluate(
     """Loss, accuracy and macro-F1 of a prompt (or the bare model) on a data split.
 
     With several --model, one result per model (JSON: a list), each marked trained_on_model."""
-    from softprompt.evaluation import evaluate as run_evaluation
-    from softprompt.models.backbone import load_backbone, resolve_device
+    from softprompt.models.backbone import resolve_device
+    from softprompt.session import Session
 
-    names = model or [default_model(prompt, None)]
     place = resolve_device(device, "--device")
+    overrides = {"config": config, "template": template, "verbalizer": parse_verbalizer(verbalizer)}
+    first = Session(prompt, model[0] if model else None, dtype=dtype, device=place, **overrides)
+    sessions = [first, *(first.on(name) for name in (model or [])[1:])]
     results = [
-        run_evaluation(
-            prompt,
-            load_backbone(name, dtype=dtype, device=place),
-            data,
-            split=split,
-            config=config,
-            template=template,
-            verbalizer=parse_verbalizer(verbalizer),
-            batch_size=batch_size,
-            task=task,
-            samples=samples,
-        )
-        for name in names
+        s.evaluate(data, split=split, batch_size=batch_size, task=task, samples=samples)
+        for s in sessions
     ]
     emit(results[0] if len(results) == 1 else results, as_json, lambda _: _render_scores(results))
 
@@ -153,7 +143,7 @@ def predict(
             prompt,
             input_file,
             output,
-            model=default_model(prompt, model),
+            model=model,
             fmt=input_format,
             text_field=text_field,
             label_field=label_field,
@@ -168,11 +158,9 @@ def predict(
 
 def _predict_texts(prompt, text, model, place, dtype: str, as_json: bool, options: dict) -> None:
     """`predict -t TEXT ...`: the texts' labels as a list (JSON) or one line each."""
-    from softprompt.evaluation import predict as run_prediction
-    from softprompt.models.backbone import load_backbone
+    from softprompt.session import Session
 
-    backbone = load_backbone(default_model(prompt, model), dtype=dtype, device=place)
-    results = run_prediction(prompt, text, backbone, dtype=dtype, **options)
+    results = Session(prompt, model, dtype=dtype, device=place, **options).predict(text)
 
     def render(rows: list[dict]) -> None:
         for row in rows:
@@ -259,7 +247,14 @@ def generate(
     )
     if compare and prompt is None:
         raise UsageError("--compare needs a PROMPT to compare against the bare model")
-    options = SamplingOptions(max_new_tokens, greedy, temperature, top_k, top_p, seed)
+    options = SamplingOptions(
+        max_new_tokens=max_new_tokens,
+        greedy=greedy,
+        temperature=temperature,
+        top_k=top_k,
+        top_p=top_p,
+        seed=seed,
+    )
     options.check()
     place = resolve_device(device, "--device")
     if input_file is None:
@@ -280,7 +275,7 @@ def _generate_inputs(prompt, input_file, output, model, place, dtype, as_json, s
             prompt,
             input_file,
             output,
-            model=default_model(prompt, model),
+            model=model,
             dtype=dtype,
             device=place,
             progress=show,
@@ -291,17 +286,10 @@ def _generate_inputs(prompt, input_file, output, model, place, dtype, as_json, s
 
 def _generate_texts(prompt, text, model, place, dtype, as_json, options, num_samples, compare):
     """`generate -t TEXT ...`: the rows of generate_samples as a list (JSON) or printed."""
-    from softprompt.evaluation import steering
-    from softprompt.generation import generate_samples
-    from softprompt.methods import load_artifact
-    from softprompt.models.backbone import load_backbone
+    from softprompt.session import Session
 
-    backbone = load_backbone(default_model(prompt, model), dtype=dtype, device=place)
-    soft = load_artifact(prompt) if prompt is not None else None
-    steer = steering(soft, backbone, str(prompt)) if soft is not None else None
-    rows = generate_samples(
-        backbone, text, steer, options, num_samples=num_samples, compare=compare
-    )
+    session = Session(prompt, model, dtype=dtype, device=place)
+    rows = session.generate(text, options, num_samples=num_samples, compare=compare)
     emit(rows, as_json, lambda items: _render_generations(items, compare))
 
 

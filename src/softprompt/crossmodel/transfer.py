@@ -23,10 +23,10 @@ from softprompt.crossmodel.fit import (
     check_settings,
 )
 from softprompt.errors import UsageError
-from softprompt.evaluation import evaluate
 from softprompt.methods.artifact import model_record
 from softprompt.methods.prompt import SoftPrompt, load_prompt, save_prompt
 from softprompt.models.backbone import Backbone, as_backbone, load_backbone
+from softprompt.session import evaluate
 
 
 def _source_model(prompt: SoftPrompt, source: Backbone | str | None) -> Backbone | str:

@@ -14,7 +14,7 @@ import torch
 
 from softprompt.errors import PromptFileError
 from softprompt.methods.artifact import model_record
-from softprompt.methods.prompt import SoftPrompt, load_prompt
+from softprompt.methods.prompt import SoftPrompt
 from softprompt.models.backbone import Backbone
 
 STATE_DICT_KEYS = ("weight", "prompt", "embedding.weight", "soft_prompt.weight")
@@ -74,13 +74,9 @@ def is_esp_file(path: str | Path) -> bool:
     return Path(path).suffix.lower() in ESP_SUFFIXES
 
 
-def load_any_prompt(path: str | Path) -> SoftPrompt:
-    """A soft prompt from a softprompt `.safetensors` artifact or, by the suffix, a research-code
-    `.pt` file (safely unpickled; it records no model or task), so that analyses of released
-    research prompts need no import step."""
-    if is_esp_file(path):
-        return SoftPrompt(embedding=read_esp_tensor(path), init=_esp_init(path))
-    return load_prompt(path)
+def read_esp_prompt(path: str | Path) -> SoftPrompt:
+    """A research-code `.pt` file as a soft prompt in memory (it records no model or task)."""
+    return SoftPrompt(embedding=read_esp_tensor(path), init=_esp_init(path))
 
 
 def _record(model: Backbone | str, hidden_size: int) -> dict:

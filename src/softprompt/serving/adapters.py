@@ -1,6 +1,6 @@
 """The adapters a server offers: every soft prompt or prefix given, each served under its file
-or folder stem, beside the bare base model. Names are looked up in memory only: a request's
-model name never reaches the file system."""
+or folder stem, beside the bare base model, each as a `Session` on the served model. Names are
+looked up in memory only: a request's model name never reaches the file system."""
 
 from __future__ import annotations
 
@@ -8,24 +8,32 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from softprompt.artifacts import open_artifact
 from softprompt.errors import SoftpromptError
-from softprompt.evaluation import as_artifact
-from softprompt.interop.peft import CONFIG_FILE, peft_artifact
+from softprompt.interop.peft import CONFIG_FILE
 from softprompt.methods.base import Artifact
 from softprompt.models.backbone import Backbone
-from softprompt.steering.base import NoSteering, Steering
+from softprompt.session import Session
+from softprompt.steering.base import Steering
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
 @dataclass
 class Adapter:
-    """One served model name: what steers it, and the artifact it came from (None: bare)."""
+    """One served model name and its session (the prompt on the served model; none: bare)."""
 
     name: str
-    steering: Steering
-    artifact: Artifact | None = None
+    session: Session
     source: str = ""
+
+    @property
+    def steering(self) -> Steering:
+        return self.session.steering
+
+    @property
+    def artifact(self) -> Artifact | None:
+        return self.session.artifact
 
     @property
     def method(self) -> str:
@@ -49,8 +57,7 @@ def artifact_sources(paths: list[str | Path], folder: str | Path | None) -> list
 
 def trained_on(source: Path) -> str | None:
     """The first model an artifact file or PEFT folder names (the default base model)."""
-    artifact = peft_artifact(source) if source.is_dir() else as_artifact(source)
-    models = artifact.models
+    models = open_artifact(source).models
     return str(models[0].get("name")) if models and models[0].get("name") else None
 
 
@@ -59,7 +66,7 @@ def load_adapters(
 ) -> tuple[dict[str, Adapter], list[str]]:
     """The adapters that fit `backbone` by name (the base model first, under `base_name`), and
     one line for every source that was refused, saying why."""
-    adapters = {base_name: Adapter(base_name, NoSteering())}
+    adapters = {base_name: Adapter(base_name, Session(None, backbone))}
     refused = []
     for source in sources:
         name = source.stem if source.is_file() else source.name
@@ -80,6 +87,4 @@ def _load_one(source: Path, name: str, backbone: Backbone) -> Adapter:
         raise SoftpromptError(
             f"{name!r} is not a usable model name (letters, digits, '.', '_', '-'); rename it"
         )
-    artifact = peft_artifact(source) if source.is_dir() else as_artifact(source)
-    steering = artifact.steering_for(backbone, str(source))
-    return Adapter(name, steering, artifact, str(source))
+    return Adapter(name, Session(source, backbone).load(), str(source))

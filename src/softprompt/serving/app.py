@@ -19,7 +19,6 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from softprompt.decoding.engine import Call, Engine, Job, QueueFull
 from softprompt.decoding.options import SamplingOptions, row_seeds
 from softprompt.errors import SoftpromptError
-from softprompt.evaluation import predict
 from softprompt.serving.adapters import Adapter
 from softprompt.serving.metrics import ServerMetrics
 from softprompt.serving.schemas import ChatRequest, ClassifyRequest, CompletionRequest
@@ -390,7 +389,7 @@ def _classify_route(app: FastAPI, service: Service) -> None:
             loop.call_soon_threadsafe(_settle, future, result, error)
 
         def run():
-            return predict(adapter.artifact, body.texts, service.backbone)
+            return adapter.session.predict(body.texts)
 
         try:
             service.engine.submit(Call(run, done))
