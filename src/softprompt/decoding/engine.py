@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from softprompt.decoding.logprobs import TokenLogprob, token_logprobs
 from softprompt.decoding.options import SamplingOptions
 from softprompt.decoding.rows import Joining, RowCache
 from softprompt.decoding.sampler import RowSampler
@@ -35,14 +36,25 @@ class QueueFull(Exception):
     """The engine's queue is full: the caller should retry later."""
 
 
+@dataclass(frozen=True)
+class Delta:
+    """Text that became final, and the log-probabilities of the tokens that made it (when the
+    job asked for them)."""
+
+    text: str
+    tokens: tuple[TokenLogprob, ...] = ()
+
+
 @dataclass
 class Job:
     """One generation: the prompt's token ids under a steering, how it is decoded (`seed`: its
     row's generator seed, see `row_seeds`; None: a random one), and where events go.
+    `logprobs`: report each generated token's log-probability and this many alternatives
+    (None: none); `echo`: also the prompt tokens' (the first one has none).
 
-    `emit(kind, payload)` is called from the engine thread: ("delta", text) as text becomes
-    final, then ("done", {"finish_reason", "prompt_tokens", "completion_tokens", "text"}), or
-    ("error", exception)."""
+    `emit(kind, payload)` is called from the engine thread: ("delta", Delta) as text becomes
+    final, then ("done", {"finish_reason", "prompt_tokens", "completion_tokens", "text",
+    "tokens", "prompt_logprobs"}), or ("error", exception)."""
 
     steering: Steering
     prompt_ids: list[int]
@@ -50,9 +62,14 @@ class Job:
     emit: Callable[[str, object], None]
     adapter: str = ""
     seed: int | None = None
+    logprobs: int | None = None
+    echo: bool = False
     cancelled: threading.Event = field(default_factory=threading.Event)
     sampler: RowSampler | None = None  # made when the row joins
     text: RowText | None = None
+    scored: list[TokenLogprob] = field(default_factory=list)  # every generated token's
+    unsent: int = 0  # scored tokens not yet in a delta
+    prompt_scores: list[TokenLogprob] | None = None
 
 
 @dataclass
@@ -190,6 +207,8 @@ class Engine:
         embeds += [made[0] for _, made in ready]
         ends = torch.tensor([made[1].tokens for _, made in ready], dtype=torch.long)
         read = torch.cat([torch.arange(len(self.rows)), len(self.rows) + ends.cumsum(0) - 1])
+        echoed = _echo_positions(ready, len(self.rows))
+        read = torch.cat([read, *(positions for _, positions in echoed)])
         device = self.backbone.device
         try:  # the store may need to grow (memory), the model may fail: not the loop's end
             positions = self.cache.begin([made[1] for _, made in ready])
@@ -213,7 +232,20 @@ class Engine:
             [self.last.to(device), torch.zeros(len(ready), dtype=torch.long, device=device)]
         )
         self.on_step(len(self.rows), len(self.rows))
-        self._advance(list(range(len(self.rows))), out.logits[0])
+        logits = out.logits[0]
+        self._score_prompts(echoed, logits[len(self.rows) :])
+        self._advance(list(range(len(self.rows))), logits[: len(self.rows)])
+
+    def _score_prompts(self, echoed: list[tuple[Job, torch.Tensor]], logits: torch.Tensor):
+        """The echoed prompts' token log-probabilities, from their positions' logits."""
+        start = 0
+        for job, positions in echoed:
+            rows = logits[start : start + len(positions)]
+            start += len(positions)
+            scores = (
+                token_logprobs(rows, job.prompt_ids[1:], job.logprobs or 0) if len(rows) else []
+            )
+            job.prompt_scores = [None, *scores]
 
     def _joining_inputs(self, job: Job) -> tuple[torch.Tensor, Joining] | None:
         """A joining request's input embeddings [1, P, d] (soft prompt, then prompt) and its
@@ -246,8 +278,14 @@ class Engine:
         finished = []
         for row, index in zip(logits, indices):
             job = self.rows[index]
-            token = job.sampler.pick(row)
+            if job.options.max_new_tokens == 0:  # only the prompt's log-probabilities
+                finished.append(index)
+                self._finish(job, "length")
+                continue
+            token = job.sampler.pick(row, job.text.tokens)
             self.last[index] = token
+            if job.logprobs is not None and token not in self.eos:
+                job.scored += token_logprobs(row[None], [token], job.logprobs)
             reason = self._record(job, token)
             if reason is not None or job.cancelled.is_set():
                 finished.append(index)
@@ -266,13 +304,18 @@ class Engine:
             return "length"
         piece = job.text.take_final()
         if piece:
-            job.emit("delta", piece)
+            job.emit("delta", self._delta(job, piece))
         return None
+
+    def _delta(self, job: Job, piece: str) -> Delta:
+        """The piece of text, with the log-probabilities of the tokens not yet sent."""
+        tokens, job.unsent = tuple(job.scored[job.unsent :]), len(job.scored)
+        return Delta(piece, tokens)
 
     def _finish(self, job: Job, reason: str) -> None:
         piece = job.text.take_final(finished=True)
-        if piece:
-            job.emit("delta", piece)
+        if piece or job.unsent < len(job.scored):
+            job.emit("delta", self._delta(job, piece))
         job.emit(
             "done",
             {
@@ -280,6 +323,8 @@ class Engine:
                 "text": job.text.text,
                 "prompt_tokens": len(job.prompt_ids),
                 "completion_tokens": len(job.text.tokens),
+                "tokens": job.scored if job.logprobs is not None else None,
+                "prompt_logprobs": job.prompt_scores,
             },
         )
 
@@ -290,6 +335,19 @@ class Engine:
         self.rows = [self.rows[i] for i in keep]
         self.cache.keep(keep)
         self.last = self.last[torch.tensor(keep, dtype=torch.long, device=self.last.device)]
+
+
+def _echo_positions(ready: list, running: int) -> list[tuple[Job, torch.Tensor]]:
+    """For each joining job that echoes its prompt's log-probabilities: the positions, in the
+    step's packed sequence, whose logits predict its prompt tokens after the first."""
+    echoed, start = [], running
+    for job, made in ready:
+        if job.echo:
+            soft = made[1].tokens - len(job.prompt_ids)  # soft-prompt embeddings in front
+            first = start + soft
+            echoed.append((job, torch.arange(first, first + len(job.prompt_ids) - 1)))
+        start += made[1].tokens
+    return echoed
 
 
 def _eos_ids(backbone: Backbone) -> set[int]:

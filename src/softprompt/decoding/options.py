@@ -13,7 +13,10 @@ from softprompt.errors import UsageError
 class SamplingOptions:
     """Greedy decoding (`greedy`, or temperature 0), or sampling with temperature / top-k /
     top-p. `seed=None` draws a fresh seed for every row; `stop` strings end a row's text
-    (the stop string itself is not part of it)."""
+    (the stop string itself is not part of it). As in OpenAI's API, `presence_penalty` is
+    taken off the logit of every token the row has generated, `frequency_penalty` once per
+    time it did, and `logit_bias` ((token id, bias) pairs) is added, before greedy or
+    sampled picking."""
 
     max_new_tokens: int = 40
     greedy: bool = False
@@ -22,6 +25,9 @@ class SamplingOptions:
     top_p: float | None = None
     seed: int | None = 0
     stop: tuple[str, ...] = ()
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
 
     @property
     def is_greedy(self) -> bool:

@@ -7,47 +7,20 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
+import re
 import time
-import uuid
-from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.responses import Response
 
-from softprompt.decoding.engine import Call, Engine, Job, QueueFull
-from softprompt.decoding.options import SamplingOptions, row_seeds
+from softprompt.decoding.engine import Call, Engine, QueueFull
 from softprompt.errors import SoftpromptError
 from softprompt.serving.adapters import Adapter
+from softprompt.serving.completions import add_routes as add_completion_routes
+from softprompt.serving.errors import APIError, busy
 from softprompt.serving.metrics import ServerMetrics
-from softprompt.serving.schemas import ChatRequest, ClassifyRequest, CompletionRequest
-
-RETRY_AFTER_SECONDS = 1
-
-
-class APIError(Exception):
-    """An error answered as {"error": {message, type, param, code}} with an HTTP status."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code=None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.param, self.code = status, message, param, code
-
-    def response(self) -> JSONResponse:
-        kind = "invalid_request_error" if self.status < 500 else "server_error"
-        if self.status == 401:
-            kind = "authentication_error"
-        body = {
-            "error": {"message": self.message, "type": kind, "param": self.param, "code": self.code}
-        }
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)} if self.status == 429 else None
-        return JSONResponse(body, status_code=self.status, headers=headers)
-
-
-def busy() -> APIError:
-    """429: the engine's queue is full."""
-    message = f"the server is busy (its queue is full); retry after {RETRY_AFTER_SECONDS} s"
-    return APIError(429, message, None, "queue_full")
+from softprompt.serving.schemas import ClassifyRequest
 
 
 class Service:
@@ -64,6 +37,7 @@ class Service:
         self.engine, self.adapters, self.base_name = engine, adapters, base_name
         self.metrics, self.api_key = metrics, api_key
         self.backbone = engine.backbone
+        self.vocab_size = self.backbone.model.get_input_embeddings().num_embeddings
         config = self.backbone.model.config
         self.context = getattr(config, "max_position_embeddings", None) or getattr(
             config, "n_positions", 2048
@@ -91,130 +65,13 @@ class Service:
                 "invalid_api_key",
             )
 
-    def encode(self, text: str, adapter: Adapter, max_tokens: int) -> list[int]:
-        ids = self.backbone.tokenizer(text).input_ids
-        total = len(ids) + adapter.steering.length + max_tokens
-        if total > self.context:
-            raise APIError(
-                400,
-                f"the prompt is {len(ids)} tokens, the steering "
-                f"{adapter.steering.length} and max_tokens {max_tokens}: {total} in "
-                f"all, but the model takes at most {self.context}; shorten the "
-                "prompt or lower max_tokens",
-                "prompt",
-                "context_length_exceeded",
-            )
-        return ids
-
-    def submit(
-        self, adapter: Adapter, prompts: list[list[int]], texts: list[str], body, max_tokens: int
-    ):
-        """Queue one job per prompt and choice; all or none (429 when the queue is full). A
-        seeded choice samples what `generate` samples for its text, seed and sample number
-        (the choice's index)."""
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue = asyncio.Queue()
-        options = SamplingOptions(
-            max_new_tokens=max_tokens,
-            temperature=body.temperature,
-            top_p=body.top_p,
-            top_k=body.top_k,
-            seed=body.seed,
-            stop=body.stops,
-        )
-        jobs = []
-        for p, (ids, text) in enumerate(zip(prompts, texts)):
-            for c in range(body.n):
-                index = p * body.n + c
-                seed = None if body.seed is None else row_seeds(body.seed, [text], [c])[0]
-
-                def emit(kind, payload, index=index):
-                    loop.call_soon_threadsafe(events.put_nowait, (index, kind, payload))
-
-                jobs.append(Job(adapter.steering, ids, options, emit, adapter.name, seed))
-        try:
-            for job in jobs:
-                self.engine.submit(job)
-        except QueueFull:
-            for job in jobs:
-                job.cancelled.set()
-            raise busy() from None
-        return jobs, events
-
-
-async def collect(jobs: list[Job], events: asyncio.Queue, request: Request) -> list[dict]:
-    """Wait for every job's result; a client that goes away cancels them (their rows leave)."""
-    results: dict[int, dict] = {}
-    try:
-        while len(results) < len(jobs):
-            try:
-                index, kind, payload = await asyncio.wait_for(events.get(), timeout=0.25)
-            except TimeoutError:
-                if await request.is_disconnected():
-                    raise asyncio.CancelledError from None
-                continue
-            if kind == "error":
-                raise APIError(500, f"generation failed: {payload}")
-            if kind == "done":
-                results[index] = payload
-    finally:
-        if len(results) < len(jobs):
-            for job in jobs:
-                job.cancelled.set()
-    return [results[i] for i in range(len(jobs))]
-
-
-def usage(results: list[dict], prompts: list[list[int]]) -> dict:
-    prompt_tokens = sum(len(p) for p in prompts)
-    completion = sum(r["completion_tokens"] for r in results)
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion,
-        "total_tokens": prompt_tokens + completion,
-    }
-
-
-def sse(data: dict | str) -> bytes:
-    text = data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)
-    return f"data: {text}\n\n".encode()
-
-
-async def stream(jobs, events, chunk) -> AsyncIterator[bytes]:
-    """Server-sent events as OpenAI streams them: one chunk per text delta, a last chunk per
-    choice with its finish reason, then `data: [DONE]`. A client that goes away cancels."""
-    done = 0
-    try:
-        while done < len(jobs):
-            index, kind, payload = await events.get()
-            if kind == "delta":
-                yield sse(chunk(index, payload, None))
-            elif kind == "done":
-                done += 1
-                yield sse(chunk(index, "", payload["finish_reason"]))
-            else:
-                yield sse(
-                    {
-                        "error": {
-                            "message": f"generation failed: {payload}",
-                            "type": "server_error",
-                            "param": None,
-                            "code": None,
-                        }
-                    }
-                )
-                return
-        yield sse("[DONE]")
-    finally:
-        for job in jobs:
-            job.cancelled.set()
-
 
 def create_app(service: Service) -> FastAPI:
     """The FastAPI application over a running engine."""
     app = FastAPI(title="softprompt", docs_url=None, redoc_url=None)
     _error_handlers(app, service)
     _model_routes(app, service)
-    _generation_routes(app, service)
+    add_completion_routes(app, service)
     _classify_route(app, service)
     return app
 
@@ -226,13 +83,7 @@ def _error_handlers(app: FastAPI, service: Service) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0]
-        where = [str(p) for p in first.get("loc", ()) if p != "body"]
-        param = ".".join(where) or None
-        message = first.get("msg", "invalid request").removeprefix("Value error, ")
-        if first.get("type") == "json_invalid" or not where:
-            message = f"the body is not a valid JSON request: {message}"
-        return APIError(400, f"{param}: {message}" if param else message, param).response()
+        return _validation_error(exc.errors()[0]).response()
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception):
@@ -253,6 +104,25 @@ def _error_handlers(app: FastAPI, service: Service) -> None:
         service.metrics.requests.labels(endpoint, adapter, str(response.status_code)).inc()
         service.metrics.latency.labels(endpoint).observe(time.perf_counter() - started)
         return response
+
+
+def _validation_error(first: dict) -> APIError:
+    """A 400 naming the field: from the error's location, or from a message of our own
+    validators that begins with it ("best_of: not supported ...")."""
+    where = [str(p) for p in first.get("loc", ()) if p != "body"]
+    message = first.get("msg", "invalid request").removeprefix("Value error, ")
+    named = re.match(r"^([a-z_]+): ", message)
+    if not where and named and first.get("type") == "value_error":
+        return APIError(400, message, named.group(1))
+    param = ".".join(where) or None
+    if first.get("type") == "extra_forbidden":
+        message = (
+            "unknown field: softprompt serve takes the fields of OpenAI's API "
+            "(docs/serving.md lists what it serves); leave it out"
+        )
+    elif first.get("type") == "json_invalid" or not where:
+        message = f"the body is not a valid JSON request: {message}"
+    return APIError(400, f"{param}: {message}" if param else message, param)
 
 
 def _model_routes(app: FastAPI, service: Service) -> None:
@@ -278,97 +148,6 @@ def _model_routes(app: FastAPI, service: Service) -> None:
             for a in service.adapters.values()
         ]
         return {"object": "list", "data": data}
-
-
-def _generation_routes(app: FastAPI, service: Service) -> None:
-    @app.post("/v1/completions")
-    async def completions(body: CompletionRequest, request: Request):
-        adapter = service.adapter(body.model)
-        request.state.adapter = adapter.name
-        max_tokens = body.max_tokens or 16
-        prompts = [service.encode(p, adapter, max_tokens) for p in body.prompts]
-        texts = body.prompts
-        return await _respond(service, adapter, prompts, texts, body, max_tokens, request, "text")
-
-    @app.post("/v1/chat/completions")
-    async def chat(body: ChatRequest, request: Request):
-        adapter = service.adapter(body.model)
-        request.state.adapter = adapter.name
-        max_tokens = body.max_completion_tokens or body.max_tokens or 256
-        text = _chat_text(service, [m.model_dump() for m in body.messages])
-        prompts = [service.encode(text, adapter, max_tokens)]
-        return await _respond(service, adapter, prompts, [text], body, max_tokens, request, "chat")
-
-
-async def _respond(service, adapter, prompts, texts, body, max_tokens, request, kind):
-    jobs, events = service.submit(adapter, prompts, texts, body, max_tokens)
-    ident = ("chatcmpl-" if kind == "chat" else "cmpl-") + uuid.uuid4().hex[:24]
-    created = int(time.time())
-    if body.stream:
-
-        def chunk(index, text, reason):
-            return _chunk(kind, ident, created, adapter.name, index, text, reason)
-
-        return StreamingResponse(stream(jobs, events, chunk), media_type="text/event-stream")
-    results = await collect(jobs, events, request)
-    choices = [_choice(kind, i, r) for i, r in enumerate(results)]
-    obj = "chat.completion" if kind == "chat" else "text_completion"
-    return {
-        "id": ident,
-        "object": obj,
-        "created": created,
-        "model": adapter.name,
-        "choices": choices,
-        "usage": usage(results, prompts),
-    }
-
-
-def _choice(kind: str, index: int, result: dict) -> dict:
-    if kind == "chat":
-        return {
-            "index": index,
-            "message": {"role": "assistant", "content": result["text"]},
-            "finish_reason": result["finish_reason"],
-        }
-    return {
-        "index": index,
-        "text": result["text"],
-        "logprobs": None,
-        "finish_reason": result["finish_reason"],
-    }
-
-
-def _chunk(kind, ident, created, model, index, text, reason) -> dict:
-    if kind == "chat":
-        delta = {"role": "assistant", "content": text} if text else {}
-        choice = {"index": index, "delta": delta, "finish_reason": reason}
-        return {
-            "id": ident,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": model,
-            "choices": [choice],
-        }
-    choice = {"index": index, "text": text, "logprobs": None, "finish_reason": reason}
-    return {
-        "id": ident,
-        "object": "text_completion",
-        "created": created,
-        "model": model,
-        "choices": [choice],
-    }
-
-
-def _chat_text(service: Service, messages: list[dict]) -> str:
-    tokenizer = service.backbone.tokenizer
-    if not getattr(tokenizer, "chat_template", None):
-        raise APIError(
-            400,
-            f"model {service.base_name} has no chat template; use /v1/completions",
-            "messages",
-            "no_chat_template",
-        )
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
 def _classify_route(app: FastAPI, service: Service) -> None:
