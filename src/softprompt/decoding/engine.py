@@ -242,10 +242,9 @@ class Engine:
         for job, positions in echoed:
             rows = logits[start : start + len(positions)]
             start += len(positions)
-            scores = (
-                token_logprobs(rows, job.prompt_ids[1:], job.logprobs or 0) if len(rows) else []
-            )
-            job.prompt_scores = [None, *scores]
+            top = job.logprobs or 0
+            scores = token_logprobs(rows, job.prompt_ids[1:], top) if len(rows) else []
+            job.prompt_scores = [TokenLogprob(job.prompt_ids[0], None), *scores]
 
     def _joining_inputs(self, job: Job) -> tuple[torch.Tensor, Joining] | None:
         """A joining request's input embeddings [1, P, d] (soft prompt, then prompt) and its
