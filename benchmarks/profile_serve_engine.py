@@ -24,7 +24,7 @@ from common import machine
 from softprompt.decoding.engine import Engine, Job
 from softprompt.decoding.options import SamplingOptions
 from softprompt.models.backbone import load_backbone
-from softprompt.serving.adapters import artifact_sources, load_adapters
+from softprompt.serving.adapters import Adapters
 from softprompt.steering.base import NoSteering
 
 ROWS = 16
@@ -134,7 +134,7 @@ def main() -> None:
     backbone = load_backbone(bench_serve.MODEL)
     with tempfile.TemporaryDirectory(prefix="profile-serve-") as tmp:
         names = bench_serve.write_adapters(backbone, Path(tmp), 0)
-        adapters, _ = load_adapters(artifact_sources([], Path(tmp)), backbone, bench_serve.MODEL)
+        adapters = Adapters(backbone, bench_serve.MODEL, [], Path(tmp))
     everyone = [bench_serve.MODEL, *names]
     requests = bench_serve.plan(ROWS, everyone, 0, (16, 64))
     prompts = [backbone.tokenizer(r.text).input_ids for r in requests]

@@ -18,8 +18,23 @@ def serve(
     ] = None,
     adapters: Annotated[
         Path | None,
-        typer.Option(help="A folder of artifacts and PEFT adapter folders; each is served."),
+        typer.Option(
+            help="A folder of artifacts and PEFT adapter folders; each is served, and the "
+            "folder is watched: files added, replaced or removed are served, reloaded or "
+            "dropped while the server runs."
+        ),
     ] = None,
+    max_loaded: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            help="Keep at most N adapters of --adapters loaded: others load on first "
+            "request, the least recently used are unloaded.",
+        ),
+    ] = None,
+    watch_interval: Annotated[
+        float, typer.Option(min=0.05, help="Seconds between two looks at --adapters.")
+    ] = 1.0,
     model: Annotated[
         str | None,
         typer.Option(help="Base model (default: the model the first artifact was trained on)."),
@@ -55,6 +70,8 @@ def serve(
         api_key=api_key or os.environ.get("SOFTPROMPT_API_KEY") or None,
         device=device,
         dtype=dtype,
+        max_loaded=max_loaded,
+        watch_interval=watch_interval,
     )
     for line in server.refused:
         err.print(f"[yellow]refused:[/] {line}", highlight=False, soft_wrap=True, markup=True)

@@ -16,7 +16,7 @@ from fastapi.responses import Response
 
 from softprompt.decoding.engine import Call, Engine, QueueFull
 from softprompt.errors import SoftpromptError
-from softprompt.serving.adapters import Adapter
+from softprompt.serving.adapters import Adapter, Adapters, RefusedAdapter
 from softprompt.serving.completions import add_routes as add_completion_routes
 from softprompt.serving.errors import APIError, busy
 from softprompt.serving.metrics import ServerMetrics
@@ -29,7 +29,7 @@ class Service:
     def __init__(
         self,
         engine: Engine,
-        adapters: dict[str, Adapter],
+        adapters: Adapters,
         base_name: str,
         metrics: ServerMetrics,
         api_key: str | None = None,
@@ -44,14 +44,18 @@ class Service:
         )
 
     def adapter(self, name: str) -> Adapter:
-        if name not in self.adapters:
+        try:
+            return self.adapters[name]
+        except KeyError:
             raise APIError(
                 404,
                 f"model {name!r} does not exist; GET /v1/models lists the served names",
                 "model",
                 "model_not_found",
-            )
-        return self.adapters[name]
+            ) from None
+        except RefusedAdapter as exc:
+            message = f"model {name!r} is not served: {exc}"
+            raise APIError(400, message, "model", "model_refused") from None
 
     def check_key(self, request: Request) -> None:
         if self.api_key is None:
@@ -136,16 +140,12 @@ def _model_routes(app: FastAPI, service: Service) -> None:
 
     @app.get("/v1/models")
     async def models():
+        """Every served name (refused ones with their `error`); `loaded_at` changes when a
+        replaced file is reloaded."""
         created = int(time.time())
         data = [
-            {
-                "id": a.name,
-                "object": "model",
-                "created": created,
-                "owned_by": "softprompt",
-                "method": a.method,
-            }
-            for a in service.adapters.values()
+            {"object": "model", "created": created, "owned_by": "softprompt", **row}
+            for row in service.adapters.listing()
         ]
         return {"object": "list", "data": data}
 

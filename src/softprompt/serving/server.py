@@ -18,7 +18,7 @@ import uvicorn
 from softprompt.decoding.engine import Engine
 from softprompt.errors import ModelError, UsageError
 from softprompt.models.backbone import Backbone, load_backbone, resolve_device
-from softprompt.serving.adapters import artifact_sources, load_adapters, trained_on
+from softprompt.serving.adapters import Adapters, artifact_sources, folder_sources, trained_on
 from softprompt.serving.app import Service, create_app
 from softprompt.serving.metrics import ServerMetrics
 
@@ -41,14 +41,22 @@ class Server:
         api_key: str | None = None,
         device: str = "auto",
         dtype: str = "float32",
+        max_loaded: int | None = None,
+        watch_interval: float = 1.0,
     ) -> None:
         if max_batch < 1 or queue_size < 1:
             raise UsageError("--max-batch and the queue size must be at least 1")
+        if max_loaded is not None and max_loaded < 1:
+            raise UsageError("--max-loaded must be at least 1")
         sources = artifact_sources(list(artifacts), adapters_dir)
-        self.backbone, self.base_name = _base_model(model, sources, device, dtype)
+        folder = Path(adapters_dir) if adapters_dir is not None else None
+        listed = [src for src, _ in folder_sources(folder).values()] if folder else []
+        self.backbone, self.base_name = _base_model(model, [*sources, *listed], device, dtype)
         if self.backbone.kind != "causal":
             raise ModelError(f"serve needs a causal LM; {self.backbone.name} is a masked LM")
-        self.adapters, self.refused = load_adapters(sources, self.backbone, self.base_name)
+        self.adapters = Adapters(self.backbone, self.base_name, sources, folder, max_loaded)
+        self.refused = self.adapters.refused
+        self.watch_interval = watch_interval
         self.engine = Engine(self.backbone, max_batch=max_batch, queue_size=queue_size)
         self.metrics = ServerMetrics(lambda: self.engine.pending, lambda: self.engine.running)
         self.engine.on_step = self.metrics.step
@@ -72,6 +80,7 @@ class Server:
         sock = _bound_socket(self.host, self.port)
         self.port = sock.getsockname()[1]
         self.engine.start()
+        self.adapters.watch(self.watch_interval)
         self._uvicorn = uvicorn.Server(self._config())
         self._uvicorn.install_signal_handlers = lambda: None  # the caller's signals stay theirs
         self._thread = threading.Thread(
@@ -89,18 +98,21 @@ class Server:
             self._uvicorn.should_exit = True
         if self._thread is not None:
             self._thread.join(timeout=35)
+        self.adapters.close()
         self.engine.stop()
 
     def serve_forever(self) -> None:
         """Serve in this thread until SIGINT/SIGTERM; in-flight requests finish first."""
         sock = _bound_socket(self.host, self.port)
         self.engine.start()
+        self.adapters.watch(self.watch_interval)
         # uvicorn raises the signal it caught again once it has shut down; a handler that does
         # nothing lets that end the process normally (exit 0) instead of by the signal
         previous = {s: signal.signal(s, lambda *_: None) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
             uvicorn.Server(self._config()).run(sockets=[sock])
         finally:
+            self.adapters.close()
             self.engine.stop()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
