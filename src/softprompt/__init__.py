@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ belo
     from softprompt.analysis.explain_report import write_explain_report
     from softprompt.analysis.report import write_report
     from softprompt.analysis.similarity import similarity_matrices
+    from softprompt.artifacts import open_artifact
     from softprompt.batch_files import generate_file, predict_file, read_inputs
     from softprompt.config import TrainConfig, load_config
     from softprompt.crossmodel.cache import load_alignment
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ belo
     from softprompt.models.backbone import Backbone, load_backbone
     from softprompt.models.tiny import tiny_family
     from softprompt.serving.server import Server, serve
-    from softprompt.session import evaluate, predict
+    from softprompt.session import Session, evaluate, predict
     from softprompt.study import load_study, run_study
     from softprompt.training.trainer import train
 
@@ -51,6 +52,7 @@ _EXPORTS = {
     "Alignment": "softprompt.crossmodel.fit",
     "Backbone": "softprompt.models.backbone",
     "SamplingOptions": "softprompt.generation",
+    "Session": "softprompt.session",
     "SavedPrefix": "softprompt.methods.prefix",
     "Server": "softprompt.serving.server",
     "SoftPrompt": "softprompt.methods.prompt",
@@ -73,6 +75,7 @@ _EXPORTS = {
     "load_prefix": "softprompt.methods.prefix",
     "load_prompt": "softprompt.methods.prompt",
     "load_study": "softprompt.study",
+    "open_artifact": "softprompt.artifacts",
     "predict": "softprompt.session",
     "predict_file": "softprompt.batch_files",
     "read_inputs": "softprompt.batch_files",
@@ -97,6 +100,7 @@ __all__ = [
     "SamplingOptions",
     "SavedPrefix",
     "Server",
+    "Session",
     "SoftPrompt",
     "SoftpromptError",
     "TrainConfig",
@@ -117,6 +121,7 @@ __all__ = [
     "load_prefix",
     "load_prompt",
     "load_study",
+    "open_artifact",
     "predict",
     "predict_file",
     "read_inputs",
