@@ -52,7 +52,7 @@ def canned_backbone(monkeypatch, tiny, continuation: str, cut_bytes: int):
     new = tokenizer(continuation).input_ids[: -cut_bytes or None]
     end = tokenizer.pad_token_id
 
-    def replay(sampler, logits):
+    def replay(sampler, logits, generated=()):
         count = sampler.replayed = getattr(sampler, "replayed", -1) + 1
         return new[count] if count < len(new) else end
 
