@@ -49,14 +49,7 @@ class Reply:
 
     def body(self, choices: list[dict], usage: dict) -> dict:
         obj = "chat.completion" if self.kind == "chat" else "text_completion"
-        return {
-            "id": self.ident,
-            "object": obj,
-            "created": self.created,
-            "model": self.model,
-            "choices": choices,
-            "usage": usage,
-        }
+        return {**self._envelope(obj, choices), "usage": usage}
 
     def chunk(
         self, index: int, text: str, reason: str | None, tokens=(), tokenizer=None, at: int = 0
@@ -68,12 +61,12 @@ class Reply:
             choice = {"index": index, "delta": delta, "finish_reason": reason}
             if self.logprobs:
                 choice["logprobs"] = {"content": chat_logprobs(tokens, tokenizer)}
-            return self._chunk("chat.completion.chunk", [choice])
+            return self._envelope("chat.completion.chunk", [choice])
         logprobs = None
         if self.logprobs:
             logprobs = completion_logprobs(tokens, tokenizer, None, "", at)
         choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
-        return self._chunk("text_completion", [choice])
+        return self._envelope("text_completion", [choice])
 
     def echo_chunk(self, index: int, prompt_text: str, scores, tokenizer) -> dict:
         """The first chunk of an echoing stream: the prompt (with its log-probabilities)."""
@@ -81,13 +74,13 @@ class Reply:
         if self.logprobs:
             logprobs = completion_logprobs([], tokenizer, scores, prompt_text)
         choice = {"index": index, "text": prompt_text, "logprobs": logprobs, "finish_reason": None}
-        return self._chunk("text_completion", [choice])
+        return self._envelope("text_completion", [choice])
 
     def usage_chunk(self, usage: dict) -> dict:
         kind = "chat.completion.chunk" if self.kind == "chat" else "text_completion"
-        return {**self._chunk(kind, []), "usage": usage}
+        return {**self._envelope(kind, []), "usage": usage}
 
-    def _chunk(self, obj: str, choices: list[dict]) -> dict:
+    def _envelope(self, obj: str, choices: list[dict]) -> dict:
         return {
             "id": self.ident,
             "object": obj,
