@@ -22,7 +22,7 @@ from softprompt.analysis.importance import exact_importance, gradient_importance
 from softprompt.data import load_split
 from softprompt.evaluation import resolve_task
 from softprompt.methods.prompt import load_prompt
-from softprompt.models.backbone import load_backbone
+from softprompt.models import load_backbone
 from softprompt.tasks import build_task, data_spec, encode_examples
 
 

@@ -12,7 +12,7 @@ import time
 
 from common import machine
 
-from softprompt.models.backbone import BUNDLED, ensure_bundled, load_backbone
+from softprompt.models import BUNDLED, ensure_bundled, load_backbone
 
 
 def main(repeats: int = 3) -> None:

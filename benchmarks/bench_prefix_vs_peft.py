@@ -43,7 +43,7 @@ from softprompt.config import load_config
 from softprompt.data import load_split
 from softprompt.generation import SamplingOptions, generate
 from softprompt.methods.prefix import PrefixEncoder
-from softprompt.models.backbone import Backbone, load_backbone
+from softprompt.models import Backbone, load_backbone
 from softprompt.steering.prefix import PrefixKV, prefix_geometry
 from softprompt.tasks import data_spec
 from softprompt.text.sentences import sentence_ends

@@ -82,7 +82,7 @@ from softprompt.interop.peft import export_peft
 from softprompt.methods.artifact import model_record
 from softprompt.methods.prefix import SavedPrefix
 from softprompt.methods.prompt import SoftPrompt
-from softprompt.models.backbone import Backbone, load_backbone
+from softprompt.models import Backbone, load_backbone
 from softprompt.serving.server import Server
 from softprompt.steering.base import NoSteering
 from softprompt.steering.prefix import PrefixKV, prefix_geometry

@@ -18,7 +18,7 @@ from common import ROOT, alternate, default_precisions, device, machine, median
 
 from profiling import saved_activation_peak
 from softprompt.config import load_config
-from softprompt.models.backbone import load_backbone
+from softprompt.models import load_backbone
 from softprompt.training.trainer import Trainer
 
 BATCH = 8

@@ -23,7 +23,7 @@ from common import machine
 
 from softprompt.decoding.engine import Engine, Job
 from softprompt.decoding.options import SamplingOptions
-from softprompt.models.backbone import load_backbone
+from softprompt.models import load_backbone
 from softprompt.serving.adapters import Adapters
 from softprompt.steering.base import NoSteering
 

@@ -25,7 +25,7 @@ from softprompt.generation import SamplingOptions, generate
 from softprompt.methods.artifact import model_record
 from softprompt.methods.prefix import SavedPrefix
 from softprompt.methods.prompt import SoftPrompt
-from softprompt.models.backbone import load_backbone
+from softprompt.models import load_backbone
 from softprompt.serving.server import Server
 from softprompt.steering.prefix import PrefixKV, prefix_geometry
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from softprompt.models.backbone import ensure_bundled
+from softprompt.models import ensure_bundled
 from softprompt.models.tiny import corpus_texts
 
 ROOT = Path(__file__).resolve().parents[1]

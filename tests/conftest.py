@@ -35,7 +35,7 @@ def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="session")
 def tiny(tiny_dirs):
     """Loaded tiny backbones by family (loaded once per session; they are frozen)."""
-    from softprompt.models.backbone import load_backbone
+    from softprompt.models import load_backbone
 
     return {family: load_backbone(str(path)) for family, path in tiny_dirs.items()}
 

@@ -11,19 +11,19 @@ from tokenizers.models import BPE, WordPiece
 from transformers import PreTrainedTokenizerFast
 
 from conftest import corpus
-from softprompt.crossmodel import cache
-from softprompt.crossmodel.cache import load_alignment, read_alignment
-from softprompt.crossmodel.fit import MIN_PAIRS, fit_alignment
-from softprompt.crossmodel.transfer import random_like, transfer_prompt
-from softprompt.crossmodel.vocabulary import (
+from softprompt.alignment import cache
+from softprompt.alignment.cache import load_alignment, read_alignment
+from softprompt.alignment.fit import MIN_PAIRS, fit_alignment
+from softprompt.alignment.vocabulary import (
     normalized_vocabulary,
     shared_vocabulary,
     word_convention,
 )
+from softprompt.crossmodel.transfer import random_like, transfer_prompt
 from softprompt.errors import ModelError, UsageError
 from softprompt.methods.artifact import model_record
 from softprompt.methods.prompt import SoftPrompt, load_prompt, save_prompt
-from softprompt.models.backbone import load_backbone
+from softprompt.models import load_backbone
 from softprompt.models.tiny import save_tiny
 from test_cli import invoke
 

@@ -146,7 +146,7 @@ def test_gradient_estimate_matches_a_finite_difference(small_task):
 
 def test_explain_two_models_writes_a_self_contained_report(tiny_dirs, tmp_path, sentiment_dir):
     from conftest import corpus
-    from softprompt.models.backbone import load_backbone
+    from softprompt.models import load_backbone
     from softprompt.models.tiny import save_tiny
 
     other = save_tiny(tmp_path / "other", corpus(), "llama", seed=5)
@@ -231,7 +231,7 @@ def test_one_model_compression_keeps_the_top_tokens(tiny, sentiment_dir):
 
 def test_compare_and_compress_commands(monkeypatch, capsys, tmp_path, tiny_dirs, sentiment_dir):
     from softprompt.methods.prompt import load_prompt, save_prompt
-    from softprompt.models.backbone import load_backbone
+    from softprompt.models import load_backbone
     from test_cli import invoke
 
     backbone = load_backbone(str(tiny_dirs["llama"]))

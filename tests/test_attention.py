@@ -8,9 +8,9 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from softprompt.data import Example
-from softprompt.models.backbone import Backbone
+from softprompt.kernels.attention import segment_attention, use_segment_attention
+from softprompt.models import Backbone
 from softprompt.models.tiny import build_tokenizer
-from softprompt.steering.attention import segment_attention, use_segment_attention
 from softprompt.steering.packing import plan_packing, plan_prompt_packing
 from softprompt.tasks.classification import ClassificationTask
 
@@ -155,7 +155,7 @@ def test_gemma3_sliding_window_holds_in_packed_rows():
 def test_prompt_gradient_is_unchanged_under_gradient_checkpointing(tiny_dirs):
     """Checkpointed layers replay with the segments (and without the last-MLP cut): the
     prompt's gradient must be the one of the plain run."""
-    from softprompt.models.backbone import load_backbone
+    from softprompt.models import load_backbone
 
     backbone = load_backbone(str(tiny_dirs["llama"]))
     assert backbone.segment_attention

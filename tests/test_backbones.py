@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from softprompt.errors import ModelError, UsageError
-from softprompt.models.backbone import detect_kind, load_backbone, resolve_spec
+from softprompt.models import detect_kind, load_backbone, resolve_spec
 
 EXPECTED_KIND = {"llama": "causal", "gpt2": "causal", "gpt_neox": "causal", "gemma3": "causal"}
 

@@ -5,7 +5,7 @@ import torch
 
 from softprompt.config import load_config
 from softprompt.evaluation import evaluate_task
-from softprompt.models.backbone import load_backbone
+from softprompt.models import load_backbone
 from softprompt.training.trainer import Trainer
 
 pytestmark = pytest.mark.slow
@@ -58,7 +58,7 @@ def test_short_training_on_smollm2_beats_zero_shot_on_dev(tmp_path):
 def test_cached_fast_tokenizer_encodes_like_autotokenizer(alias):
     from transformers import AutoTokenizer
 
-    from softprompt.models.backbone import ensure_bundled
+    from softprompt.models import ensure_bundled
 
     backbone = load_backbone(alias)
     reference = AutoTokenizer.from_pretrained(ensure_bundled(alias))

@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from conftest import corpus
+from softprompt.alignment.cache import load_alignment
 from softprompt.analysis.explain import explain
 from softprompt.config import validate_config
-from softprompt.crossmodel.cache import load_alignment
 from softprompt.errors import ConfigError, PromptFileError
 from softprompt.methods.prompt import SoftPrompt, load_prompt, save_prompt
-from softprompt.models.backbone import load_backbone
+from softprompt.models import load_backbone
 from softprompt.models.tiny import save_tiny
 from softprompt.session import evaluate
 from softprompt.training.trainer import Trainer

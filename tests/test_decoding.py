@@ -32,7 +32,7 @@ REQUESTS = [
 
 @pytest.fixture(scope="module")
 def served(tiny_dirs, tmp_path_factory):
-    from softprompt.models.backbone import load_backbone
+    from softprompt.models import load_backbone
 
     backbone = load_backbone(str(tiny_dirs["llama"]))
     folder = tmp_path_factory.mktemp("adapters")

@@ -11,7 +11,7 @@ from softprompt.config import validate_config
 from softprompt.crossmodel.matrix import transfer_matrix, write_matrix
 from softprompt.errors import ConfigError
 from softprompt.methods.prompt import load_prompt
-from softprompt.models.backbone import load_backbone
+from softprompt.models import load_backbone
 from softprompt.models.tiny import save_tiny
 from softprompt.study import load_study, run_study
 from softprompt.training.trainer import Trainer

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from softprompt.steering.last_layer import last_mlp_at
+from softprompt.kernels.last_layer import last_mlp_at
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma3"])

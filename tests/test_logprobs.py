@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from softprompt.steering.logprobs import CHUNK_ROWS, vocab_logprobs
+from softprompt.kernels.logprobs import CHUNK_ROWS, vocab_logprobs
 
 
 @pytest.mark.parametrize("with_bias", [False, True])

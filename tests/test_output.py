@@ -67,7 +67,7 @@ def canned_prompt_run(monkeypatch, tiny, tmp_path, continuation: str):
     """A prompt file for `generate PROMPT --compare` whose model continues with `continuation`
     with and without it (the table's layout is under test, not the model)."""
     backbone = canned_backbone(monkeypatch, tiny, continuation, 0)
-    monkeypatch.setattr("softprompt.models.backbone.load_backbone", lambda *a, **k: backbone)
+    monkeypatch.setattr("softprompt.models.loading.load_backbone", lambda *a, **k: backbone)
     prompt = SoftPrompt(embedding=torch.zeros(2, backbone.hidden_size), models=[], task={})
     return save_prompt(prompt, tmp_path / "p.safetensors")
 
@@ -89,7 +89,7 @@ def test_generate_drops_a_character_cut_by_the_token_limit(monkeypatch, tiny, cu
 
 def test_cli_generate_prints_no_replacement_character(monkeypatch, capsys, tiny):
     backbone = canned_backbone(monkeypatch, tiny, " 日本 [b]ok[/b] 😀", 2)
-    monkeypatch.setattr("softprompt.models.backbone.load_backbone", lambda *a, **k: backbone)
+    monkeypatch.setattr("softprompt.models.loading.load_backbone", lambda *a, **k: backbone)
     code, out, err = invoke(
         monkeypatch, capsys, "generate", "-m", "x", "-t", "[x]", "--greedy", "--device", "cpu"
     )

@@ -28,7 +28,7 @@ from softprompt.methods import load_artifact
 from softprompt.methods.artifact import model_record
 from softprompt.methods.prefix import SavedPrefix, save_prefix
 from softprompt.methods.prompt import SoftPrompt, init_embedding, save_prompt
-from softprompt.models.backbone import load_backbone
+from softprompt.models import load_backbone
 from softprompt.steering.forward import prompted_hidden
 from softprompt.steering.prefix import PrefixKV, prefix_geometry, text_prefix
 from test_cli import assert_one_line_error, invoke

@@ -13,7 +13,7 @@ from conftest import write_jsonl
 from softprompt.data import DataSpec, Example, load_split
 from softprompt.errors import ConfigError, DataError, ModelError
 from softprompt.methods.prompt import SoftPrompt
-from softprompt.models.backbone import check_gguf_readable, load_backbone
+from softprompt.models import check_gguf_readable, load_backbone
 from softprompt.session import predict
 from softprompt.tasks.classification import ClassificationTask
 from softprompt.tasks.lm import LanguageModelingTask

@@ -52,7 +52,7 @@ def write_adapters(backbone, folder) -> None:
 
 @pytest.fixture(scope="module")
 def served(tiny_dirs, tmp_path_factory):
-    from softprompt.models.backbone import load_backbone
+    from softprompt.models import load_backbone
 
     backbone = load_backbone(str(tiny_dirs["llama"]))
     backbone.tokenizer.chat_template = CHAT_TEMPLATE

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def smol_server(tmp_path_factory):
-    from softprompt.models.backbone import load_backbone
+    from softprompt.models import load_backbone
 
     backbone = load_backbone("smollm2-135m")
     folder = tmp_path_factory.mktemp("smol-adapters")

@@ -13,7 +13,7 @@ from reference import hf_generate
 from softprompt.decoding import rows as rows_module
 from softprompt.decoding.engine import Engine, Job
 from softprompt.decoding.options import SamplingOptions
-from softprompt.models.backbone import load_backbone
+from softprompt.models import load_backbone
 from softprompt.steering.base import NoSteering
 from softprompt.steering.prefix import PrefixKV, prefix_geometry
 from softprompt.steering.prompt import PromptSteering

@@ -51,7 +51,7 @@ def wait_for(condition, timeout: float = 20.0) -> None:
 
 @pytest.fixture()
 def backbone(tiny_dirs):
-    from softprompt.models.backbone import load_backbone
+    from softprompt.models import load_backbone
 
     return load_backbone(str(tiny_dirs["llama"]))
 

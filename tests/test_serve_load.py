@@ -28,7 +28,7 @@ BAD = [
 
 @pytest.fixture(scope="module")
 def loaded_server(tiny_dirs, tmp_path_factory):
-    from softprompt.models.backbone import load_backbone
+    from softprompt.models import load_backbone
 
     backbone = load_backbone(str(tiny_dirs["llama"]))
     folder = tmp_path_factory.mktemp("load-adapters")

@@ -85,7 +85,7 @@ def test_a_session_reads_the_artifact_and_builds_the_task_once(
 def test_a_session_loads_its_model_only_when_used(tiny, prompt_file, monkeypatch):
     loaded = []
     monkeypatch.setattr(
-        "softprompt.models.backbone.load_backbone",
+        "softprompt.models.loading.load_backbone",
         lambda *a, **k: loaded.append(a) or tiny["llama"],
     )
     session = Session(prompt_file)

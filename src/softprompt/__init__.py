@@ -15,6 +15,9 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ below imports
+    from softprompt.alignment.cache import load_alignment
+    from softprompt.alignment.fit import Alignment, fit_alignment
+    from softprompt.alignment.vocabulary import shared_vocabulary
     from softprompt.analysis.compress_command import compress_prompt
     from softprompt.analysis.explain import explain
     from softprompt.analysis.explain_report import write_explain_report
@@ -23,11 +26,8 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ belo
     from softprompt.artifacts import open_artifact
     from softprompt.batch_files import generate_file, predict_file, read_inputs
     from softprompt.config import TrainConfig, load_config
-    from softprompt.crossmodel.cache import load_alignment
-    from softprompt.crossmodel.fit import Alignment, fit_alignment
     from softprompt.crossmodel.matrix import transfer_matrix, write_matrix
     from softprompt.crossmodel.transfer import transfer_prompt
-    from softprompt.crossmodel.vocabulary import shared_vocabulary
     from softprompt.demo import run_demo
     from softprompt.errors import SoftpromptError
     from softprompt.generation import SamplingOptions, generate, generate_samples
@@ -36,7 +36,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ belo
     from softprompt.methods import load_artifact
     from softprompt.methods.prefix import SavedPrefix, load_prefix, save_prefix
     from softprompt.methods.prompt import SoftPrompt, load_prompt, save_prompt
-    from softprompt.models.backbone import Backbone, load_backbone
+    from softprompt.models import Backbone, load_backbone
     from softprompt.models.tiny import tiny_family
     from softprompt.serving.server import Server, serve
     from softprompt.session import Session, evaluate, predict
@@ -49,7 +49,7 @@ __version__ = "0.1.0"
 # that `import softprompt`, and with it the CLI's --help, does not wait for torch and
 # transformers.
 _EXPORTS = {
-    "Alignment": "softprompt.crossmodel.fit",
+    "Alignment": "softprompt.alignment.fit",
     "Backbone": "softprompt.models.backbone",
     "SamplingOptions": "softprompt.generation",
     "Session": "softprompt.session",
@@ -62,15 +62,15 @@ _EXPORTS = {
     "evaluate": "softprompt.session",
     "explain": "softprompt.analysis.explain",
     "export_peft": "softprompt.interop.peft",
-    "fit_alignment": "softprompt.crossmodel.fit",
+    "fit_alignment": "softprompt.alignment.fit",
     "generate": "softprompt.generation",
     "generate_file": "softprompt.batch_files",
     "generate_samples": "softprompt.generation",
     "import_esp": "softprompt.interop.esp",
     "import_peft": "softprompt.interop.peft",
-    "load_alignment": "softprompt.crossmodel.cache",
+    "load_alignment": "softprompt.alignment.cache",
     "load_artifact": "softprompt.methods",
-    "load_backbone": "softprompt.models.backbone",
+    "load_backbone": "softprompt.models.loading",
     "load_config": "softprompt.config",
     "load_prefix": "softprompt.methods.prefix",
     "load_prompt": "softprompt.methods.prompt",
@@ -84,7 +84,7 @@ _EXPORTS = {
     "save_prefix": "softprompt.methods.prefix",
     "save_prompt": "softprompt.methods.prompt",
     "serve": "softprompt.serving.server",
-    "shared_vocabulary": "softprompt.crossmodel.vocabulary",
+    "shared_vocabulary": "softprompt.alignment.vocabulary",
     "similarity_matrices": "softprompt.analysis.similarity",
     "tiny_family": "softprompt.models.tiny",
     "train": "softprompt.training.trainer",

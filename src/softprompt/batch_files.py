@@ -27,7 +27,7 @@ from softprompt.errors import DataError, UsageError
 from softprompt.evaluation import prediction_rows
 from softprompt.files import atomic_text_file
 from softprompt.generation import SamplingOptions
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 from softprompt.session import Session
 from softprompt.tasks.classification import classification_metrics
 

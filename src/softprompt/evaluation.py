@@ -13,7 +13,7 @@ from pydantic import ValidationError
 from softprompt.config import TaskConfig, describe_error, load_config
 from softprompt.errors import UsageError
 from softprompt.methods.base import Artifact
-from softprompt.models.backbone import DEFAULT_MODEL, Backbone
+from softprompt.models import DEFAULT_MODEL, Backbone
 from softprompt.steering.forward import SteeringLike, as_steering
 from softprompt.tasks.base import Task
 

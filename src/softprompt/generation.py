@@ -9,7 +9,7 @@ import torch
 from softprompt.decoding.engine import Engine, Job
 from softprompt.decoding.options import SamplingOptions, row_seeds
 from softprompt.errors import ModelError, UsageError
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 from softprompt.steering.base import Steering
 from softprompt.steering.forward import SteeringLike, as_steering
 

@@ -22,8 +22,7 @@ from softprompt.errors import UsageError
 from softprompt.evaluation import model_for, prediction_rows, resolve_task
 from softprompt.generation import SamplingOptions, generate_samples
 from softprompt.methods.base import Artifact
-from softprompt.models import backbone as backbones
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone, loading
 from softprompt.steering.base import NoSteering, Steering
 from softprompt.tasks import build_task, data_spec
 from softprompt.tasks.base import Task
@@ -69,7 +68,7 @@ class Session:
     def backbone(self) -> Backbone:
         if isinstance(self.model, Backbone):
             return self.model
-        return backbones.load_backbone(self.model, dtype=self.dtype, device=self.device or "cpu")
+        return loading.load_backbone(self.model, dtype=self.dtype, device=self.device or "cpu")
 
     @cached_property
     def steering(self) -> Steering:

@@ -12,7 +12,7 @@ from softprompt.analysis.splitting import owners
 from softprompt.errors import UsageError
 from softprompt.evaluation import evaluate_task, resolve_task
 from softprompt.methods.prompt import load_prompt, save_prompt
-from softprompt.models.backbone import load_backbone
+from softprompt.models import load_backbone
 from softprompt.tasks import load_task
 
 

@@ -14,7 +14,7 @@ from softprompt.artifacts import open_prompt
 from softprompt.errors import UsageError
 from softprompt.evaluation import evaluate_task, resolve_task
 from softprompt.methods.prompt import SoftPrompt
-from softprompt.models.backbone import Backbone, as_backbone
+from softprompt.models import Backbone, as_backbone
 from softprompt.tasks import load_task
 
 

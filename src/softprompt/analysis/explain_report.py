@@ -12,7 +12,7 @@ from softprompt.analysis.report import write_report
 from softprompt.artifacts import open_prompt
 from softprompt.errors import UsageError
 from softprompt.methods.prompt import SoftPrompt
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 
 PROJECTIONS = ("tsne", "umap", "pca", "none")
 

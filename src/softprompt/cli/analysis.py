@@ -56,7 +56,7 @@ def explain(
     """Which tokens matter to which model, where they lie, and how far the prompt compresses."""
     from softprompt.analysis.explain import explain as run_explain
     from softprompt.analysis.explain_report import check_projection, write_explain_report
-    from softprompt.models.backbone import load_backbone, resolve_device
+    from softprompt.models import load_backbone, resolve_device
 
     check_projection(projection)
     names = _model_names(prompt, model)
@@ -132,7 +132,7 @@ def compress(
 ) -> None:
     """Keep the N most important tokens (or those MODEL owns among the prompt's models)."""
     from softprompt.analysis.compress_command import compress_prompt
-    from softprompt.models.backbone import resolve_device
+    from softprompt.models import resolve_device
 
     result = compress_prompt(
         prompt,

@@ -53,7 +53,7 @@ def transfer_matrix(
     """Every prompt on every model, with zero-shot and untrained-prompt baselines."""
     from softprompt.crossmodel.matrix import transfer_matrix as build_matrix
     from softprompt.crossmodel.matrix import write_matrix
-    from softprompt.models.backbone import resolve_device
+    from softprompt.models import resolve_device
 
     if not model:
         raise UsageError("give the models to evaluate on with --model (repeat it)")

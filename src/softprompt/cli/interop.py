@@ -30,7 +30,7 @@ def export(
 ) -> None:
     """Write a prompt or prefix as a PEFT adapter folder that PeftModel.from_pretrained loads."""
     from softprompt.interop.peft import export_peft
-    from softprompt.models.backbone import load_backbone
+    from softprompt.models import load_backbone
 
     if format_ != "peft":
         raise UsageError(f"unknown --format {format_!r}; this version exports: peft")
@@ -57,7 +57,7 @@ def import_prompt(
     from softprompt.interop.esp import import_esp
     from softprompt.interop.peft import import_peft
     from softprompt.methods.prompt import save_prompt
-    from softprompt.models.backbone import load_backbone
+    from softprompt.models import load_backbone
 
     if from_ not in ("esp", "peft"):
         raise UsageError(f"unknown --from {from_!r}; this version imports: esp, peft")
@@ -80,7 +80,7 @@ def _model_or_name(name: str, source: Path):
     """The loaded model, or (when the loader cannot provide it: not bundled, no such folder, the
     hub unreachable) its name alone, after a one-line warning that the fit goes unchecked."""
     from softprompt.interop.esp import read_esp_tensor
-    from softprompt.models.backbone import load_backbone
+    from softprompt.models import load_backbone
 
     try:
         return load_backbone(name)

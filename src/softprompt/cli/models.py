@@ -19,7 +19,7 @@ def models(
     as_json: JsonOpt = False,
 ) -> None:
     """List the bundled model aliases, their package, and whether they are cached."""
-    from softprompt.models.backbone import ensure_bundled, list_models
+    from softprompt.models import ensure_bundled, list_models
 
     if prepare:
         for row in list_models():

@@ -11,30 +11,32 @@ import typer
 
 from softprompt.cli.common import DeviceOpt, DtypeOpt, err
 
+AdaptersOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="A folder of artifacts and PEFT adapter folders; each is served, and the "
+        "folder is watched: files added, replaced or removed are served, reloaded or "
+        "dropped while the server runs."
+    ),
+]
+MaxLoadedOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=1,
+        help="Keep at most N adapters of --adapters loaded: others load on first "
+        "request, the least recently used are unloaded.",
+    ),
+]
+WatchOpt = Annotated[float, typer.Option(min=0.05, help="Seconds between two looks at --adapters.")]
+
 
 def serve(
     artifacts: Annotated[
         list[Path] | None, typer.Argument(help="Prompt or prefix .safetensors files to serve.")
     ] = None,
-    adapters: Annotated[
-        Path | None,
-        typer.Option(
-            help="A folder of artifacts and PEFT adapter folders; each is served, and the "
-            "folder is watched: files added, replaced or removed are served, reloaded or "
-            "dropped while the server runs."
-        ),
-    ] = None,
-    max_loaded: Annotated[
-        int | None,
-        typer.Option(
-            min=1,
-            help="Keep at most N adapters of --adapters loaded: others load on first "
-            "request, the least recently used are unloaded.",
-        ),
-    ] = None,
-    watch_interval: Annotated[
-        float, typer.Option(min=0.05, help="Seconds between two looks at --adapters.")
-    ] = 1.0,
+    adapters: AdaptersOpt = None,
+    max_loaded: MaxLoadedOpt = None,
+    watch_interval: WatchOpt = 1.0,
     model: Annotated[
         str | None,
         typer.Option(help="Base model (default: the model the first artifact was trained on)."),

@@ -60,7 +60,7 @@ def evaluate(
     """Loss, accuracy and macro-F1 of a prompt (or the bare model) on a data split.
 
     With several --model, one result per model (JSON: a list), each marked trained_on_model."""
-    from softprompt.models.backbone import resolve_device
+    from softprompt.models import resolve_device
     from softprompt.session import Session
 
     place = resolve_device(device, "--device")
@@ -121,7 +121,7 @@ def predict(
 ) -> None:
     """The label and the probability of each label for one or more texts, or with --input for
     every input of a file (one JSON line each; accuracy and macro-F1 when it has labels)."""
-    from softprompt.models.backbone import resolve_device
+    from softprompt.models import resolve_device
 
     _check_sources(
         text,
@@ -237,7 +237,7 @@ def generate(
     """Continue texts as given (no template) with a prompt or prefix; --compare shows the bare
     model too. With --input, every input of a file, one JSON line each."""
     from softprompt.generation import SamplingOptions
-    from softprompt.models.backbone import resolve_device
+    from softprompt.models import resolve_device
 
     _check_sources(
         text,

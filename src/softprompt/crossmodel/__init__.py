@@ -1,10 +1,5 @@
-"""Cross-model work, one concept per module, each depending only on those above it:
+"""Cross-model work on top of softprompt.alignment, one concept per module:
 
-- vocabulary: token word conventions (GPT-2 'Ġ', SentencePiece '▁', WordPiece '##') and the
-  vocabulary two tokenizers share;
-- fit: the `Alignment` between two input-embedding spaces, fitted (ridge or Procrustes) on the
-  shared tokens and scored by held-out retrieval;
-- cache: fitted alignments kept on disk, keyed by model fingerprints and settings;
 - transfer: moving a soft prompt to another model (`softprompt transfer` / `softprompt align`);
 - matrix: the transfer matrix, every prompt on every model with baselines.
 """

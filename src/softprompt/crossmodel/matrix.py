@@ -16,7 +16,7 @@ from softprompt.data import load_split
 from softprompt.errors import PromptFileError, UsageError
 from softprompt.evaluation import evaluate_task, resolve_task
 from softprompt.methods.prompt import INIT_MODES, SoftPrompt, init_embedding, load_prompt
-from softprompt.models.backbone import Backbone, load_backbone
+from softprompt.models import Backbone, load_backbone
 from softprompt.tasks import build_task, data_spec, encode_examples
 
 METRIC_KEYS = ("loss", "accuracy", "macro_f1", "perplexity")

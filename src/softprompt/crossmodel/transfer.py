@@ -13,19 +13,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from softprompt.config import load_config
-from softprompt.crossmodel.cache import load_alignment
-from softprompt.crossmodel.fit import (
+from softprompt.alignment.cache import load_alignment
+from softprompt.alignment.fit import (
     DEFAULT_HOLDOUT,
     DEFAULT_METHOD,
     DEFAULT_RIDGE_LAMBDA,
     Alignment,
     check_settings,
 )
+from softprompt.config import load_config
 from softprompt.errors import UsageError
 from softprompt.methods.artifact import model_record
 from softprompt.methods.prompt import SoftPrompt, load_prompt, save_prompt
-from softprompt.models.backbone import Backbone, as_backbone, load_backbone
+from softprompt.models import Backbone, as_backbone, load_backbone
 from softprompt.session import evaluate
 
 

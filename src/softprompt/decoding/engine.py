@@ -27,8 +27,8 @@ from softprompt.decoding.rows import Joining, RowCache
 from softprompt.decoding.sampler import RowSampler
 from softprompt.decoding.text import RowText
 from softprompt.errors import ModelError
-from softprompt.models.backbone import Backbone
-from softprompt.steering.attention import use_segment_attention
+from softprompt.kernels.attention import use_segment_attention
+from softprompt.models import Backbone
 from softprompt.steering.base import Steering
 
 

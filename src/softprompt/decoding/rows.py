@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from softprompt.steering.attention import masked_attention
+from softprompt.kernels.attention import masked_attention
 from softprompt.steering.prefix import prefix_geometry
 
 FIRST_CAPACITY = 128

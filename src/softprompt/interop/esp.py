@@ -15,7 +15,7 @@ import torch
 from softprompt.errors import PromptFileError
 from softprompt.methods.artifact import model_record
 from softprompt.methods.prompt import SoftPrompt
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 
 STATE_DICT_KEYS = ("weight", "prompt", "embedding.weight", "soft_prompt.weight")
 ESP_SUFFIXES = (".pt", ".pth")  # what torch.save files are called; anything else is an artifact

@@ -32,7 +32,7 @@ from softprompt.methods import load_artifact
 from softprompt.methods.artifact import header_metadata, model_record, parse_json_field
 from softprompt.methods.prefix import SavedPrefix
 from softprompt.methods.prompt import SoftPrompt
-from softprompt.models.backbone import BUNDLED, Backbone, as_backbone
+from softprompt.models import BUNDLED, Backbone, as_backbone
 from softprompt.steering.prefix import PrefixKV, prefix_geometry
 
 CONFIG_FILE = "adapter_config.json"

@@ -15,7 +15,7 @@ from typing import Protocol
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 from softprompt.steering.base import Steering
 
 

@@ -16,7 +16,7 @@ from softprompt.errors import PromptFileError
 from softprompt.files import write_safetensors_atomic
 from softprompt.methods.artifact import header_metadata, read_artifact
 from softprompt.methods.base import Method, MethodSettings, TrainableModule
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 from softprompt.steering.base import Steering
 from softprompt.steering.prefix import PrefixKV, prefix_geometry, text_prefix
 

@@ -15,12 +15,12 @@ from typing import Literal
 import torch
 from pydantic import Field
 
-from softprompt.crossmodel.cache import load_alignment
+from softprompt.alignment.cache import load_alignment
 from softprompt.errors import PromptFileError, UsageError
 from softprompt.files import write_safetensors_atomic
 from softprompt.methods.artifact import header_metadata, read_artifact
 from softprompt.methods.base import Method, MethodSettings, TrainableModule
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 from softprompt.steering.base import Steering
 from softprompt.steering.prompt import PromptSteering
 
@@ -237,7 +237,7 @@ class SoftPromptModule(TrainableModule):
 
 def cross_model_maps(backbones: list[Backbone], cross_model) -> list[LinearMap | None]:
     """A map from the first model's embedding space into each model of another hidden size,
-    fitted on the shared vocabulary (cached on disk, see softprompt.crossmodel)."""
+    fitted on the shared vocabulary (cached on disk, see softprompt.alignment)."""
     first = backbones[0]
     if all(b.hidden_size == first.hidden_size for b in backbones):
         return []

@@ -25,7 +25,7 @@ from softprompt.artifacts import open_artifact
 from softprompt.errors import SoftpromptError
 from softprompt.interop.peft import CONFIG_FILE
 from softprompt.methods.base import Artifact
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 from softprompt.session import Session
 from softprompt.steering.base import Steering
 

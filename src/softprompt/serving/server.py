@@ -17,7 +17,7 @@ import uvicorn
 
 from softprompt.decoding.engine import Engine
 from softprompt.errors import ModelError, UsageError
-from softprompt.models.backbone import Backbone, load_backbone, resolve_device
+from softprompt.models import Backbone, load_backbone, resolve_device
 from softprompt.serving.adapters import Adapters, artifact_sources, folder_sources, trained_on
 from softprompt.serving.app import Service, create_app
 from softprompt.serving.metrics import ServerMetrics

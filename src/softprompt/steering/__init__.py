@@ -1,2 +1,2 @@
 """What steers a forward pass (a soft prompt, a prefix or nothing) and the forward passes
-with it, including the CPU fast paths."""
+with it (the CPU kernels they run on are in softprompt.kernels)."""

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 
 
 @dataclass

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 from softprompt.steering.base import NoSteering, Steering
 from softprompt.steering.mixed import MixedSteering
 from softprompt.steering.prompt import PromptSteering

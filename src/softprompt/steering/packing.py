@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
-from softprompt.steering.attention import NAME as ATTENTION_NAME
-from softprompt.steering.attention import Segments, prefix_row_segments, prompt_row_segments
+from softprompt.kernels.attention import NAME as ATTENTION_NAME
+from softprompt.kernels.attention import Segments, prefix_row_segments, prompt_row_segments
 
 
 def first_fit_decreasing(lengths: list[int], capacity: int) -> list[list[int]]:

@@ -16,7 +16,7 @@ from torch import nn
 from transformers import DynamicCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 from softprompt.steering.base import Steering, SteeringParts, cpu_read, flat_positions
 from softprompt.steering.packing import (
     attention_mask_for,

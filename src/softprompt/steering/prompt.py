@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 from softprompt.steering.base import Steering, SteeringParts, cpu_read, flat_positions
 from softprompt.steering.packing import (
     attention_mask_for,

@@ -5,7 +5,7 @@ is encoded, the loss and the metrics (softprompt.tasks.base.Task); one line here
 from __future__ import annotations
 
 from softprompt.data import load_split
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 from softprompt.tasks.base import Task, data_spec
 from softprompt.tasks.classification import ClassificationTask
 from softprompt.tasks.lm import LanguageModelingTask

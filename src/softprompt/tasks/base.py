@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 import torch
 
 from softprompt.data import DataSpec, Example
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 from softprompt.steering.base import Steering
 
 

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from softprompt.data import Example
 from softprompt.errors import ConfigError, DataError, ModelError
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 from softprompt.steering.base import Steering
 from softprompt.steering.forward import SteeringLike, as_steering
 from softprompt.tasks.base import Task, length_batches, special_tokens

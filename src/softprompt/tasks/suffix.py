@@ -11,7 +11,7 @@ import re
 from softprompt.data import Example
 from softprompt.errors import ConfigError, DataError
 from softprompt.generation import SamplingOptions, generate
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 from softprompt.steering.base import NoSteering, Steering
 from softprompt.tasks.base import Task
 from softprompt.tasks.lm import LanguageModelingTask, evaluate_lm

@@ -15,7 +15,7 @@ import torch
 
 from softprompt.config import TrainSettings
 from softprompt.errors import ConfigError
-from softprompt.models.backbone import resolve_device
+from softprompt.models import resolve_device
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from softprompt.evaluation import evaluate_task
 from softprompt.methods import get_method
 from softprompt.methods.artifact import model_record
 from softprompt.methods.base import TrainableModule
-from softprompt.models.backbone import Backbone, load_backbone, resolve_device
+from softprompt.models import Backbone, load_backbone, resolve_device
 from softprompt.models.precision import DTYPE_NAMES, precision_of, training_precision
 from softprompt.steering.base import Steering
 from softprompt.steering.forward import as_steering

@@ -1,7 +1,7 @@
 """A linear map between two models' input-embedding spaces, fitted on their shared tokens.
 
 A soft prompt lives in its model's input-embedding space. Each token text two models share
-(softprompt.crossmodel.vocabulary) has an embedding row in both tables; a linear map fitted on
+(softprompt.alignment.vocabulary) has an embedding row in both tables; a linear map fitted on
 those pairs, `x @ weight + bias`, carries any vector of model A's space, a prompt included,
 into model B's space.
 
@@ -21,9 +21,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
-from softprompt.crossmodel.vocabulary import shared_vocabulary
+from softprompt.alignment.vocabulary import shared_vocabulary
 from softprompt.errors import ModelError, UsageError
-from softprompt.models.backbone import Backbone
+from softprompt.models import Backbone
 
 METHODS = ("ridge", "procrustes")
 DEFAULT_METHOD = "procrustes"

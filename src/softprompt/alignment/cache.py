@@ -13,7 +13,7 @@ import json
 import re
 from pathlib import Path
 
-from softprompt.crossmodel.fit import (
+from softprompt.alignment.fit import (
     DEFAULT_HOLDOUT,
     DEFAULT_METHOD,
     DEFAULT_RIDGE_LAMBDA,
@@ -24,7 +24,7 @@ from softprompt.crossmodel.fit import (
 )
 from softprompt.errors import PromptFileError
 from softprompt.files import read_safetensors, write_safetensors_atomic
-from softprompt.models.backbone import Backbone, as_backbone, cache_root
+from softprompt.models import Backbone, as_backbone, cache_root
 
 FORMAT_NAME = "softprompt-alignment"
 FORMAT_VERSION = "1"

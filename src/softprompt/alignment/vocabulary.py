@@ -5,7 +5,7 @@ but each tokenizer marks "this token starts a word" its own way: GPT-2's byte-le
 spells a space 'Ġ', SentencePiece spells it '▁', and WordPiece marks the tokens that do NOT
 start a word with '##'. Normalising every token to plain text with a leading space for "starts
 a word" lets the two vocabularies be matched string for string; the pairs found are what an
-embedding alignment (softprompt.crossmodel.fit) is fitted on.
+embedding alignment (softprompt.alignment.fit) is fitted on.
 """
 
 from __future__ import annotations
