@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from softprompt.analysis.importance import ablated_variants
-from softprompt.steering.forward import prompted_hidden
+from softprompt.steering.forward import as_steering
 from softprompt.steering.prefix import keep_cache_when_checkpointing, prefix_cache
 from softprompt.tasks.classification import ClassificationTask, EncodedExample
 
@@ -68,10 +68,9 @@ def naive_importance(
 @torch.no_grad()
 def hf_generate(backbone, texts: list[str], steer, max_new_tokens: int) -> list[str]:
     """Greedy continuations through the model's own `generate` (left-padded batch, the
-    steering's `generation_inputs`): the independent path the decoder's engine is checked
+    steering's parts in front): the independent path the decoder's engine is checked
     against."""
     from softprompt.decoding.text import drop_cut_character
-    from softprompt.steering.forward import as_steering
 
     tokenizer = backbone.tokenizer
     previous_side, tokenizer.padding_side = tokenizer.padding_side, "left"
@@ -81,7 +80,7 @@ def hf_generate(backbone, texts: list[str], steer, max_new_tokens: int) -> list[
         tokenizer.padding_side = previous_side
     ids = encoded.input_ids.to(backbone.device)
     mask = encoded.attention_mask.to(backbone.device)
-    inputs = as_steering(steer).generation_inputs(backbone, ids, mask)
+    inputs = generation_inputs(backbone, as_steering(steer), ids, mask)
     output = backbone.model.generate(
         **inputs,
         max_new_tokens=max_new_tokens,
@@ -91,3 +90,36 @@ def hf_generate(backbone, texts: list[str], steer, max_new_tokens: int) -> list[
     if "input_ids" in inputs:  # generate repeats given ids in front of the new tokens
         output = output[:, inputs["input_ids"].shape[1] :]
     return [drop_cut_character(t) for t in tokenizer.batch_decode(output, skip_special_tokens=True)]
+
+
+def generation_inputs(backbone, steering, input_ids, attention_mask) -> dict:
+    """Keyword arguments for the model's `generate` on left-padded rows under a batch-wide
+    steering: its soft prompt in front of the embeddings, or its prefix as the first cached
+    positions (then the output repeats `input_ids` in front of the new tokens)."""
+
+    parts = steering.parts()
+    rows, device = input_ids.shape[0], input_ids.device
+    if parts.keys is not None:
+        keys, values = parts.keys.to(device), parts.values.to(device)
+        ones = torch.ones((rows, parts.cache_length), dtype=attention_mask.dtype, device=device)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.cat([ones, attention_mask], dim=1),
+            "past_key_values": prefix_cache(backbone.model, keys, values, rows),
+        }
+    embeds = backbone.embed(input_ids)
+    if parts.embeddings is None:
+        return {"inputs_embeds": embeds, "attention_mask": attention_mask}
+    soft = parts.embeddings.to(device=embeds.device, dtype=embeds.dtype)
+    soft = soft.unsqueeze(0).expand(rows, -1, -1)
+    ones = torch.ones(soft.shape[:2], dtype=attention_mask.dtype, device=embeds.device)
+    return {
+        "inputs_embeds": torch.cat([soft, embeds], dim=1),
+        "attention_mask": torch.cat([ones, attention_mask], dim=1),
+    }
+
+
+def prompted_hidden(backbone, steer, input_ids, attention_mask, read=None):
+    """Hidden states of right-padded rows under `steer` (anything `as_steering` takes), and
+    the column of each row's first token (a soft prompt's length; 0 after a prefix)."""
+    return as_steering(steer).hidden(backbone, input_ids, attention_mask, read)

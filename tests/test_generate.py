@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from reference import prompted_hidden
 from softprompt.errors import ModelError, UsageError
 from softprompt.generation import SamplingOptions, generate, generate_samples
-from softprompt.steering.forward import prompted_hidden
 
 GREEDY = SamplingOptions(max_new_tokens=4, greedy=True)
 

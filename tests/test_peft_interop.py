@@ -20,6 +20,7 @@ from peft import (
 )
 from safetensors.torch import load_file, save_file
 
+from reference import prompted_hidden
 from softprompt.errors import ModelError, PromptFileError, UsageError
 from softprompt.generation import SamplingOptions, generate
 from softprompt.interop import peft as peft_interop
@@ -29,7 +30,6 @@ from softprompt.methods.artifact import model_record
 from softprompt.methods.prefix import SavedPrefix, save_prefix
 from softprompt.methods.prompt import SoftPrompt, init_embedding, save_prompt
 from softprompt.models import load_backbone
-from softprompt.steering.forward import prompted_hidden
 from softprompt.steering.prefix import PrefixKV, prefix_geometry, text_prefix
 from test_cli import assert_one_line_error, invoke
 

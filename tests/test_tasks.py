@@ -1,9 +1,9 @@
 import pytest
 import torch
 
+from reference import prompted_hidden
 from softprompt.data import Example
 from softprompt.errors import ConfigError, DataError
-from softprompt.steering.forward import prompted_hidden
 from softprompt.steering.packing import first_fit_decreasing, plan_packing, plan_prompt_packing
 from softprompt.steering.prefix import PrefixKV, prefix_geometry
 from softprompt.tasks.classification import ClassificationTask, check_template

@@ -22,50 +22,12 @@ from pydantic import (
 from softprompt.errors import ConfigError
 from softprompt.methods import get_method
 from softprompt.methods.prompt import PromptSettings
+from softprompt.tasks import task_settings
+from softprompt.tasks.base import TaskSettings
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class TaskConfig(_Strict):
-    """What to learn and from which data."""
-
-    type: Literal["classification", "lm", "suffix"] = "classification"
-    data: str
-    text_field: str = "text"
-    text_b_field: str | None = None
-    label_field: str = "label"
-    template: str = "{text}"
-    verbalizer: dict[str, str] | None = None
-    loss: Literal["verbalizer", "vocab"] = "verbalizer"
-    max_length: int = Field(256, gt=8)
-    dev_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
-    split_seed: int = 0
-    hf_config: str | None = None
-    hf_splits: dict[str, str] = Field(
-        default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"}
-    )
-    max_examples: int | None = Field(None, gt=0)
-    suffix: str = " 😃"
-
-    @field_validator("verbalizer", mode="before")
-    @classmethod
-    def _labels_as_strings(cls, value: object) -> object:
-        if isinstance(value, dict):
-            return {str(label): word for label, word in value.items()}
-        return value
-
-    @model_validator(mode="after")
-    def _classification_needs_verbalizer(self) -> TaskConfig:
-        if self.type == "classification":
-            if not self.verbalizer:
-                raise ValueError("a classification task needs a verbalizer (label: word)")
-            empty = [label for label, word in self.verbalizer.items() if not word.strip()]
-            if empty:
-                raise ValueError(f"verbalizer words must not be empty (labels: {empty})")
-        return self
 
 
 class TrainSettings(_Strict):
@@ -150,13 +112,14 @@ class CrossModelSettings(_Strict):
 
 class TrainConfig(_Strict):
     """A whole training run. `prompt` is the section of the run's method
-    (softprompt.methods); `validate_config` picks the class that validates it."""
+    (softprompt.methods) and `task` that of its task kind (softprompt.tasks);
+    `validate_config` picks the classes that validate them."""
 
     method: str = "prompt"
     models: list[str] = Field(default_factory=lambda: ["smollm2-135m"])
     model_weights: list[float] | None = None
     trust_remote_code: bool = False
-    task: TaskConfig
+    task: TaskSettings
     prompt: PromptSettings = Field(default_factory=PromptSettings)
     train: TrainSettings = Field(default_factory=TrainSettings)
     cross_model: CrossModelSettings = Field(default_factory=CrossModelSettings)
@@ -205,15 +168,15 @@ class TrainConfig(_Strict):
 
 
 @functools.cache
-def config_class(method: str) -> type[TrainConfig]:
-    """The TrainConfig whose `prompt` section is validated by `method`'s settings class."""
+def config_class(method: str, task: str = "classification") -> type[TrainConfig]:
+    """The TrainConfig whose `prompt` section is validated by `method`'s settings class and
+    whose `task` section by the task kind's."""
     settings = get_method(method).settings
-    if settings is PromptSettings:
-        return TrainConfig
     return create_model(
-        f"{method.title()}TrainConfig",
+        f"{method.title()}{task.title()}TrainConfig",
         __base__=TrainConfig,
         prompt=(settings, Field(default_factory=settings)),
+        task=(task_settings(task), ...),
     )
 
 
@@ -286,10 +249,16 @@ class _Invalid(Exception):
 def _validated(raw: dict) -> TrainConfig:
     """`raw` validated by its method's config class, or _Invalid naming the key."""
     method = raw.get("method", "prompt")
+    section = raw.get("task")
+    task = section.get("type", "classification") if isinstance(section, dict) else "classification"
     try:
-        model = config_class(str(method))
+        get_method(str(method))
     except ConfigError as exc:
         raise _Invalid(("method",), f"method: {exc}") from exc
+    try:
+        model = config_class(str(method), str(task))
+    except ConfigError as exc:
+        raise _Invalid(("task", "type"), f"task.type: {exc}") from exc
     try:
         return model.model_validate(raw)
     except ValidationError as exc:

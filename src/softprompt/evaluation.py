@@ -10,12 +10,13 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
-from softprompt.config import TaskConfig, describe_error, load_config
-from softprompt.errors import UsageError
+from softprompt.config import describe_error, load_config
+from softprompt.errors import ConfigError, UsageError
 from softprompt.methods.base import Artifact
 from softprompt.models import DEFAULT_MODEL, Backbone
 from softprompt.steering.forward import SteeringLike, as_steering
-from softprompt.tasks.base import Task
+from softprompt.tasks import task_settings
+from softprompt.tasks.base import Task, TaskSettings
 
 
 def evaluate_task(task: Task, steer: SteeringLike, encoded: list, batch_size: int = 32) -> dict:
@@ -31,7 +32,7 @@ def resolve_task(
     config: str | Path | None = None,
     check_fit: Callable[[], object] | None = None,
     **overrides,
-) -> TaskConfig:
+) -> TaskSettings:
     """The task to evaluate on: the prompt's recorded task, then a config file's task section,
     then explicit overrides (template=..., verbalizer=..., data=...), later ones winning.
 
@@ -55,9 +56,15 @@ def resolve_task(
             "with the task), verbalizer= or config= in Python"
         )
     try:
-        return TaskConfig.model_validate(raw)
+        settings = task_settings(str(raw.get("type", "classification")))
+    except ConfigError as exc:
+        raise UsageError(f"task.type: {exc}") from exc
+    # a recorded task may carry keys of another kind (older files kept every kind's keys)
+    raw = {key: value for key, value in raw.items() if key in settings.model_fields}
+    try:
+        return settings.model_validate(raw)
     except ValidationError as exc:
-        raise UsageError(f"task: {describe_error(exc, TaskConfig)}") from exc
+        raise UsageError(f"task: {describe_error(exc, settings)}") from exc
 
 
 def model_for(artifact: Artifact | None, model: str | Backbone | None = None) -> str | Backbone:

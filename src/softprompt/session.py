@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 
 from softprompt.artifacts import ArtifactSource, open_artifact, source_name
-from softprompt.config import TaskConfig
 from softprompt.data import Example, canonical_split, load_split
 from softprompt.errors import UsageError
 from softprompt.evaluation import model_for, prediction_rows, resolve_task
@@ -25,7 +24,7 @@ from softprompt.methods.base import Artifact
 from softprompt.models import Backbone, loading
 from softprompt.steering.base import NoSteering, Steering
 from softprompt.tasks import build_task, data_spec
-from softprompt.tasks.base import Task
+from softprompt.tasks.base import Task, TaskSettings
 from softprompt.tasks.classification import classification_scores
 
 
@@ -82,7 +81,7 @@ class Session:
         names = [m.get("name") for m in self.artifact.models] if self.artifact else []
         return self.backbone.name in names
 
-    def task_config(self, data: str | None = None, task_type: str | None = None) -> TaskConfig:
+    def task_config(self, data: str | None = None, task_type: str | None = None) -> TaskSettings:
         """The task to run: the artifact's recorded task, the overrides, then `data`/`task_type`.
         A prompt that does not fit the model is reported before a missing verbalizer."""
         return resolve_task(
@@ -96,7 +95,7 @@ class Session:
         )
 
     @cached_property
-    def classification_config(self) -> TaskConfig:
+    def classification_config(self) -> TaskSettings:
         """The classification task that `predict` and `predict_file` run."""
         config = self.task_config()
         if config.type != "classification":

@@ -72,5 +72,7 @@ def _to_lists(matrix: torch.Tensor) -> list[list[float | None]]:
 
 
 def inner_complexity(prompt: torch.Tensor) -> float:
-    """Mean euclidean distance between all pairs of a prompt's tokens (diagonal included)."""
+    """Mean euclidean distance between all pairs of a prompt's tokens (diagonal included): the
+    paper's "inner complexity" (Table 2). It stays for users reproducing that table by name
+    (as tests/test_esp_table2.py does); the similarity matrices' diagonal holds the same."""
     return float(_distances(prompt.float(), prompt.float()).mean())

@@ -75,13 +75,6 @@ class Steering(ABC):
         `read`: the token positions [N, K] the caller will read; only those states need be
         final (CPU fast paths skip the last MLP elsewhere). None: all."""
 
-    @abstractmethod
-    def generation_inputs(
-        self, backbone: Backbone, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> dict:
-        """Keyword arguments for the model's `generate` on left-padded rows; when they hold
-        `input_ids`, the output repeats them in front of the new tokens."""
-
 
 class NoSteering(Steering):
     """The bare model."""
@@ -94,9 +87,6 @@ class NoSteering(Steering):
         embeds = backbone.embed(input_ids.to(device))
         keep = flat_positions(cpu_read(read, device), embeds.shape[1], 0)
         return backbone.body(embeds, attention_mask.to(device), read=keep), 0
-
-    def generation_inputs(self, backbone, input_ids, attention_mask):
-        return {"inputs_embeds": backbone.embed(input_ids), "attention_mask": attention_mask}
 
 
 def cpu_read(read: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import torch
 
-from softprompt.models import Backbone
 from softprompt.steering.base import NoSteering, Steering
 from softprompt.steering.mixed import MixedSteering
 from softprompt.steering.prompt import PromptSteering
@@ -23,15 +22,3 @@ def as_steering(steer: SteeringLike) -> Steering:
     if isinstance(steer, list):
         return MixedSteering([as_steering(row) for row in steer])
     return PromptSteering(steer)
-
-
-def prompted_hidden(
-    backbone: Backbone,
-    steer: SteeringLike,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    read: torch.Tensor | None = None,
-) -> tuple[torch.Tensor, int]:
-    """Hidden states of right-padded rows under `steer`, and the column of each row's first
-    token (a soft prompt's length; 0 after a prefix or with nothing)."""
-    return as_steering(steer).hidden(backbone, input_ids, attention_mask, read)

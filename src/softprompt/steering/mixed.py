@@ -1,5 +1,7 @@
 """A batch whose rows are steered differently: soft prompts and prefixes of any lengths and
-bare rows, in one forward pass. This is what a server's batch is made of.
+bare rows, in one forward pass: the ablated variants `explain` scores together, and any
+per-row steering a caller passes (a list to `as_steering`). The server's engine does not use
+it: its rows keep their steering in the engine's own cache (softprompt.decoding.rows).
 
 Every row's soft prompt is right-aligned in front of its tokens, and its prefix right-aligned
 in the cache; what a row lacks is padding under a 0 mask. Positions count from each row's first
@@ -9,7 +11,6 @@ real position, so a row sees exactly what it would see alone.
 from __future__ import annotations
 
 import torch
-from transformers import DynamicCache
 
 from softprompt.models import Backbone
 from softprompt.steering.base import Steering, SteeringParts
@@ -48,61 +49,29 @@ class MixedSteering(Steering):
         column `input_length + j`."""
         device = backbone.device
         tokens, mask = backbone.embed(input_ids.to(device)), attention_mask.to(device)
-        inputs, input_mask = self._inputs(tokens, mask, lead=True)
-        inputs_embeds, full_mask, cache = self._with_cache(backbone, inputs, input_mask, True)
+        inputs, input_mask = self._inputs(tokens, mask)
+        inputs_embeds, full_mask, cache = self._with_cache(backbone, inputs, input_mask)
         positions = _positions(full_mask)[:, full_mask.shape[1] - inputs.shape[1] :]
         hidden = backbone.body(
             inputs_embeds, full_mask, past_key_values=cache, position_ids=positions
         )
         return hidden, self.input_length
 
-    def generation_inputs(self, backbone, input_ids, attention_mask):
-        """Left-padded rows as [padding | soft prompt | tokens] after their prefixes, all but
-        the last token run into the cache here; `generate` continues from the last token (the
-        ids in front of it are placeholders for what the cache already holds)."""
-        tokens = backbone.embed(input_ids)
-        inputs, input_mask = self._inputs(tokens, attention_mask, lead=False)
-        _, full_mask, cache = self._with_cache(backbone, inputs, input_mask, frozen=False)
-        if cache is None:
-            cache = DynamicCache(config=backbone.model.config)
-        seen = full_mask.shape[1] - 1
-        if inputs.shape[1] > 1:
-            backbone.model(
-                inputs_embeds=inputs[:, :-1],
-                attention_mask=full_mask[:, :-1],
-                position_ids=_positions(full_mask)[:, seen - inputs.shape[1] + 1 : seen],
-                past_key_values=cache,
-                use_cache=True,
-            )
-        placeholders = input_ids.new_zeros((input_ids.shape[0], seen))
-        return {
-            "input_ids": torch.cat([placeholders, input_ids[:, -1:]], dim=1),
-            "attention_mask": full_mask,
-            "past_key_values": cache,
-        }
-
-    def _inputs(self, tokens: torch.Tensor, mask: torch.Tensor, lead: bool):
-        """Each row's soft prompt right before its real tokens. `lead`: right-padded rows,
-        tokens from column `input_length` on; else left-padded rows, tokens ending the row."""
+    def _inputs(self, tokens: torch.Tensor, mask: torch.Tensor):
+        """Each row's soft prompt right before its real tokens (right-padded rows, tokens from
+        column `input_length` on)."""
         rows, width, hidden = tokens.shape
         front = self.input_length
         inputs = tokens.new_zeros((rows, front + width, hidden))
         full = mask.new_zeros((rows, front + width))
         for r, parts in enumerate(self.row_parts):
-            if lead:
-                inputs[r, front:], full[r, front:] = tokens[r], mask[r]
-                end = front
-            else:
-                real = int(mask[r].sum())
-                inputs[r, front + width - real :] = tokens[r, width - real :]
-                full[r, front + width - real :] = 1
-                end = front + width - real
+            inputs[r, front:], full[r, front:] = tokens[r], mask[r]
             if parts.embeddings is not None:
-                inputs[r, end - parts.input_length : end] = parts.embeddings.to(tokens)
-                full[r, end - parts.input_length : end] = 1
+                inputs[r, front - parts.input_length : front] = parts.embeddings.to(tokens)
+                full[r, front - parts.input_length : front] = 1
         return inputs, full
 
-    def _with_cache(self, backbone: Backbone, inputs, input_mask, frozen: bool):
+    def _with_cache(self, backbone: Backbone, inputs, input_mask):
         """The per-row prefixes as one right-aligned cache, and the mask over [cache | input]."""
         rows, device = inputs.shape[0], inputs.device
         width = max(p.cache_length for p in self.row_parts)
@@ -121,9 +90,7 @@ class MixedSteering(Steering):
             keys[:, r, :, width - length :] = parts.keys.to(keys)
             values[:, r, :, width - length :] = parts.values.to(values)
             cache_mask[r, width - length :] = 1
-        cache = prefix_cache(
-            backbone.model, keys.to(device), values.to(device), rows, frozen=frozen
-        )
+        cache = prefix_cache(backbone.model, keys.to(device), values.to(device), rows, frozen=True)
         return inputs, torch.cat([cache_mask, input_mask], dim=1), cache
 
 

@@ -131,17 +131,6 @@ class PrefixKV(Steering):
         embeds = backbone.embed(input_ids.to(device))
         return _prefixed_hidden(backbone, self, embeds, attention_mask.to(device), read), 0
 
-    def generation_inputs(self, backbone, input_ids, attention_mask):
-        """The prefix as the first L cached positions, which the generated tokens extend."""
-        batch, device = input_ids.shape[0], input_ids.device
-        cache = prefix_cache(backbone.model, self.keys.to(device), self.values.to(device), batch)
-        ones = torch.ones((batch, self.length), dtype=attention_mask.dtype, device=device)
-        return {
-            "input_ids": input_ids,
-            "attention_mask": torch.cat([ones, attention_mask], dim=1),
-            "past_key_values": cache,
-        }
-
 
 def _prefixed_hidden(backbone: Backbone, prefix: PrefixKV, embeds, attention_mask, read=None):
     """Hidden states of the text after a key/value prefix (positions start at L)."""

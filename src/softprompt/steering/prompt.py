@@ -63,17 +63,6 @@ class PromptSteering(Steering):
         keep = flat_positions(read, embeds.shape[1], length)
         return backbone.body(embeds, mask, read=keep), length
 
-    def generation_inputs(self, backbone, input_ids, attention_mask):
-        embeds = backbone.embed(input_ids)
-        soft = self.embedding.to(device=embeds.device, dtype=embeds.dtype)
-        if not self.per_row:
-            soft = soft.unsqueeze(0).expand(input_ids.shape[0], -1, -1)
-        ones = torch.ones(soft.shape[:2], dtype=attention_mask.dtype, device=embeds.device)
-        return {
-            "inputs_embeds": torch.cat([soft, embeds], dim=1),
-            "attention_mask": torch.cat([ones, attention_mask], dim=1),
-        }
-
 
 def _packed_hidden(
     backbone: Backbone, prompt: torch.Tensor, embeds, attention_mask, read=None

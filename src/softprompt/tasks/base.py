@@ -8,17 +8,43 @@ trainer and evaluation only call this interface, whatever steers the model
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from typing import ClassVar
 
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 
 from softprompt.data import DataSpec, Example
 from softprompt.models import Backbone
 from softprompt.steering.base import Steering
 
 
+class TaskSettings(BaseModel):
+    """The config's `task:` keys every kind reads: what data, which fields, how it splits.
+    A kind with keys of its own subclasses this in its module (`Task.settings`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    type: str = "classification"
+    data: str
+    text_field: str = "text"
+    text_b_field: str | None = None
+    label_field: str = "label"
+    template: str = "{text}"
+    max_length: int = Field(256, gt=8)
+    dev_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    split_seed: int = 0
+    hf_config: str | None = None
+    hf_splits: dict[str, str] = Field(
+        default_factory=lambda: {"train": "train", "dev": "validation", "test": "test"}
+    )
+    max_examples: int | None = Field(None, gt=0)
+
+
 class Task(ABC):
     """One task kind for one backbone."""
 
+    settings: ClassVar[type[TaskSettings]] = TaskSettings
     backbone: Backbone
 
     @classmethod
@@ -54,10 +80,6 @@ class Task(ABC):
     def report(self, steering: Steering, examples: list[Example], **options) -> dict:
         """What `softprompt evaluate` reports on a split: by default its metrics."""
         return self.evaluate(steering, self.encode_split(examples), options.get("batch_size", 32))
-
-
-def higher_is_better(metric: str) -> bool:
-    return metric != "loss"
 
 
 def special_tokens(tokenizer) -> tuple[list[int], list[int]]:

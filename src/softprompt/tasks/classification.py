@@ -9,16 +9,18 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import field_validator, model_validator
 
 from softprompt.data import Example
 from softprompt.errors import ConfigError, DataError, ModelError
 from softprompt.models import Backbone
 from softprompt.steering.base import Steering
 from softprompt.steering.forward import SteeringLike, as_steering
-from softprompt.tasks.base import Task, length_batches, special_tokens
+from softprompt.tasks.base import Task, TaskSettings, length_batches, special_tokens
 
 PLACEHOLDER = re.compile(r"\{(\w*)\}")
 KNOWN_PLACEHOLDERS = ("text", "text_b", "label")
@@ -47,6 +49,29 @@ def _fill(template: str, text: str, text_b: str | None) -> str:
     themselves (a text that says "{text_b}") stay as they are."""
     values = {"text": text, "text_b": text_b or ""}
     return PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), template)
+
+
+class ClassificationSettings(TaskSettings):
+    """A classification task's keys: the verbalizer (label: word) and the loss over it."""
+
+    verbalizer: dict[str, str] | None = None
+    loss: Literal["verbalizer", "vocab"] = "verbalizer"
+
+    @field_validator("verbalizer", mode="before")
+    @classmethod
+    def _labels_as_strings(cls, value: object) -> object:
+        if isinstance(value, dict):
+            return {str(label): word for label, word in value.items()}
+        return value
+
+    @model_validator(mode="after")
+    def _needs_verbalizer(self) -> ClassificationSettings:
+        if not self.verbalizer:
+            raise ValueError("a classification task needs a verbalizer (label: word)")
+        empty = [label for label, word in self.verbalizer.items() if not word.strip()]
+        if empty:
+            raise ValueError(f"verbalizer words must not be empty (labels: {empty})")
+        return self
 
 
 @dataclass
@@ -78,6 +103,8 @@ class ClassBatch:
 
 class ClassificationTask(Task):
     """Template + verbalizer classification for one backbone."""
+
+    settings = ClassificationSettings
 
     def __init__(
         self,

@@ -13,14 +13,22 @@ from softprompt.errors import ConfigError, DataError
 from softprompt.generation import SamplingOptions, generate
 from softprompt.models import Backbone
 from softprompt.steering.base import NoSteering, Steering
-from softprompt.tasks.base import Task
+from softprompt.tasks.base import Task, TaskSettings
 from softprompt.tasks.lm import LanguageModelingTask, evaluate_lm
 from softprompt.text.sentences import CANDIDATE, add_suffix, pack, split_sentences
+
+
+class SuffixSettings(TaskSettings):
+    """A suffix task's key: the suffix every sentence should end with."""
+
+    suffix: str = " 😃"
 
 
 class SuffixTask(LanguageModelingTask):
     """The smiley example: every sentence gets `suffix`, documents are packed into chunks of
     whole sentences that fit the window (none dropped), LM loss on them."""
+
+    settings = SuffixSettings
 
     def __init__(self, backbone: Backbone, suffix: str, **kwargs) -> None:
         super().__init__(backbone, **kwargs)
