@@ -39,8 +39,9 @@ CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
 TENSOR = "prompt_embeddings"
 HEADER_KEY = "softprompt"
-PEFT_TYPES = {"prompt": "PROMPT_TUNING", "prefix": "PREFIX_TUNING"}
-METHODS = {peft_type: method for method, peft_type in PEFT_TYPES.items()}
+# the PEFT types an import reads, and the softprompt artifact each becomes (a P_TUNING adapter
+# saves the prompt its encoder outputs, so it imports as a plain prompt)
+METHODS = {"PROMPT_TUNING": "prompt", "P_TUNING": "prompt", "PREFIX_TUNING": "prefix"}
 
 
 def export_peft(
@@ -120,7 +121,11 @@ class _PromptCodec:
     """Prompt tuning: the [L, hidden] matrix is PEFT's tensor as it is."""
 
     def to_peft(self, artifact: SoftPrompt, backbone: Backbone, source: str):
+        """A prompt trained with p-tuning (its header's `init.method`) as PEFT's `P_TUNING`,
+        which loads the encoder's output as is; any other prompt as `PROMPT_TUNING`."""
         artifact.check_fits(backbone.hidden_size, backbone.name, source=source)
+        if artifact.init.get("method") == "p_tuning":
+            return artifact.embedding, _p_tuning_config(backbone, artifact.length, artifact.init)
         return artifact.embedding, _prompt_config(backbone, artifact.length)
 
     def from_peft(self, tensor: torch.Tensor, config: dict, fields: dict) -> SoftPrompt:
@@ -196,7 +201,7 @@ def _read_config(folder: Path) -> dict:
     if peft_type not in METHODS:
         raise PromptFileError(
             f"{folder} holds a {peft_type} adapter; softprompt imports only "
-            f"{' and '.join(METHODS)} adapters"
+            "PROMPT_TUNING, P_TUNING and PREFIX_TUNING adapters"
         )
     for key in ("num_virtual_tokens", "token_dim", "num_layers", "num_attention_heads"):
         value = config.get(key)
@@ -257,11 +262,11 @@ def _base_model_name(backbone: Backbone) -> str:
     return name
 
 
-def _common_config(backbone: Backbone, method: str, length: int, token_dim: int, heads: int):
+def _common_config(backbone: Backbone, peft_type: str, length: int, token_dim: int, heads: int):
     """The PromptLearningConfig fields that PEFT 0.21 writes, minus its optional `peft_version`
     and `init_weights` (newer keys that older PEFT releases may not know)."""
     return {
-        "peft_type": PEFT_TYPES[method],
+        "peft_type": peft_type,
         "task_type": "CAUSAL_LM",
         "inference_mode": True,
         "base_model_name_or_path": _base_model_name(backbone),
@@ -280,11 +285,25 @@ def _prompt_config(backbone: Backbone, length: int) -> dict:
     config = backbone.model.config.get_text_config(decoder=True)
     heads = getattr(config, "num_attention_heads", None) or config.n_head
     return {
-        **_common_config(backbone, "prompt", length, backbone.hidden_size, int(heads)),
+        **_common_config(backbone, "PROMPT_TUNING", length, backbone.hidden_size, int(heads)),
         "prompt_tuning_init": "RANDOM",
         "prompt_tuning_init_text": None,
         "tokenizer_name_or_path": None,
         "tokenizer_kwargs": None,
+    }
+
+
+def _p_tuning_config(backbone: Backbone, length: int, settings: dict) -> dict:
+    """PEFT's PromptEncoderConfig with the encoder the prompt was trained with (PEFT loads
+    only the saved output in inference mode; the encoder's shape is recorded for the reader)."""
+    config = backbone.model.config.get_text_config(decoder=True)
+    heads = getattr(config, "num_attention_heads", None) or config.n_head
+    return {
+        **_common_config(backbone, "P_TUNING", length, backbone.hidden_size, int(heads)),
+        "encoder_reparameterization_type": str(settings.get("encoder", "mlp")).upper(),
+        "encoder_hidden_size": int(settings.get("encoder_hidden_size", 128)),
+        "encoder_num_layers": 2,
+        "encoder_dropout": 0.0,
     }
 
 
@@ -293,7 +312,7 @@ def _prefix_config(backbone: Backbone, length: int) -> dict:
     itself derives for grouped-query attention (`_prepare_prompt_learning_config`)."""
     _, kv_heads, head_dim = prefix_geometry(backbone.model)
     return {
-        **_common_config(backbone, "prefix", length, kv_heads * head_dim, kv_heads),
+        **_common_config(backbone, "PREFIX_TUNING", length, kv_heads * head_dim, kv_heads),
         "encoder_hidden_size": kv_heads * head_dim,
         "prefix_projection": False,
     }

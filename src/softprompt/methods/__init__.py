@@ -10,8 +10,10 @@ import os
 from softprompt.errors import ConfigError
 from softprompt.methods.artifact import header_method
 from softprompt.methods.base import Artifact, Method
+from softprompt.methods.p_tuning import PTuningMethod
 from softprompt.methods.prefix import PrefixMethod
 from softprompt.methods.prompt import PromptMethod
+from softprompt.methods.residual import ResidualMethod
 
 METHODS: dict[str, Method] = {}
 
@@ -39,3 +41,5 @@ def load_artifact(path: str | os.PathLike) -> Artifact:
 
 register_method(PromptMethod())
 register_method(PrefixMethod())
+register_method(PTuningMethod())
+register_method(ResidualMethod())
