@@ -36,7 +36,10 @@ def train(
 ) -> None:
     """Train a soft prompt; writes prompt.safetensors (best), metrics.jsonl and summary.json.
 
-    The run directory is locked while training; --resume continues a run with its own config."""
+    The config's method: prompt (prompt tuning), prefix (key/value prefixes), p_tuning (the
+    prompt as an MLP's or LSTM's output while it trains) or residual (rows through a residual
+    bottleneck MLP while it trains); the last two save a plain prompt. The run directory is
+    locked while training; --resume continues a run with its own config."""
     from softprompt.config import load_config
     from softprompt.training.resume import require_run
     from softprompt.training.trainer import train as run_training
