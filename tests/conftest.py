@@ -49,3 +49,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     return path
+
+
+def interrupt_at(trainer, step: int) -> None:
+    """Make `trainer.run()` stop with a KeyboardInterrupt when it reaches `step`, as Ctrl-C
+    would (its checkpoints so far stay on disk)."""
+    original = trainer.train_step
+
+    def train_step(state):
+        if state.step == step:
+            raise KeyboardInterrupt
+        return original(state)
+
+    trainer.train_step = train_step

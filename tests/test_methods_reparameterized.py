@@ -9,6 +9,7 @@ import pytest
 import torch
 from peft import PeftModel, PromptEncoderConfig, TaskType, get_peft_model
 
+from conftest import interrupt_at
 from softprompt.config import validate_config
 from softprompt.errors import ConfigError
 from softprompt.interop.peft import export_peft, import_peft
@@ -91,14 +92,7 @@ def test_resume_is_bitwise_identical(name, sentiment_dir, tiny, tmp_path):
     config = make_config(sentiment_dir, name)
     run(config, [tiny["llama"]], tmp_path / "straight")
     trainer = Trainer(config, tmp_path / "broken", backbones=[tiny["llama"]], progress=False)
-    original = trainer.train_step
-
-    def crash_after_six(state):
-        if state.step == 6:
-            raise KeyboardInterrupt
-        return original(state)
-
-    trainer.train_step = crash_after_six
+    interrupt_at(trainer, 6)
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     _, summary = run(config, [tiny["llama"]], tmp_path / "broken", resume=True)

@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from conftest import write_jsonl
+from conftest import interrupt_at, write_jsonl
 from softprompt.config import validate_config
 from softprompt.methods.prompt import load_prompt
 from softprompt.training.schedule import lr_factor
@@ -137,14 +137,7 @@ def test_resume_after_interruption_matches_an_uninterrupted_run(sentiment_dir, t
     run(config, tiny, tmp_path / "straight")
 
     trainer = Trainer(config, tmp_path / "broken", backbones=[tiny["llama"]], progress=False)
-    original = trainer.train_step
-
-    def crash_after_six(state):
-        if state.step == 6:
-            raise KeyboardInterrupt
-        return original(state)
-
-    trainer.train_step = crash_after_six
+    interrupt_at(trainer, 6)
     with pytest.raises(KeyboardInterrupt):
         trainer.run()
     _, summary = run(config, tiny, tmp_path / "broken", resume=True)

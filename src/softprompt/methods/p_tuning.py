@@ -23,7 +23,7 @@ from softprompt.methods.prompt import (
     SoftPrompt,
     SoftPromptModule,
     cross_model_maps,
-    init_embedding,
+    initial_embedding,
 )
 from softprompt.steering.prompt import PromptSteering
 
@@ -103,14 +103,7 @@ class EncodedPromptMethod(PromptMethod):
         raise NotImplementedError
 
     def build_module(self, settings, backbones, cross_model) -> EncodedPromptModule:
-        inputs = init_embedding(
-            settings.length,
-            backbones[0],
-            settings.init,
-            seed=settings.seed,
-            text=settings.text,
-            file=settings.file,
-        )
+        inputs = initial_embedding(settings, backbones[0])
         with torch.random.fork_rng(devices=[]):  # the encoder's own start, same every run
             torch.manual_seed(settings.seed)
             encoder = self.encoder(settings, inputs.shape[1])

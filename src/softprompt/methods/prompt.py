@@ -131,6 +131,18 @@ def init_embedding(
     raise UsageError(f"unknown prompt init {init!r}; use one of {', '.join(INIT_MODES)}")
 
 
+def initial_embedding(settings: PromptSettings, backbone) -> torch.Tensor:
+    """The [L, d] start a config's `prompt:` section asks for (`init_embedding`)."""
+    return init_embedding(
+        settings.length,
+        backbone,
+        settings.init,
+        seed=settings.seed,
+        text=settings.text,
+        file=settings.file,
+    )
+
+
 def save_prompt(prompt: SoftPrompt, path: str | os.PathLike) -> Path:
     """Write the artifact atomically (temp file, fsync, rename): never a half-written file."""
     target = Path(path)
@@ -259,14 +271,7 @@ class PromptMethod(Method):
     settings = PromptSettings
 
     def build_module(self, settings, backbones, cross_model) -> SoftPromptModule:
-        embedding = init_embedding(
-            settings.length,
-            backbones[0],
-            settings.init,
-            seed=settings.seed,
-            text=settings.text,
-            file=settings.file,
-        )
+        embedding = initial_embedding(settings, backbones[0])
         return SoftPromptModule(embedding, cross_model_maps(backbones, cross_model))
 
     def load(self, path) -> SoftPrompt:
