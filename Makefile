@@ -38,7 +38,7 @@ format: setup
 
 lock: setup
 	( echo "# Pinned environment for softprompt (pip constraints). Regenerate with: make lock"; \
-	  $(BIN)/pip freeze --exclude-editable | sed 's|^torch @ .*|torch==2.13.0|' ) > requirements.lock
+	  $(BIN)/pip freeze --exclude-editable | sed 's|^torch==2.13.0+cpu|torch==2.13.0|; s|^torch @ .*|torch==2.13.0|' ) > requirements.lock
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

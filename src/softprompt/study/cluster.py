@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from pathlib import Path
 
 import ray
 import ray.exceptions
+import torch
 
 from softprompt.errors import SoftpromptError, UsageError
 from softprompt.study.grid import LOOPBACK_ONLY, RaySettings, StudyConfig
@@ -81,10 +83,6 @@ def _train_cell(
     config_path: str, overrides: list[str], run_dir: str, allow_changes: bool, threads: int
 ) -> tuple[dict, float]:
     """One run on a Ray worker, with as many torch threads as the CPUs it was given."""
-    import time
-
-    import torch
-
     torch.set_num_threads(threads)
     started = time.monotonic()
     summary = train_run(config_path, overrides, Path(run_dir), allow_changes, progress=False)
