@@ -1,8 +1,9 @@
-"""Plain prompt tuning against P-tuning and residual prompt tuning (issue #26), measured:
-the bundled SmolLM2-135M, the sample sentiment task, the same steps and batches for every
-method (the batches are a function of the training seed and the step alone), over seeds x
-learning rates. Prints test accuracy mean ± std per method and learning rate, and the spread
-of the per-rate means (max - min: how much the method cares about its learning rate).
+"""Plain prompt tuning against P-tuning and residual prompt tuning (issue #26), measured: a
+bundled model (SmolLM2-135M unless --model says another), the sample sentiment task, the same
+steps and batches for every method (the batches are a function of the training seed and the
+step alone), over seeds x learning rates. Prints test accuracy mean ± std per method and
+learning rate, and the spread of the per-rate means (max - min: how much the method cares about
+its learning rate).
 
 Run: .venv/bin/python benchmarks/bench_methods.py [--steps 30] [--seeds 0 1 2]
      [--lrs 0.003 0.01 0.03] [--model smollm2-135m] [--json]
