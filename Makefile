@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 WHEELS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 PIP := $(BIN)/pip install --disable-pip-version-check $(WHEELS) -c requirements.lock
 
-.PHONY: setup demo test test-fast lint format bench lock clean
+.PHONY: setup demo test test-fast sweep lint format bench lock clean
 
 setup: $(VENV)/.installed
 
@@ -23,10 +23,14 @@ demo: setup
 	$(BIN)/softprompt demo
 
 test: setup lint
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -m "not sweep"
 
 test-fast: setup
-	$(BIN)/pytest -q -m "not slow"
+	$(BIN)/pytest -q -m "not slow and not sweep"
+
+# The long sweeps (hundreds of kills, realistic sizes): too long for CI's default run.
+sweep: setup
+	$(BIN)/pytest -q -m sweep
 
 lint: setup
 	$(BIN)/ruff check src tests benchmarks
