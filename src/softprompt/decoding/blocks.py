@@ -13,6 +13,7 @@ Block 0 is never handed out: tables are padded with it (it holds zeros, never Na
 from __future__ import annotations
 
 import math
+import os
 import weakref
 from dataclasses import dataclass
 
@@ -22,6 +23,7 @@ from softprompt.steering.prefix import prefix_geometry
 
 BLOCK_SIZE = 16
 FIRST_BLOCKS = 64
+FREE_SHARE = 0.5  # of the memory free when the server starts, the default KV budget
 
 
 class OutOfBlocks(RuntimeError):
@@ -130,6 +132,33 @@ class BlockPool:
     def bytes_per_block(self) -> int:
         element = torch.tensor([], dtype=self.dtype).element_size()
         return 2 * self.layers * self.heads * self.block_size * self.head_dim * element
+
+    def set_budget(self, tokens: int | None = None, gigabytes: float | None = None) -> None:
+        """The budget as tokens, or as gigabytes of keys and values; neither: a share of the
+        memory free now (`FREE_SHARE` of it; unbounded where it cannot be read)."""
+        if tokens is None and gigabytes is None:
+            free = _free_bytes(self.device)
+            gigabytes = None if free is None else free * FREE_SHARE / 1e9
+        if tokens is not None:
+            self.max_blocks = max(1, tokens // self.block_size)
+        elif gigabytes is not None:
+            self.max_blocks = max(1, int(gigabytes * 1e9 // self.bytes_per_block()))
+        else:
+            self.max_blocks = None
+
+    @property
+    def max_tokens(self) -> int | None:
+        return None if self.max_blocks is None else self.max_blocks * self.block_size
+
+
+def _free_bytes(device: torch.device) -> int | None:
+    """Memory free on the device now (for a CPU: the system's available memory)."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
 
 
 @dataclass(eq=False)

@@ -70,7 +70,7 @@ class Engine:
         self.on_step = on_step or (lambda batch, tokens: None)
         self.pool = BlockPool(backbone.model, backbone.dtype, backbone.device)
         if max_kv_tokens is not None:
-            self.pool.max_blocks = max(1, max_kv_tokens // self.pool.block_size)
+            self.pool.set_budget(tokens=max_kv_tokens)
         self.scheduler = Scheduler(backbone, self.pool, max_batch, prefill_chunk)
         self.eos = _eos_ids(backbone)
         self._stopping = threading.Event()

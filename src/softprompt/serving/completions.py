@@ -54,6 +54,16 @@ def encode(service, given: str | list[int], adapter: Adapter, max_tokens: int) -
             "prompt",
             "context_length_exceeded",
         )
+    budget = service.engine.pool.max_tokens
+    if budget is not None and total > budget:
+        raise APIError(
+            400,
+            f"the request needs up to {total} tokens of keys/values, but this server holds at "
+            f"most {budget}; shorten the prompt or lower max_tokens (or restart the server with "
+            "a larger --kv-memory / --max-kv-tokens)",
+            "prompt",
+            "kv_memory_exceeded",
+        )
     return prompt
 
 
