@@ -76,7 +76,7 @@ import httpx2
 import torch
 from common import ROOT, machine
 
-from softprompt.decoding.engine import Engine, Job
+from softprompt.decoding.engine import Engine, Failed, Finished, Job
 from softprompt.generation import SamplingOptions, generate
 from softprompt.interop.peft import export_peft
 from softprompt.methods.artifact import model_record
@@ -350,20 +350,31 @@ def peft_side(server: Server, folder: Path, names: list[str], max_batch: int) ->
 
 
 class EngineTimers:
-    """Where the server's engine thread spends its time: each of its methods' own seconds
-    (callees' time taken out: `_step` calls `_joining_inputs` and `_advance`, which calls
-    `_drop`), wrapped on the engine instance (the engine's code is unchanged)."""
+    """Where the server's engine thread spends its time: each part's own seconds (callees'
+    time taken out: `_step` calls the scheduler's `schedule`, then `execute` and `update`),
+    wrapped on the engine instance, its scheduler and the engine module (the engine's code
+    is unchanged; `unwrap` puts the module's functions back)."""
 
-    METHODS = ("_joining_inputs", "_step", "_advance", "_drop")
+    METHODS = ("schedule", "_step", "execute", "update")
 
     def __init__(self, engine: Engine) -> None:
+        import softprompt.decoding.engine as engine_module
+
         self.engine = engine
         self.seconds = dict.fromkeys(self.METHODS, 0.0)
         self.calls = dict.fromkeys(self.METHODS, 0)
         self.rows_stepped = 0
         self._stack: list[float] = []
+        self._module = engine_module
+        self._saved = {name: getattr(engine_module, name) for name in ("execute", "update")}
+        owners = {"schedule": engine.scheduler, "_step": engine}
         for name in self.METHODS:
-            setattr(engine, name, self._wrap(name, getattr(engine, name)))
+            owner = owners.get(name, engine_module)
+            setattr(owner, name, self._wrap(name, getattr(owner, name)))
+
+    def unwrap(self) -> None:
+        for name, function in self._saved.items():
+            setattr(self._module, name, function)
 
     def _wrap(self, name: str, method):
         def timed(*args, **kwargs):
@@ -527,12 +538,12 @@ def decode_run(backbone: Backbone, steerings: list, prompts: list[list[int]], to
     all_done = threading.Event()
 
     def on_step(batch: int, _tokens: int) -> None:
-        cache = holder[0].cache
-        stamps.append((time.perf_counter(), batch, int(cache.lengths[: cache.rows].max())))
+        rows = holder[0].rows
+        stamps.append((time.perf_counter(), batch, max((r.length for r in rows), default=0)))
 
-    def emit(kind: str, payload: object) -> None:
-        if kind in ("done", "error"):
-            finished.append(payload)
+    def emit(event: object) -> None:
+        if isinstance(event, Finished | Failed):
+            finished.append(event)
             if len(finished) == rows:
                 all_done.set()
 
@@ -543,7 +554,7 @@ def decode_run(backbone: Backbone, steerings: list, prompts: list[list[int]], to
     engine.start()
     all_done.wait(timeout=TIMEOUT_S)
     engine.stop(timeout=5)
-    errors = [p for p in finished if isinstance(p, BaseException)]
+    errors = [p.error for p in finished if isinstance(p, Failed)]
     if errors or len(finished) < rows:
         raise RuntimeError(f"decode run failed: {errors[:1] or 'timed out'}")
     full = [(a, b) for a, b in itertools.pairwise(stamps) if a[1] == rows and b[1] == rows]
@@ -677,10 +688,10 @@ def table(result: dict) -> str:
 def _engine_line(engine: dict, wall: float) -> str:
     """The server rounds' engine time by method, as shares of their wall time."""
     words = {
-        "_joining_inputs": "joining requests' inputs",
-        "_step": "forward (decoding rows + joining prompts)",
-        "_advance": "pick/decode tokens",
-        "_drop": "drop rows",
+        "schedule": "schedule (joining: prompts embedded, prefixes written, blocks)",
+        "execute": "forward (decoding rows + prompt chunks)",
+        "update": "pick/decode tokens, events",
+        "_step": "rest of the step (rows leaving)",
     }
     parts = [
         f"{word} {engine['seconds'][m]:.1f} s ({engine['seconds'][m] / wall:.0%}, "
@@ -816,6 +827,7 @@ def run(args) -> dict:
             log("throughput ...")
             timers = EngineTimers(server.engine)  # only the server rounds use its engine
             tallies = throughput_phase(server, peft, requests, args)
+            timers.unwrap()
             log("decoding steps, mixed vs bare ...")
             decode = decode_phase(server, names, requests, args)
     result = summary(tallies, decode, memory, args)

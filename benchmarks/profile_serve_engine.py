@@ -99,7 +99,7 @@ def steps(backbone, adapters: dict, prompts) -> Engine:
     for label, steerings in cases.items():
         engine = running_engine(backbone, steerings, prompts)
         seconds = median_seconds(engine._step, 7)
-        width = int(engine.cache.lengths[: engine.cache.rows].max())
+        width = max(r.length for r in engine.rows)
         print(f"decoding step, {label}, longest row {width} columns: {seconds * 1e3:.0f} ms")
         engines[label] = engine
     return engines[f"{ROWS} mixed rows"]

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from reference import hf_generate
-from softprompt.decoding import rows as rows_module
-from softprompt.decoding.engine import Engine, Job
+from softprompt.decoding import blocks as blocks_module
+from softprompt.decoding.engine import Engine, Failed, Finished, Job
 from softprompt.decoding.options import SamplingOptions
 from softprompt.models import load_backbone
 from softprompt.steering.base import NoSteering
@@ -50,10 +50,10 @@ def _run(engine: Engine, batches: list[list[tuple]], steps_between: int) -> list
         for steering, text, max_tokens in batch:
             ids = engine.backbone.tokenizer(text).input_ids
 
-            def emit(kind, payload, at=number):
-                assert kind != "error", payload
-                if kind == "done":
-                    texts[at] = payload["text"]
+            def emit(event, at=number):
+                assert not isinstance(event, Failed), event
+                if isinstance(event, Finished):
+                    texts[at] = event.text
 
             engine.submit(
                 Job(steering, ids, SamplingOptions(max_new_tokens=max_tokens, greedy=True), emit)
@@ -74,7 +74,7 @@ def _alone(backbone, steering, text: str, max_tokens: int) -> str:
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "gemma3"])
 def test_requests_joining_and_leaving_at_different_steps_match_alone(tiny, family, monkeypatch):
-    monkeypatch.setattr(rows_module, "FIRST_CAPACITY", 4)  # the store grows several times
+    monkeypatch.setattr(blocks_module, "FIRST_BLOCKS", 2)  # the pool grows several times
     backbone = tiny[family]
     steerings = _steerings(backbone)
     first = [(steerings[i], TEXTS[i], 3 + 2 * i) for i in range(3)]
@@ -83,7 +83,7 @@ def test_requests_joining_and_leaving_at_different_steps_match_alone(tiny, famil
     served = _run(engine, [first, later], steps_between=2)
     expected = [_alone(backbone, s, t, m) for s, t, m in first + later]
     assert served == expected
-    assert engine.running == 0 and engine.cache.rows == 0
+    assert engine.running == 0 and engine.pool.used == 0 and engine.pool.reserved == 0
 
 
 def test_a_sliding_window_shorter_than_the_requests_is_kept(tiny_dirs):
@@ -114,24 +114,25 @@ def test_more_requests_than_rows_wait_and_the_queue_drains(tiny):
 def test_a_failing_step_fails_its_rows_and_the_engine_serves_the_next(tiny, monkeypatch):
     backbone = tiny["llama"]
     engine = Engine(backbone, max_batch=4)
-    events: list[tuple[str, object]] = []
+    events: list[object] = []
     ids = backbone.tokenizer(TEXTS[0]).input_ids
-    real_begin = engine.cache.begin
+    real_forward = backbone.model.forward
 
-    def out_of_memory(joining):
-        monkeypatch.setattr(engine.cache, "begin", real_begin)  # only this step fails
+    def out_of_memory(*args, **kwargs):
+        monkeypatch.setattr(backbone.model, "forward", real_forward)  # only this step fails
         raise RuntimeError("cannot allocate memory")
 
-    monkeypatch.setattr(engine.cache, "begin", out_of_memory)
+    monkeypatch.setattr(backbone.model, "forward", out_of_memory)
     job = Job(
         NoSteering(),
         ids,
         SamplingOptions(max_new_tokens=3, greedy=True),
-        lambda *e: events.append(e),
+        events.append,
     )
     engine.submit(job)
     engine._admit()
     engine._step()
-    assert [kind for kind, _ in events] == ["error"] and engine.running == 0
+    assert [type(e) for e in events] == [Failed] and engine.running == 0
+    assert engine.pool.used == 0
     served = _run(engine, [[(NoSteering(), TEXTS[0], 3)]], steps_between=0)
     assert served == [_alone(backbone, NoSteering(), TEXTS[0], 3)]

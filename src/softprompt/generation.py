@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import torch
 
-from softprompt.decoding.engine import Engine, Job
+from softprompt.decoding.engine import Engine, Failed, Finished, Job
 from softprompt.decoding.options import SamplingOptions, row_seeds
 from softprompt.errors import ModelError, UsageError
 from softprompt.models import Backbone
@@ -45,17 +45,17 @@ def generate(
     jobs = []
     for index, (text, steer, seed) in enumerate(zip(texts, steerings, seeds)):
 
-        def emit(kind: str, payload, index=index) -> None:
-            if kind != "delta":
-                results[index] = payload
+        def emit(event, index=index) -> None:
+            if isinstance(event, Finished | Failed):
+                results[index] = event
 
         ids = backbone.tokenizer(text).input_ids
         jobs.append(Job(steer, ids, options, emit, seed=seed))
     Engine(backbone, max_batch=len(jobs), queue_size=1).run_jobs(jobs)
-    failed = [r for r in results if isinstance(r, BaseException)]
+    failed = [r.error for r in results if isinstance(r, Failed)]
     if failed:
         raise failed[0]
-    return [r["text"] for r in results]
+    return [r.text for r in results]
 
 
 def _row_steerings(prompt: SteeringLike, rows: int) -> list[Steering]:

@@ -53,6 +53,22 @@ def serve(
         str | None,
         typer.Option(help="Require 'Authorization: Bearer KEY' (or set SOFTPROMPT_API_KEY)."),
     ] = None,
+    kv_memory: Annotated[
+        float | None,
+        typer.Option(
+            help="Gigabytes of keys/values the server may hold (default: half the memory free "
+            "at start); a request that does not fit waits."
+        ),
+    ] = None,
+    max_kv_tokens: Annotated[
+        int | None, typer.Option(help="The same budget in tokens (instead of --kv-memory).")
+    ] = None,
+    prefill_chunk: Annotated[
+        int,
+        typer.Option(
+            min=1, help="Most prompt tokens fed per step, so running streams keep flowing."
+        ),
+    ] = 256,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
 ) -> None:
@@ -74,6 +90,9 @@ def serve(
         dtype=dtype,
         max_loaded=max_loaded,
         watch_interval=watch_interval,
+        kv_memory=kv_memory,
+        max_kv_tokens=max_kv_tokens,
+        prefill_chunk=prefill_chunk,
     )
     for line in server.refused:
         err.print(f"[yellow]refused:[/] {line}", highlight=False, soft_wrap=True, markup=True)

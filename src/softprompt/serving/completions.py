@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from fastapi import FastAPI, Request
 from fastapi.responses import StreamingResponse
 
-from softprompt.decoding.engine import Job, QueueFull
+from softprompt.decoding.engine import Delta, Failed, Finished, Job, QueueFull, Started
 from softprompt.decoding.options import SamplingOptions, row_seeds
 from softprompt.serving.adapters import Adapter
 from softprompt.serving.errors import APIError, busy
@@ -54,6 +54,16 @@ def encode(service, given: str | list[int], adapter: Adapter, max_tokens: int) -
             "prompt",
             "context_length_exceeded",
         )
+    budget = service.engine.pool.max_tokens
+    if budget is not None and total > budget:
+        raise APIError(
+            400,
+            f"the request needs up to {total} tokens of keys/values, but this server holds at "
+            f"most {budget}; shorten the prompt or lower max_tokens (or restart the server with "
+            "a larger --kv-memory / --max-kv-tokens)",
+            "prompt",
+            "kv_memory_exceeded",
+        )
     return prompt
 
 
@@ -93,8 +103,8 @@ def submit(
             index = p * body.n + c
             seed = None if body.seed is None else row_seeds(body.seed, [prompt.text], [c])[0]
 
-            def emit(kind, payload, index=index):
-                loop.call_soon_threadsafe(events.put_nowait, (index, kind, payload))
+            def emit(event, index=index):
+                loop.call_soon_threadsafe(events.put_nowait, (index, event))
 
             job = Job(adapter.steering, prompt.ids, options, emit, adapter.name, seed, top, echo)
             jobs.append(job)
@@ -108,21 +118,21 @@ def submit(
     return jobs, events
 
 
-async def collect(jobs: list[Job], events: asyncio.Queue, request: Request) -> list[dict]:
+async def collect(jobs: list[Job], events: asyncio.Queue, request: Request) -> list[Finished]:
     """Wait for every job's result; a client that goes away cancels them (their rows leave)."""
-    results: dict[int, dict] = {}
+    results: dict[int, Finished] = {}
     try:
         while len(results) < len(jobs):
             try:
-                index, kind, payload = await asyncio.wait_for(events.get(), timeout=0.25)
+                index, event = await asyncio.wait_for(events.get(), timeout=0.25)
             except TimeoutError:
                 if await request.is_disconnected():
                     raise asyncio.CancelledError from None
                 continue
-            if kind == "error":
-                raise APIError(500, f"generation failed: {payload}")
-            if kind == "done":
-                results[index] = payload
+            if isinstance(event, Failed):
+                raise APIError(500, f"generation failed: {event.error}")
+            if isinstance(event, Finished):
+                results[index] = event
     finally:
         if len(results) < len(jobs):
             for job in jobs:
@@ -130,9 +140,9 @@ async def collect(jobs: list[Job], events: asyncio.Queue, request: Request) -> l
     return [results[i] for i in range(len(jobs))]
 
 
-def usage(results: list[dict], prompts: list[Prompt]) -> dict:
+def usage(results: list[Finished], prompts: list[Prompt]) -> dict:
     prompt_tokens = sum(len(p.ids) for p in prompts)
-    completion = sum(r["completion_tokens"] for r in results)
+    completion = sum(r.completion_tokens for r in results)
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion,
@@ -154,26 +164,24 @@ async def stream(jobs, events, reply: Reply, prompts: list[Prompt], tokenizer, w
     started, written, results = set(), [0] * len(jobs), {}
     try:
         while len(results) < len(jobs):
-            index, kind, payload = await events.get()
-            if kind == "error":
-                yield sse(_stream_error(payload))
+            index, event = await events.get()
+            if isinstance(event, Failed):
+                yield sse(_stream_error(event.error))
                 return
             prompt = prompts[index // per_prompt]
-            if reply.echo and index not in started:
+            if isinstance(event, Started) and reply.echo and index not in started:
                 started.add(index)
-                scores = jobs[index].prompt_scores
+                scores = event.prompt_logprobs
                 yield sse(reply.echo_chunk(index, prompt.text, scores, tokenizer))
                 written[index] = len(prompt.text)
-            if kind == "delta":
+            if isinstance(event, Delta):
                 yield sse(
-                    reply.chunk(
-                        index, payload.text, None, payload.tokens, tokenizer, written[index]
-                    )
+                    reply.chunk(index, event.text, None, event.tokens, tokenizer, written[index])
                 )
-                written[index] += len(payload.text)
-            elif kind == "done":
-                results[index] = payload
-                yield sse(reply.chunk(index, "", payload["finish_reason"], (), tokenizer))
+                written[index] += len(event.text)
+            elif isinstance(event, Finished):
+                results[index] = event
+                yield sse(reply.chunk(index, "", event.finish_reason, (), tokenizer))
         if with_usage:
             yield sse(reply.usage_chunk(usage(list(results.values()), prompts)))
         yield sse("[DONE]")

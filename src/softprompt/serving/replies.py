@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from softprompt.decoding.events import Finished
 from softprompt.decoding.logprobs import TokenLogprob
 
 
@@ -22,19 +23,19 @@ class Reply:
     logprobs: bool = False
     echo: bool = False
 
-    def choice(self, index: int, result: dict, tokenizer, prompt_text: str) -> dict:
+    def choice(self, index: int, result: Finished, tokenizer, prompt_text: str) -> dict:
         """One choice of a whole (not streamed) reply."""
-        tokens = result.get("tokens") or []
+        tokens = result.tokens or []
         if self.kind == "chat":
             logprobs = {"content": chat_logprobs(tokens, tokenizer), "refusal": None}
             return {
                 "index": index,
-                "message": {"role": "assistant", "content": result["text"]},
+                "message": {"role": "assistant", "content": result.text},
                 "logprobs": logprobs if self.logprobs else None,
-                "finish_reason": result["finish_reason"],
+                "finish_reason": result.finish_reason,
             }
-        text = result["text"]
-        prompt_scores = result.get("prompt_logprobs") if self.echo else None
+        text = result.text
+        prompt_scores = result.prompt_logprobs if self.echo else None
         if self.echo:
             text = prompt_text + text
         logprobs = None
@@ -44,7 +45,7 @@ class Reply:
             "index": index,
             "text": text,
             "logprobs": logprobs,
-            "finish_reason": result["finish_reason"],
+            "finish_reason": result.finish_reason,
         }
 
     def body(self, choices: list[dict], usage: dict) -> dict:

@@ -22,6 +22,8 @@ from softprompt.serving.adapters import Adapters, artifact_sources, folder_sourc
 from softprompt.serving.app import Service, create_app
 from softprompt.serving.metrics import ServerMetrics
 
+PREFILL_CHUNK = 256  # prompt tokens per step: a long prompt joins without stalling the others
+
 
 class Server:
     """An OpenAI-compatible server of `artifacts` (files, PEFT folders) and every adapter in
@@ -43,9 +45,13 @@ class Server:
         dtype: str = "float32",
         max_loaded: int | None = None,
         watch_interval: float = 1.0,
+        kv_memory: float | None = None,
+        max_kv_tokens: int | None = None,
+        prefill_chunk: int | None = PREFILL_CHUNK,
     ) -> None:
         if max_batch < 1 or queue_size < 1:
             raise UsageError("--max-batch and the queue size must be at least 1")
+        _check_kv_options(kv_memory, max_kv_tokens, prefill_chunk)
         if max_loaded is not None and max_loaded < 1:
             raise UsageError("--max-loaded must be at least 1")
         sources = artifact_sources(list(artifacts), adapters_dir)
@@ -57,7 +63,10 @@ class Server:
         self.adapters = Adapters(self.backbone, self.base_name, sources, folder, max_loaded)
         self.refused = self.adapters.refused
         self.watch_interval = watch_interval
-        self.engine = Engine(self.backbone, max_batch=max_batch, queue_size=queue_size)
+        self.engine = Engine(
+            self.backbone, max_batch=max_batch, queue_size=queue_size, prefill_chunk=prefill_chunk
+        )
+        self.engine.pool.set_budget(max_kv_tokens, kv_memory)  # default: from free memory
         self.metrics = ServerMetrics(lambda: self.engine.pending, lambda: self.engine.running)
         self.engine.on_step = self.metrics.step
         service = Service(self.engine, self.adapters, self.base_name, self.metrics, api_key)
@@ -122,6 +131,17 @@ class Server:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+def _check_kv_options(kv_memory, max_kv_tokens, prefill_chunk) -> None:
+    if kv_memory is not None and max_kv_tokens is not None:
+        raise UsageError("give --kv-memory or --max-kv-tokens, not both (they set one budget)")
+    if kv_memory is not None and kv_memory <= 0:
+        raise UsageError(f"--kv-memory {kv_memory}: give a positive number of gigabytes")
+    if max_kv_tokens is not None and max_kv_tokens < 1:
+        raise UsageError(f"--max-kv-tokens {max_kv_tokens}: give at least 1")
+    if prefill_chunk is not None and prefill_chunk < 1:
+        raise UsageError(f"--prefill-chunk {prefill_chunk}: give at least 1 token")
 
 
 def serve(artifacts: list[str | Path] = (), **options) -> None:
