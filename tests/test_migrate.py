@@ -243,3 +243,19 @@ def test_the_command_prints_json_and_refuses_a_missing_to(
     result = json.loads(captured.out)
     assert result["objective"]["what"] == "plain KL" and Path(result["path"]) == out
     assert out.is_file()
+
+
+def test_a_distill_config_without_its_teacher_file_is_refused(models, tmp_path):
+    config = load_config(
+        {
+            "models": [str(models["target"])],
+            "task": {
+                "type": "distill",
+                "data": "x",
+                "teacher": str(tmp_path / "t.safetensors"),
+                **TASK,
+            },
+        }
+    )
+    with pytest.raises(UsageError, match="teacher file not found"):
+        DistillTask.from_config(config.task, load_backbone(str(models["target"])), 3)
