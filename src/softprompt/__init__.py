@@ -36,6 +36,7 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time __getattr__ belo
     from softprompt.methods import load_artifact
     from softprompt.methods.prefix import SavedPrefix, load_prefix, save_prefix
     from softprompt.methods.prompt import SoftPrompt, load_prompt, save_prompt
+    from softprompt.migration import migrate
     from softprompt.models import Backbone, load_backbone
     from softprompt.models.tiny import tiny_family
     from softprompt.serving.server import Server, serve
@@ -75,6 +76,7 @@ _EXPORTS = {
     "load_prefix": "softprompt.methods.prefix",
     "load_prompt": "softprompt.methods.prompt",
     "load_study": "softprompt.study",
+    "migrate": "softprompt.migration",
     "open_artifact": "softprompt.artifacts",
     "predict": "softprompt.session",
     "predict_file": "softprompt.batch_files",
@@ -121,6 +123,7 @@ __all__ = [
     "load_prefix",
     "load_prompt",
     "load_study",
+    "migrate",
     "open_artifact",
     "predict",
     "predict_file",

@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from softprompt.cli import analysis, crossmodel, interop, models, serving, training, using
+from softprompt.cli import analysis, crossmodel, interop, migrate, models, serving, training, using
 from softprompt.cli.common import err
 from softprompt.cli.usage import (
     Command,
@@ -44,6 +44,7 @@ COMMANDS = {
     "transfer-matrix": crossmodel.transfer_matrix,
     "transfer": crossmodel.transfer,
     "align": crossmodel.align,
+    "migrate": migrate.migrate,
     "study": training.study,
     "tiny-family": models.tiny_family,
     "predict": using.predict,

@@ -11,6 +11,7 @@ from softprompt.errors import ConfigError
 from softprompt.models import Backbone
 from softprompt.tasks.base import Task, TaskSettings, data_spec
 from softprompt.tasks.classification import ClassificationTask
+from softprompt.tasks.distill import DistillTask
 from softprompt.tasks.lm import LanguageModelingTask
 from softprompt.tasks.suffix import SuffixTask
 
@@ -63,3 +64,4 @@ def load_task(
 register_task("classification", ClassificationTask)
 register_task("lm", LanguageModelingTask)
 register_task("suffix", SuffixTask)
+register_task("distill", DistillTask)

@@ -40,6 +40,11 @@ class TaskSettings(BaseModel):
     )
     max_examples: int | None = Field(None, gt=0)
 
+    def recorded(self) -> dict:
+        """What an artifact trained on this task records as its task (by default all of it;
+        a distillation records the task it was distilled for)."""
+        return self.model_dump(mode="json")
+
 
 class Task(ABC):
     """One task kind for one backbone."""

@@ -58,7 +58,7 @@ def warn(message: str) -> None:
 
 def _describe_dev(dev: dict) -> str:
     """Dev metrics for the progress bar: the mean, and each model's when there are several."""
-    key = "accuracy" if "accuracy" in dev["mean"] else "perplexity"
+    key = next((k for k in ("accuracy", "agreement") if k in dev["mean"]), "perplexity")
     text = f"dev loss {dev['mean']['loss']:.3f} {key} {dev['mean'][key]:.3f}"
     if len(dev["models"]) > 1:
         per_model = " ".join(f"{Path(n).name}:{m[key]:.2f}" for n, m in dev["models"].items())

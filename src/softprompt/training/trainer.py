@@ -329,7 +329,7 @@ class Trainer:
         """What gets saved: the method's artifact of the trained module, with the header."""
         header = {
             "models": [model_record(b) for b in self.backbones],
-            "task": self.config.task.model_dump(mode="json"),
+            "task": self.config.task.recorded(),
             "init": self.config.prompt.model_dump(mode="json"),
             "training": training or {},
         }
