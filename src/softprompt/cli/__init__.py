@@ -16,7 +16,16 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from softprompt.cli import analysis, crossmodel, interop, models, serving, training, using
+from softprompt.cli import (
+    analysis,
+    cartridge,
+    crossmodel,
+    interop,
+    models,
+    serving,
+    training,
+    using,
+)
 from softprompt.cli.common import err
 from softprompt.cli.usage import (
     Command,
@@ -45,6 +54,7 @@ COMMANDS = {
     "transfer": crossmodel.transfer,
     "align": crossmodel.align,
     "study": training.study,
+    "cartridge": cartridge.cartridge,
     "tiny-family": models.tiny_family,
     "predict": using.predict,
     "generate": using.generate,

@@ -12,6 +12,7 @@ from softprompt.models import Backbone
 from softprompt.tasks.base import Task, TaskSettings, data_spec
 from softprompt.tasks.classification import ClassificationTask
 from softprompt.tasks.lm import LanguageModelingTask
+from softprompt.tasks.self_study import SelfStudyTask
 from softprompt.tasks.suffix import SuffixTask
 
 TASKS: dict[str, type[Task]] = {}
@@ -63,3 +64,4 @@ def load_task(
 register_task("classification", ClassificationTask)
 register_task("lm", LanguageModelingTask)
 register_task("suffix", SuffixTask)
+register_task("self_study", SelfStudyTask)
