@@ -8,10 +8,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from softprompt.errors import UsageError
 from softprompt.interop.esp import is_esp_file, read_esp_prompt
 from softprompt.interop.peft import CONFIG_FILE, peft_artifact
 from softprompt.methods import load_artifact
 from softprompt.methods.base import Artifact
+from softprompt.methods.cartridge import compose
 from softprompt.methods.prompt import SoftPrompt, load_prompt
 
 RUN_PROMPT = "prompt.safetensors"  # what a run folder holds as its best artifact
@@ -24,11 +26,22 @@ def open_artifact(source: ArtifactSource) -> Artifact | None:
     if source is None or not isinstance(source, (str, os.PathLike)):
         return source
     path = Path(source)
+    if not path.exists() and "+" in str(source):
+        return open_composed(str(source))
     if is_esp_file(path):
         return open_prompt(path)
     if path.is_dir() and (path / CONFIG_FILE).is_file():
         return peft_artifact(path)
     return load_artifact(_in_run_folder(path))
+
+
+def open_composed(source: str) -> Artifact:
+    """`A+B+...`: the prefixes or cartridges named, concatenated along their positions
+    (softprompt.methods.cartridge.compose)."""
+    names = [part for part in source.split("+")]
+    if any(not name for name in names):
+        raise UsageError(f"{source}: an empty name in the composition; write A+B")
+    return compose([open_artifact(name) for name in names], names)
 
 
 def open_prompt(source: str | os.PathLike) -> SoftPrompt:

@@ -155,6 +155,7 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _method_checks(self) -> TrainConfig:
         self.prompt.check_run(self.models)
+        self.prompt.link_task(self.task)
         return self
 
     @model_validator(mode="after")

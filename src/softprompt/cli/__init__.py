@@ -16,7 +16,17 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from softprompt.cli import analysis, crossmodel, interop, migrate, models, serving, training, using
+from softprompt.cli import (
+    analysis,
+    cartridge,
+    crossmodel,
+    interop,
+    migrate,
+    models,
+    serving,
+    training,
+    using,
+)
 from softprompt.cli.common import err
 from softprompt.cli.usage import (
     Command,
@@ -46,6 +56,7 @@ COMMANDS = {
     "align": crossmodel.align,
     "migrate": migrate.migrate,
     "study": training.study,
+    "cartridge": cartridge.cartridge,
     "tiny-family": models.tiny_family,
     "predict": using.predict,
     "generate": using.generate,

@@ -10,6 +10,7 @@ import os
 from softprompt.errors import ConfigError
 from softprompt.methods.artifact import header_method
 from softprompt.methods.base import Artifact, Method
+from softprompt.methods.cartridge import CartridgeMethod
 from softprompt.methods.p_tuning import PTuningMethod
 from softprompt.methods.prefix import PrefixMethod
 from softprompt.methods.prompt import PromptMethod
@@ -43,3 +44,4 @@ register_method(PromptMethod())
 register_method(PrefixMethod())
 register_method(PTuningMethod())
 register_method(ResidualMethod())
+register_method(CartridgeMethod())

@@ -36,6 +36,10 @@ class MethodSettings(BaseModel):
     def check_run(self, models: list[str]) -> None:
         """Method-specific checks of the whole run (raise ValueError with the reason)."""
 
+    def link_task(self, task) -> None:
+        """Take what the method needs from the run's validated `task:` section (a cartridge
+        starts from the task's document); by default nothing."""
+
 
 class Artifact(Protocol):
     """A trained (or imported) prompt or prefix with its header fields."""

@@ -127,6 +127,13 @@ class SavedPrefix:
                 f"{head_dim}, but model {model_name} has {expected[0]} x {expected[1]} x "
                 f"{expected[2]}; use a prefix trained for this model"
             )
+        config = model.config.get_text_config(decoder=True)
+        context = getattr(config, "max_position_embeddings", None)
+        if context is not None and self.length >= context:
+            raise PromptFileError(
+                f"{source} is {self.length} positions long, but model {model_name} takes at "
+                f"most {context} in all; compose fewer or shorter cartridges or prefixes"
+            )
 
     def steering_for(self, backbone: Backbone, source: str = "prefix") -> Steering:
         self.check_fits(backbone.model, backbone.name, source=source)
@@ -148,9 +155,10 @@ def save_prefix(prefix: SavedPrefix, path) -> Path:
     return target
 
 
-def load_prefix(path) -> SavedPrefix:
-    """Read and validate a prefix artifact."""
-    tensors, fields = read_artifact(path, "prefix", "prefix")
+def load_prefix(path, method: str = "prefix") -> SavedPrefix:
+    """Read and validate a prefix artifact (`method`: the header's, e.g. "cartridge", whose
+    file is a prefix file too)."""
+    tensors, fields = read_artifact(path, method, "prefix" if method == "prefix" else method)
     keys, values = tensors.get("prefix.keys"), tensors.get("prefix.values")
     if keys is None or values is None:
         raise PromptFileError(f"{path} has no 'prefix.keys'/'prefix.values' tensors")
@@ -161,7 +169,7 @@ def load_prefix(path) -> SavedPrefix:
         )
     if not (torch.isfinite(keys).all() and torch.isfinite(values).all()):
         raise PromptFileError(f"{path}: the prefix holds NaN or infinite values")
-    return SavedPrefix(kv=PrefixKV(keys.float(), values.float()), **fields)
+    return SavedPrefix(kv=PrefixKV(keys.float(), values.float()), method=method, **fields)
 
 
 class PrefixMethod(Method):

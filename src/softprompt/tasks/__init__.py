@@ -13,6 +13,7 @@ from softprompt.tasks.base import Task, TaskSettings, data_spec
 from softprompt.tasks.classification import ClassificationTask
 from softprompt.tasks.distill import DistillTask
 from softprompt.tasks.lm import LanguageModelingTask
+from softprompt.tasks.self_study import SelfStudyTask
 from softprompt.tasks.suffix import SuffixTask
 
 TASKS: dict[str, type[Task]] = {}
@@ -65,3 +66,4 @@ register_task("classification", ClassificationTask)
 register_task("lm", LanguageModelingTask)
 register_task("suffix", SuffixTask)
 register_task("distill", DistillTask)
+register_task("self_study", SelfStudyTask)

@@ -58,8 +58,11 @@ def warn(message: str) -> None:
 
 def _describe_dev(dev: dict) -> str:
     """Dev metrics for the progress bar: the mean, and each model's when there are several."""
-    key = next((k for k in ("accuracy", "agreement") if k in dev["mean"]), "perplexity")
-    text = f"dev loss {dev['mean']['loss']:.3f} {key} {dev['mean'][key]:.3f}"
+    key = next((k for k in ("accuracy", "agreement", "perplexity") if k in dev["mean"]), None)
+    text = f"dev loss {dev['mean']['loss']:.3f}"
+    if key is None:  # a loss alone (self-study: KL per token)
+        return text
+    text += f" {key} {dev['mean'][key]:.3f}"
     if len(dev["models"]) > 1:
         per_model = " ".join(f"{Path(n).name}:{m[key]:.2f}" for n, m in dev["models"].items())
         text += f" ({per_model})"

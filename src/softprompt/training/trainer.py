@@ -9,6 +9,7 @@ takes is softprompt.training.schedule, what the user sees softprompt.training.co
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -81,10 +82,12 @@ class Trainer:
 
     def _build_slots(self) -> list[ModelSlot]:
         spec = data_spec(self.config.task)
-        train_examples = load_split(spec, "train")
-        dev_examples = load_split(spec, "dev")
-        if self.settings.max_eval_examples:
-            dev_examples = dev_examples[: self.settings.max_eval_examples]
+        limit = self.settings.max_eval_examples
+        examples = {
+            "train": functools.cache(lambda: load_split(spec, "train")),
+            "dev": functools.cache(lambda: load_split(spec, "dev")[:limit]),
+        }
+        keep = self.out_dir if self.run_dir.is_main else None
         weights = self.config.model_weights or [1.0] * len(self.backbones)
         total = sum(weights)
         slots = []
@@ -94,8 +97,8 @@ class Trainer:
                 ModelSlot(
                     backbone=backbone,
                     task=task,
-                    train=task.encode_split(train_examples),
-                    dev=task.encode_split(dev_examples),
+                    train=task.run_items("train", examples["train"], keep),
+                    dev=task.run_items("dev", examples["dev"], keep),
                     weight=weight / total,
                 )
             )

@@ -1,0 +1,200 @@
+"""Cartridges: the method (init from text, frozen positions), self-study (top-k distillation,
+the teacher turns kept in the run folder, exact resume), composition, and bad inputs."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from conftest import corpus, interrupt_at
+from softprompt.artifacts import open_artifact
+from softprompt.config import validate_config
+from softprompt.errors import ConfigError, DataError, PromptFileError
+from softprompt.methods import get_method, load_artifact
+from softprompt.methods.prefix import SavedPrefix
+from softprompt.steering.prefix import PrefixKV
+from softprompt.tasks.self_study import SelfStudyTask, topk_kl
+from softprompt.training.trainer import Trainer
+
+
+@pytest.fixture()
+def document(tmp_path):
+    path = tmp_path / "doc.txt"
+    path.write_text(" ".join(corpus()[:30]), encoding="utf-8")
+    return path
+
+
+def cartridge_config(document, steps=4, **prompt):
+    return validate_config(
+        {
+            "models": ["tiny"],
+            "method": "cartridge",
+            "task": {
+                "type": "self_study",
+                "data": str(document),
+                "chunk_tokens": 48,
+                "conversations": 2,
+                "dev_conversations": 2,
+                "max_new_tokens": 6,
+                "generation_batch": 8,
+                "top_k": 5,
+            },
+            "prompt": {"length": 6, "frozen": 2, **prompt},
+            "train": {
+                "steps": steps,
+                "batch_size": 2,
+                "lr": 0.05,
+                "eval_every": 2,
+                "checkpoint_every": 2,
+                "seed": 3,
+            },
+        }
+    )
+
+
+def own_kv(model, ids):
+    """The model's cache for `ids`, read straight from a forward pass."""
+    cache = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(input_ids=ids, past_key_values=cache, use_cache=True)
+    keys = torch.stack([layer.keys[0] for layer in cache.layers])
+    values = torch.stack([layer.values[0] for layer in cache.layers])
+    return keys, values
+
+
+def test_a_cartridge_starts_as_the_models_own_keys_and_values_of_the_documents_first_tokens(
+    tiny, document
+):
+    backbone = tiny["llama"]
+    config = cartridge_config(document)
+    assert config.prompt.document == str(document)  # taken from the task
+    module = get_method("cartridge").build_module(config.prompt, [backbone], None)
+    ids = backbone.tokenizer(document.read_text(), return_tensors="pt").input_ids[:, :6]
+    keys, values = own_kv(backbone.model, ids)
+    kv = module()
+    assert kv.keys.shape[2] == 6
+    assert torch.allclose(kv.keys, keys, atol=1e-6) and torch.allclose(kv.values, values, atol=1e-6)
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    assert trainable == 2 * keys[:, :, 2:].numel()  # the first 2 positions are not parameters
+
+
+def test_random_init_is_the_kv_of_seeded_vocabulary_tokens(tiny, document):
+    backbone = tiny["llama"]
+    config = cartridge_config(document, init="random", seed=5)
+    first = get_method("cartridge").build_module(config.prompt, [backbone], None)()
+    again = get_method("cartridge").build_module(config.prompt, [backbone], None)()
+    text = get_method("cartridge").build_module(cartridge_config(document).prompt, [backbone], None)
+    assert torch.equal(first.keys, again.keys)
+    assert not torch.allclose(first.keys, text().keys)
+
+
+def test_topk_kl_against_a_hand_computed_divergence():
+    student = torch.log_softmax(torch.tensor([[1.0, 0.0, -1.0, 0.5], [0.0, 2.0, 0.0, 0.0]]), -1)
+    teacher = torch.log_softmax(torch.tensor([[2.0, 1.0, 0.0, -3.0], [0.0, 0.0, 3.0, 1.0]]), -1)
+    top = teacher.topk(2, dim=-1)
+    expected = 0.0
+    for row in range(2):
+        t = [math.exp(v) for v in [2.0, 1.0, 0.0, -3.0]] if row == 0 else None
+        t = t or [math.exp(v) for v in [0.0, 0.0, 3.0, 1.0]]
+        s = [1.0, 0.0, -1.0, 0.5] if row == 0 else [0.0, 2.0, 0.0, 0.0]
+        zs = sum(math.exp(v) for v in s)
+        p = [v / sum(t) for v in t]
+        q = [math.exp(v) / zs for v in s]
+        for j in sorted(range(4), key=lambda j: -p[j])[:2]:
+            expected += p[j] * math.log(p[j] / q[j])
+    assert float(topk_kl(student, top.indices, top.values)) == pytest.approx(expected, rel=1e-5)
+    same = topk_kl(teacher, top.indices, top.values)
+    assert float(same) == pytest.approx(0.0, abs=1e-6)
+
+
+def test_training_moves_only_the_unfrozen_positions_and_keeps_the_teacher_turns(
+    tiny, document, tmp_path
+):
+    backbone = tiny["llama"]
+    config = cartridge_config(document)
+    start = get_method("cartridge").build_module(config.prompt, [backbone], None)()
+    summary = Trainer(config, tmp_path, backbones=[backbone], progress=False).run()
+    trained = load_artifact(tmp_path / "last.safetensors")
+    assert trained.method == "cartridge" and isinstance(trained, SavedPrefix)
+    assert torch.equal(trained.kv.keys[:, :, :2], start.keys[:, :, :2])
+    assert torch.equal(trained.kv.values[:, :, :2], start.values[:, :, :2])
+    assert not torch.allclose(trained.kv.keys[:, :, 2:], start.keys[:, :, 2:])
+    assert (tmp_path / "self_study" / "train.safetensors").is_file()
+    assert summary["dev"]["mean"]["loss"] >= 0.0
+
+
+def test_teacher_turns_are_reused_and_resume_is_bitwise(tiny, document, tmp_path, monkeypatch):
+    backbone = tiny["llama"]
+    config = cartridge_config(document, steps=4)
+    Trainer(config, tmp_path / "straight", backbones=[backbone], progress=False).run()
+    trainer = Trainer(config, tmp_path / "broken", backbones=[backbone], progress=False)
+    interrupt_at(trainer, 2)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run()
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("the teacher ran again on resume")
+
+    monkeypatch.setattr(SelfStudyTask, "synthesize", no_teacher)
+    resumed = Trainer(config, tmp_path / "broken", backbones=[backbone], progress=False)
+    resumed.run(resume=True)
+    a = load_artifact(tmp_path / "straight" / "last.safetensors").kv
+    b = load_artifact(tmp_path / "broken" / "last.safetensors").kv
+    assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+
+
+def test_an_empty_document_is_refused_in_one_line(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("  \n\n ", encoding="utf-8")
+    from softprompt.training.cartridge import train_cartridge
+
+    with pytest.raises(DataError, match="holds no text"):
+        train_cartridge([empty], tmp_path / "c.safetensors", model="tiny-unused", steps=1)
+
+
+def test_a_document_shorter_than_the_cartridge_is_refused(tiny, tmp_path):
+    short = tmp_path / "short.txt"
+    short.write_text("good bad", encoding="utf-8")
+    config = cartridge_config(short)
+    with pytest.raises(ConfigError, match="fewer than the cartridge's 6 positions"):
+        get_method("cartridge").build_module(config.prompt, [tiny["llama"]], None)
+
+
+def saved(kv_length, layers=2, heads=2, dim=8, seed=0, models=None):
+    torch.manual_seed(seed)
+    shape = (layers, heads, kv_length, dim)
+    return SavedPrefix(
+        PrefixKV(torch.randn(shape), torch.randn(shape)), models=models or [], method="cartridge"
+    )
+
+
+def test_composition_concatenates_positions_and_refuses_a_sum_over_the_context(tiny, tmp_path):
+    backbone = tiny["llama"]
+    geometry = backbone.model.config
+    layers, heads = geometry.num_hidden_layers, geometry.num_key_value_heads
+    dim = geometry.hidden_size // geometry.num_attention_heads
+    a, b = saved(3, layers, heads, dim, 1), saved(5, layers, heads, dim, 2)
+    a.save(tmp_path / "a.safetensors")
+    b.save(tmp_path / "b.safetensors")
+    both = open_artifact(f"{tmp_path / 'a.safetensors'}+{tmp_path / 'b.safetensors'}")
+    assert both.length == 8
+    assert torch.equal(both.kv.keys[:, :, :3], a.kv.keys)
+    assert torch.equal(both.kv.values[:, :, 3:], b.kv.values)
+    both.steering_for(backbone, "a+b")  # fits
+    big = saved(200, layers, heads, dim, 3)
+    big.save(tmp_path / "big.safetensors")
+    name = f"{tmp_path / 'big.safetensors'}+{tmp_path / 'a.safetensors'}+" * 1
+    over = open_artifact(name + str(tmp_path / "big.safetensors"))
+    with pytest.raises(PromptFileError, match="403 positions long, but model .* at most 256"):
+        over.steering_for(backbone, "big+a+big")
+
+
+def test_a_cartridge_for_another_model_is_refused(tiny, document, tmp_path):
+    config = cartridge_config(document, steps=2)
+    Trainer(config, tmp_path, backbones=[tiny["llama"]], progress=False).run()
+    cartridge = load_artifact(tmp_path / "last.safetensors")
+    with pytest.raises(PromptFileError, match="use a prefix trained for this model"):
+        cartridge.steering_for(tiny["gpt2"], "c.safetensors")
