@@ -52,6 +52,8 @@ class TrainSettings(_Strict):
     length_bucketing: int = Field(0, ge=0)
     device: str = "auto"
     devices: list[str] | None = None
+    shard: Literal["none", "fsdp"] = "none"  # frozen weights over a launch's processes (FSDP2)
+    gradient_checkpointing: bool = False  # recompute each layer in backward: less memory
     best_model: str | None = None
     report_to: list[Literal["tensorboard", "wandb", "none"]] = Field(default_factory=list)
 

@@ -34,6 +34,7 @@ from softprompt.training.distributed import launched_processes
 from softprompt.training.resume import check_resume, record_changes, require_run
 from softprompt.training.run_dir import RunDir, RunLog
 from softprompt.training.schedule import BatchSchedule
+from softprompt.training.sharding import Sharding
 from softprompt.training.state import TrainState
 from softprompt.training.tracking import check_trackers
 
@@ -70,7 +71,9 @@ class Trainer:
         self.run_dir.check_target()
         self.progress = progress and self.processes.is_main
         self.device = self.processes.training_device(self.settings)
+        self.sharding = Sharding(self.settings, self.processes)
         self.backbones = backbones or _load_backbones(config, self.device)
+        self.sharding.shard(self.backbones)
         self.slots = self._build_slots()
         self.schedule = BatchSchedule(
             self.slots[0].train,
@@ -109,7 +112,8 @@ class Trainer:
     def fresh_state(self) -> TrainState:
         """Step 0 of a run: a new module on the training device, its optimizer and schedule."""
         config = self.config
-        module = self.method.build_module(config.prompt, self.backbones, config.cross_model)
+        with self.sharding.gathered():  # an init may read a sharded embedding table
+            module = self.method.build_module(config.prompt, self.backbones, config.cross_model)
         module = module.to(self.device)
         return TrainState.fresh(module, self.settings, maps_lr=self.config.cross_model.lr)
 
@@ -139,8 +143,9 @@ class Trainer:
             model_loss = 0.0
             for start in range(0, len(share), self.settings.micro_batch):
                 micro = share[start : start + self.settings.micro_batch]
-                loss = self._micro_loss(slot, _steering(prompt, index), micro) / denominator
-                (loss * slot.weight).backward()
+                with self.sharding.gathered():
+                    loss = self._micro_loss(slot, _steering(prompt, index), micro) / denominator
+                    (loss * slot.weight).backward()
                 model_loss += float(loss.detach())
             losses[slot.backbone.name] = model_loss
         return losses
@@ -173,9 +178,10 @@ class Trainer:
         """Dev metrics per model and their mean (`prompt`: a tensor or the trainable module)."""
         per_model = {}
         for index, slot in enumerate(self.slots):
-            per_model[slot.backbone.name] = evaluate_task(
-                slot.task, _steering(prompt, index), slot.dev, self.settings.eval_batch_size
-            )
+            with self.sharding.gathered():
+                per_model[slot.backbone.name] = evaluate_task(
+                    slot.task, _steering(prompt, index), slot.dev, self.settings.eval_batch_size
+                )
         keys = [k for k in next(iter(per_model.values())) if k not in ("examples", "tokens")]
         mean = {k: sum(m[k] for m in per_model.values()) / len(per_model) for k in keys}
         return {"mean": mean, "models": per_model}
@@ -323,6 +329,7 @@ class Trainer:
             "train_samples_per_second": per_second,
             "resumed_from": str(resumed_from) if resumed_from else None,
             "processes": self.processes.world,
+            "sharding": self.sharding.record,
             "precision": precision_of(self.backbones[0].dtype),
         }
 
