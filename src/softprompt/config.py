@@ -37,7 +37,10 @@ class TrainSettings(_Strict):
     batch_size: int = Field(8, ge=1)
     micro_batch_size: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(32, ge=1)
-    lr: float = Field(0.3, gt=0)
+    lr: float | Literal["auto"] = 0.3  # "auto": a range test picks it (training/lr_finder.py)
+    lr_found: float | None = Field(None, gt=0)  # what `lr: auto` found; the run records it
+    lr_search_steps: int = Field(30, ge=10)
+    lr_search_range: tuple[float, float] = (1e-4, 1.0)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     warmup: int | float = Field(0, ge=0)
@@ -68,6 +71,26 @@ class TrainSettings(_Strict):
     def _one_tracker(cls, value: object) -> object:
         return [value] if isinstance(value, str) else value
 
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _lr_value(cls, value: object) -> float | str:
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError("give a number (e.g. 0.01) or auto") from None
+        if not number > 0:
+            raise ValueError("Input should be greater than 0 (or auto)")
+        return number
+
+    @field_validator("lr_search_range")
+    @classmethod
+    def _range_rises(cls, value: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < value[0] < value[1]:
+            raise ValueError("give [lowest, highest] rates, both above 0, lowest first")
+        return value
+
     @field_validator("warmup")
     @classmethod
     def _warmup_kind(cls, value: int | float) -> int | float:
@@ -84,7 +107,21 @@ class TrainSettings(_Strict):
             )
         if isinstance(self.warmup, int) and self.warmup > self.steps:
             raise ValueError(f"warmup ({self.warmup} steps) is longer than steps ({self.steps})")
+        if self.lr == "auto" and self.lr_found is None and self.steps < self.lr_search_steps:
+            raise ValueError(
+                f"lr auto searches {self.lr_search_steps} steps (lr_search_steps), more than the "
+                f"run's {self.steps}; give lr a number (e.g. 0.01) for so short a run"
+            )
         return self
+
+    @property
+    def rate(self) -> float:
+        """The learning rate the run uses: `lr`, or the rate `lr: auto` found."""
+        if self.lr != "auto":
+            return float(self.lr)
+        if self.lr_found is None:
+            raise ValueError("lr auto has not been searched yet (no lr_found)")
+        return self.lr_found
 
     @property
     def micro_batch(self) -> int:

@@ -24,6 +24,10 @@ def train(
         list[str] | None, typer.Option("--set", help="Override a key: --set train.lr=0.1")
     ] = None,
     out_dir: Annotated[Path | None, typer.Option("--out", help="Run directory.")] = None,
+    lr: Annotated[
+        str | None,
+        typer.Option(help="Learning rate (train.lr): a number, or auto for a range test first."),
+    ] = None,
     resume: Annotated[
         Path | None, typer.Option(help="Continue the run in this directory from its checkpoint.")
     ] = None,
@@ -46,7 +50,7 @@ def train(
 
     _check_train_options(ctx, config, out_dir, resume, allow_changes)
     source = config if config is not None else require_run(resume)
-    cfg = load_config(source, set_ or [])
+    cfg = load_config(source, [*(set_ or []), *([f"train.lr={lr}"] if lr else [])])
     run_dir = resume or out_dir or Path("runs") / f"{config.stem}-{datetime.now():%Y%m%d-%H%M%S}"
     summary = run_training(
         cfg,

@@ -72,6 +72,11 @@ class TrainableModule(torch.nn.Module):
         """What gets saved (detached, on the CPU), with the given header fields."""
         raise NotImplementedError
 
+    def lr_scales(self) -> dict[str, float]:
+        """{parameter-name prefix: multiple of train.lr} for the kinds of parameter that train
+        at a rate of their own (an encoder); the rest train at train.lr."""
+        return {}
+
 
 class Method(ABC):
     """One steering method: how it is configured, trained and stored."""

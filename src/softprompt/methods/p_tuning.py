@@ -33,6 +33,8 @@ class PTuningSettings(PromptSettings):
 
     encoder: Literal["mlp", "lstm"] = "mlp"
     encoder_hidden_size: int = Field(128, ge=1, le=65536)
+    # the encoder's learning rate as a multiple of train.lr (measured: docs/learning-rate.md)
+    encoder_lr_scale: float = Field(1.0, gt=0)
 
 
 class PromptEncoder(nn.Module):
@@ -66,10 +68,17 @@ class EncodedPromptModule(SoftPromptModule):
     """A soft prompt computed as `encoder(inputs)`; the learned inputs sit where a plain prompt
     keeps its matrix (`embedding`), so the cross-model maps and the artifact work the same."""
 
-    def __init__(self, inputs: torch.Tensor, encoder: nn.Module, maps, method: str) -> None:
+    def __init__(
+        self, inputs: torch.Tensor, encoder: nn.Module, maps, method: str, lr_scale: float = 1.0
+    ) -> None:
         super().__init__(inputs, maps)
         self.encoder = encoder
         self.method = method
+        self.lr_scale = lr_scale
+
+    def lr_scales(self) -> dict[str, float]:
+        """The encoder trains at `lr_scale` times train.lr (its section's encoder_lr_scale)."""
+        return {"encoder.": self.lr_scale}
 
     def prompt(self) -> torch.Tensor:
         """The prompt the encoder makes of the learned inputs."""
@@ -108,7 +117,9 @@ class EncodedPromptMethod(PromptMethod):
             torch.manual_seed(settings.seed)
             encoder = self.encoder(settings, inputs.shape[1])
         maps = cross_model_maps(backbones, cross_model)
-        return EncodedPromptModule(inputs, encoder, maps, self.name)
+        return EncodedPromptModule(
+            inputs, encoder, maps, self.name, lr_scale=settings.encoder_lr_scale
+        )
 
 
 class PTuningMethod(EncodedPromptMethod):

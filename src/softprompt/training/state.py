@@ -31,14 +31,15 @@ class TrainState:
 
     @classmethod
     def fresh(cls, module: torch.nn.Module, settings: TrainSettings, maps_lr: float) -> TrainState:
-        """Step 0 for `module`: AdamW over its parameters (the cross-model maps, `maps.*`, at
-        their own learning rate `maps_lr`) and the warmup-then-decay schedule of `settings`."""
-        maps = [p for name, p in module.named_parameters() if name.startswith("maps.")]
-        own = [p for name, p in module.named_parameters() if not name.startswith("maps.")]
-        groups = [{"params": own}]
-        if maps:
-            groups.append({"params": maps, "lr": maps_lr})
-        optimizer = torch.optim.AdamW(groups, lr=settings.lr, weight_decay=settings.weight_decay)
+        """Step 0 for `module`: AdamW over its parameters and the warmup-then-decay schedule of
+        `settings`. The rate is `settings.rate`; a method's own kinds of parameter
+        (`module.lr_scales()`, e.g. an encoder) take that rate times their scale, and the
+        cross-model maps (`maps.*`) their own rate `maps_lr`."""
+        optimizer = torch.optim.AdamW(
+            parameter_groups(module, settings.rate, maps_lr),
+            lr=settings.rate,
+            weight_decay=settings.weight_decay,
+        )
         total, warmup, schedule = settings.steps, settings.warmup_steps, settings.schedule
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: lr_factor(step, total, warmup, schedule)
@@ -70,3 +71,21 @@ class TrainState:
     def best_dev(self) -> dict | None:
         """The mean dev metrics of the best evaluation so far (None before the first)."""
         return next((h["dev"] for h in self.history if h["step"] == self.best_step), None)
+
+
+def parameter_groups(module: torch.nn.Module, rate: float, maps_lr: float) -> list[dict]:
+    """AdamW's groups, each named: `prompt` (what no scale names) at `rate`, one per prefix of
+    `module.lr_scales()` at `rate` times its scale, and `maps` at `maps_lr`; empty ones (and
+    scales of 1) left out. Parameters keep the module's order within each group."""
+    own = module.lr_scales() if hasattr(module, "lr_scales") else {}
+    scales = {prefix: scale for prefix, scale in own.items() if scale != 1.0}  # 1: no group
+    names = {"prompt": [], **{prefix: [] for prefix in scales}, "maps.": []}
+    for name, parameter in module.named_parameters():
+        prefix = next((p for p in [*scales, "maps."] if name.startswith(p)), "prompt")
+        names[prefix].append(parameter)
+    rates = {"prompt": rate, **{p: rate * s for p, s in scales.items()}, "maps.": maps_lr}
+    return [
+        {"params": params, "lr": rates[prefix], "name": prefix.rstrip(".")}
+        for prefix, params in names.items()
+        if params
+    ]

@@ -31,6 +31,7 @@ from softprompt.steering.forward import as_steering
 from softprompt.tasks import build_task, data_spec
 from softprompt.training.console import DeferredSignals, Interrupted, ProgressBar
 from softprompt.training.distributed import launched_processes
+from softprompt.training.lr_finder import resolve_lr
 from softprompt.training.resume import check_resume, record_changes, require_run
 from softprompt.training.run_dir import RunDir, RunLog
 from softprompt.training.schedule import BatchSchedule
@@ -229,6 +230,7 @@ class Trainer:
         run's config must be its own, or the allowed change is recorded at the resumed step."""
         if not resume:
             self.run_dir.refuse_existing()
+        self.lr_search = resolve_lr(self, resume)  # lr auto: the recorded or a searched rate
         changes = check_resume(self.out_dir, self.config, allow_changes) if resume else {}
         torch.manual_seed(self.settings.seed)
         state = self.fresh_state()
@@ -331,6 +333,8 @@ class Trainer:
             "processes": self.processes.world,
             "sharding": self.sharding.record,
             "precision": precision_of(self.backbones[0].dtype),
+            "lr": self.settings.rate,
+            "lr_search": getattr(self, "lr_search", None),
         }
 
     # --- what gets saved, and how a step is scored -----------------------------------------
