@@ -7,6 +7,7 @@ It drives an `Engine` by hand (its `_admit` and `_step`, on this thread), with t
 and prompts of bench_serve.py. The engine is not changed.
 
 Run: PYTHONPATH=src .venv/bin/python benchmarks/profile_serve_engine.py [--threads 1]
+[--outside 16 64] (only the time per decoding step outside the model, at 16 and 64 rows)
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import bench_serve
 import torch
 from common import machine
 
@@ -123,13 +123,59 @@ def profile_step(engine: Engine) -> None:
         )
 
 
+def outside_model(backbone, rows: int, steps_timed: int = 8) -> None:
+    """Per decoding step of `rows` bare rows: wall time, the model's forward, and the rest
+    (scheduling, sampling, detokenising, events: the engine's own Python)."""
+    engine = Engine(backbone, max_batch=rows, queue_size=rows)
+    for i in range(rows):
+        submit(engine, NoSteering(), backbone.tokenizer(f"review {i}: the film was").input_ids)
+    for _ in range(WARM_STEPS // 4):
+        engine._step()
+    model, spent = backbone.model, [0.0]
+    forward = model.forward
+
+    def timed(*args, **kwargs):
+        started = time.perf_counter()
+        try:
+            return forward(*args, **kwargs)
+        finally:
+            spent[0] += time.perf_counter() - started
+
+    model.forward = timed
+    try:
+        started = time.perf_counter()
+        for _ in range(steps_timed):
+            engine._step()
+        wall = (time.perf_counter() - started) / steps_timed
+    finally:
+        del model.forward
+    inside = spent[0] / steps_timed
+    print(
+        f"decoding step, {rows} bare rows: {wall * 1e3:.1f} ms, the model "
+        f"{inside * 1e3:.1f} ms, outside the model {(wall - inside) * 1e3:.1f} ms "
+        f"({(wall - inside) / wall:.0%})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument(
+        "--outside", type=int, nargs="*", metavar="ROWS",
+        help="only the time per step outside the model, at these batch sizes (e.g. 16 64)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(machine())
+    if args.outside:  # runs on the older engine too (no bench_serve import)
+        backbone = load_backbone("smollm2-135m")
+        with torch.no_grad():
+            for rows in args.outside:
+                outside_model(backbone, rows)
+        return
+    import bench_serve  # the adapters and prompts of the serving benchmark
+
     watch = bench_serve.CpuWatch()
     backbone = load_backbone(bench_serve.MODEL)
     with tempfile.TemporaryDirectory(prefix="profile-serve-") as tmp:

@@ -130,8 +130,15 @@ def test_a_prompt_fed_in_chunks_gives_what_it_gives_whole(tiny):
     ]
     whole = _serve(Engine(backbone, max_batch=4), requests, steps_between=1)
     chunked_engine = Engine(backbone, max_batch=4, prefill_chunk=3)
-    sizes: list[int] = []
-    chunked_engine.on_step = lambda rows, tokens: sizes.append(tokens)
+    sizes: list[int] = []  # tokens fed per step
+    schedule = chunked_engine.scheduler.schedule
+
+    def recorded():
+        plan = schedule()
+        sizes.append(plan.tokens if plan else 0)
+        return plan
+
+    chunked_engine.scheduler.schedule = recorded
     chunked = _serve(chunked_engine, requests, steps_between=1)
     for a, b in zip(whole, chunked):
         assert [type(e) for e in a if not isinstance(e, Delta)] == [Started, Finished]
@@ -143,8 +150,8 @@ def test_a_prompt_fed_in_chunks_gives_what_it_gives_whole(tiny):
                 [t.logprob or 0.0 for t in y], abs=1e-4
             )
         assert (a[0].prompt_logprobs is None) == (b[0].prompt_logprobs is None)
-    running = max(sizes)  # decoding rows' tokens + at most 3 prompt tokens per step
-    assert running <= 3 + 3 and len(sizes) > len(whole[0])
+    longest = len(backbone.tokenizer(requests[2][1]).input_ids)
+    assert longest > 6 and max(sizes) <= 3 + 3  # <= 3 decoding rows + 3 prompt tokens a step
 
 
 def test_a_request_that_does_not_fit_waits_and_one_that_never_fits_fails(tiny):
@@ -161,3 +168,28 @@ def test_a_request_that_does_not_fit_waits_and_one_that_never_fits_fails(tiny):
     assert max(rows_per_step) == 2  # the third waited for memory
     assert isinstance(events[3][-1], Failed) and "--max-kv-tokens" in str(events[3][-1].error)
     assert engine.pool.used == 0 and engine.pool.reserved == 0
+
+
+def test_a_soft_prompts_keys_are_computed_once_and_shared(tiny):
+    backbone = tiny["llama"]
+    generator = torch.Generator().manual_seed(5)
+    soft = PromptSteering(torch.randn(20, backbone.hidden_size, generator=generator))
+    engine = Engine(backbone, max_batch=4)
+    first = _serve(engine, [(soft, TEXTS[0], 5, False)])
+    assert engine.scheduler.prefixes.held(soft).length == 20
+    fed: list[int] = []  # prompt tokens fed by the later rows
+    schedule = engine.scheduler.schedule
+
+    def recorded():
+        plan = schedule()
+        if plan is not None:
+            fed.extend(c.count for c in plan.chunks)
+        return plan
+
+    engine.scheduler.schedule = recorded
+    later = _serve(engine, [(soft, text, 5, True) for text in TEXTS[1:4]])
+    ids = [backbone.tokenizer(text).input_ids for text in TEXTS[1:4]]
+    assert sum(fed) == sum(len(i) for i in ids)  # the soft prompt was not fed again
+    texts = [got[-1].text for got in first + later]
+    assert texts == [hf_generate(backbone, [t], soft, 5)[0] for t in TEXTS[:4]]
+    assert [len(got[-1].prompt_logprobs) for got in later] == [len(i) for i in ids]

@@ -27,6 +27,19 @@ MaxLoadedOpt = Annotated[
         "request, the least recently used are unloaded.",
     ),
 ]
+KvMemoryOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Gigabytes of keys/values the server may hold (default: half the memory free at "
+        "start); a request that does not fit now waits in the queue."
+    ),
+]
+MaxKvTokensOpt = Annotated[
+    int | None, typer.Option(help="The same budget in tokens (instead of --kv-memory).")
+]
+PrefillChunkOpt = Annotated[
+    int, typer.Option(min=1, help="Most prompt tokens fed per step, so streams keep flowing.")
+]
 WatchOpt = Annotated[float, typer.Option(min=0.05, help="Seconds between two looks at --adapters.")]
 
 
@@ -53,22 +66,9 @@ def serve(
         str | None,
         typer.Option(help="Require 'Authorization: Bearer KEY' (or set SOFTPROMPT_API_KEY)."),
     ] = None,
-    kv_memory: Annotated[
-        float | None,
-        typer.Option(
-            help="Gigabytes of keys/values the server may hold (default: half the memory free "
-            "at start); a request that does not fit waits."
-        ),
-    ] = None,
-    max_kv_tokens: Annotated[
-        int | None, typer.Option(help="The same budget in tokens (instead of --kv-memory).")
-    ] = None,
-    prefill_chunk: Annotated[
-        int,
-        typer.Option(
-            min=1, help="Most prompt tokens fed per step, so running streams keep flowing."
-        ),
-    ] = 256,
+    kv_memory: KvMemoryOpt = None,
+    max_kv_tokens: MaxKvTokensOpt = None,
+    prefill_chunk: PrefillChunkOpt = 256,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
 ) -> None:

@@ -95,6 +95,12 @@ class BlockPool:
             self.keys[layer][:, blocks, offsets] = keys[layer].to(self.device, self.dtype)
             self.values[layer][:, blocks, offsets] = values[layer].to(self.device, self.dtype)
 
+    def read(self, table: list[int], start: int, count: int):
+        """Keys and values [layers, kv_heads, count, head_dim] at columns start.. of a row."""
+        blocks, offsets = self.addresses(table, start, count)
+        keys = torch.stack([k[:, blocks, offsets] for k in self.keys])
+        return keys, torch.stack([v[:, blocks, offsets] for v in self.values])
+
     def addresses(self, table: list[int], start: int, count: int):
         """The (block, offset) tensors of columns start..start+count of a row's table."""
         columns = torch.arange(start, start + count)
@@ -175,9 +181,10 @@ class SharedPrefix:
 
 
 class Prefixes:
-    """Prefix blocks per steering object (so per adapter): written on first use, shared by
-    every row steered by it, dropped when the steering is gone (its adapter unloaded) or when
-    the pool needs the blocks and no row uses it."""
+    """Prefix blocks per steering object (so per adapter): a prefix's written on first use, a
+    soft prompt's once a row has computed them; shared by every row steered by it, dropped
+    when the steering is gone (its adapter unloaded) or when the pool needs the blocks and no
+    row uses them."""
 
     def __init__(self, pool: BlockPool) -> None:
         self.pool = pool
@@ -202,6 +209,17 @@ class Prefixes:
         entry.users += 1
         self.pool.hold(entry.blocks)
         return entry
+
+    def held(self, steering) -> SharedPrefix | None:
+        """The keys/values held for `steering`, if any."""
+        entry = self.entries.get(id(steering))
+        return entry if entry is not None and entry.owner() is steering else None
+
+    def store(self, steering, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Hold `steering`'s keys/values (computed by a row: a soft prompt's) unless held."""
+        self.sweep()
+        if self.held(steering) is None:
+            self.entries[id(steering)] = self._write(steering, keys, values)
 
     def leave(self, entry: SharedPrefix, blocks: list[int]) -> None:
         entry.users -= 1

@@ -175,7 +175,7 @@ class Engine:
                 self.scheduler.leave(row)
             return
         self.scheduler.ran(plan)
-        self.on_step(len(self.scheduler.rows), plan.tokens)
+        self.on_step(len(self.scheduler.rows), len(plan.sampled))  # rows, new tokens
         for row in update(plan, logits, self.eos):
             self.scheduler.leave(row)
 

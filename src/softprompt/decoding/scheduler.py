@@ -50,6 +50,7 @@ class Row:
     scored: list[TokenLogprob] = field(default_factory=list)
     unsent: int = 0  # scored tokens not yet in a delta
     prompt_scores: list[TokenLogprob] | None = None
+    capture: bool = False  # keep its soft prompt's keys/values for its adapter once fed
 
     @property
     def prefilling(self) -> bool:
@@ -155,8 +156,20 @@ class Scheduler:
         for row in plan.decode:
             row.length += 1
         for chunk in plan.chunks:
-            chunk.row.length += chunk.count
-            chunk.row.fed += chunk.count
+            row = chunk.row
+            row.length += chunk.count
+            row.fed += chunk.count
+            if row.capture and row.fed >= row.soft:
+                row.capture = False
+                self._hold_soft_prompt(row)
+
+    def _hold_soft_prompt(self, row: Row) -> None:
+        """The soft prompt's keys/values, now computed in the row's first columns, kept once
+        for its adapter (when the pool has room): later rows start after them."""
+        if self.pool.available() < self.pool.blocks_for(row.soft):
+            return
+        keys, values = self.pool.read(row.table, 0, row.soft)
+        self.prefixes.store(row.job.steering, keys, values)
 
     def leave(self, row: Row) -> None:
         """The row is done (or cancelled, or failed): its blocks and promise go back."""
@@ -190,13 +203,15 @@ class Scheduler:
         cannot promise them yet."""
         backbone, device = self.backbone, self.backbone.device
         parts = job.steering.parts()
+        shared = self._shares(job)
+        only_soft = parts.embeddings is not None and parts.keys is None
+        held = self.prefixes.held(job.steering) if shared and only_soft else None
         inputs = backbone.embed(torch.tensor([job.prompt_ids], device=device))[0]
         soft = 0
-        if parts.embeddings is not None:
+        if parts.embeddings is not None and held is None:
             soft = int(parts.embeddings.shape[0])
             inputs = torch.cat([parts.embeddings.to(device=device, dtype=inputs.dtype), inputs])
-        cached = parts.cache_length
-        shared = self._shares(job)
+        cached = parts.cache_length if held is None else held.length
         whole = cached // self.pool.block_size if shared else 0
         total = cached + len(inputs) + job.options.max_new_tokens
         own = self.pool.blocks_for(total) - whole
@@ -216,6 +231,7 @@ class Scheduler:
         if cached:
             self._write_prefix(row, parts.keys, parts.values, shared)
         row.length = cached
+        row.capture = shared and only_soft and held is None
         return row
 
     def _shares(self, job: Job) -> bool:

@@ -122,7 +122,8 @@ def segment_attention(
 ) -> tuple[torch.Tensor, None]:
     """A transformers attention function: [B, H, S, D] queries, [B, H_kv, S, D] keys/values
     in, [B, S, H, D] out. Without `segments` (or where a layer needs more), plain sdpa. With
-    `row_cache` (the serving engine's `RowCache`), that object attends and keeps the keys."""
+    `row_cache` (the serving engine's `decoding.rows.StepAttention`), that object attends and
+    keeps the keys."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     needs_more = kwargs.get("softcap") is not None or kwargs.get("s_aux") is not None
