@@ -259,3 +259,60 @@ def test_a_distill_config_without_its_teacher_file_is_refused(models, tmp_path):
     )
     with pytest.raises(UsageError, match="teacher file not found"):
         DistillTask.from_config(config.task, load_backbone(str(models["target"])), 3)
+
+
+@pytest.fixture(scope="module")
+def lm_prompt(tmp_path_factory, models, sentiment_data) -> Path:
+    """A prompt trained on the lm task (a generation artifact)."""
+    root = tmp_path_factory.mktemp("lm-source")
+    config = validate_config(
+        {
+            "models": [str(models["source"])],
+            "task": {"type": "lm", "data": str(sentiment_data), "max_examples": 20},
+            "prompt": {"length": 3, "init": "vocab"},
+            "train": {"steps": 2, "batch_size": 4, "lr": 0.1, "eval_every": 2},
+        }
+    )
+    train(config, root, progress=False)
+    return root / "prompt.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("target", "level"), [("target", "sequence"), ("gemma3", "token (teacher's top-20)")]
+)
+def test_a_generation_prompt_migrates_by_its_teachers_continuations(
+    models, lm_prompt, inputs, sentiment_data, tmp_path, target, level
+):
+    """Other tokenizer: the student learns the teacher's continuations (sequence level); the
+    same tokenizer (tiny llama -> tiny gemma3): the teacher's top-k at every token."""
+    out = tmp_path / "new.safetensors"
+    result = migrate(
+        lm_prompt,
+        str(models[target]),
+        inputs,
+        out=out,
+        steps=2,
+        max_new_tokens=6,
+        progress=False,
+    )
+    start = result["student_start"]
+    assert start["distillation"]["level"] == level
+    assert start["distillation"]["starts"] > 10
+    lines = (Path(result["run_dir"]) / "inputs.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    assert record["continuation"].strip() and len(record["text"].split()) <= 4
+    artifact = load_artifact(out)
+    assert artifact.task["type"] == "lm"
+    session = Session(out, str(models[target]))
+    assert session.evaluate(str(sentiment_data), task="lm")["perplexity"] > 1.0
+    # the teacher wrote the same continuations again: seeded
+    again = migrate(
+        lm_prompt,
+        str(models[target]),
+        inputs,
+        out=tmp_path / "again.safetensors",
+        steps=1,
+        max_new_tokens=6,
+        progress=False,
+    )
+    assert (Path(again["run_dir"]) / "inputs.jsonl").read_text().splitlines() == lines
