@@ -316,3 +316,43 @@ def test_a_generation_prompt_migrates_by_its_teachers_continuations(
         progress=False,
     )
     assert (Path(again["run_dir"]) / "inputs.jsonl").read_text().splitlines() == lines
+
+
+@pytest.mark.slow
+def test_a_smollm2_prompt_migrates_to_gemma3(tmp_path, sentiment_data):
+    """The bundled models (other tokenizer, hidden 576 -> 640): a short migration writes a
+    Gemma prompt that starts from the transfer map and predicts there."""
+    from softprompt.methods.artifact import model_record
+    from softprompt.methods.prompt import SoftPrompt, init_embedding
+
+    smollm2 = load_backbone("smollm2-135m")
+    task = {
+        "type": "classification",
+        "data": str(sentiment_data),
+        "template": "{text}\nLabel:",
+        "verbalizer": {"negative": " negative", "positive": " positive"},
+    }
+    source = SoftPrompt(
+        init_embedding(4, smollm2, "vocab"), models=[model_record(smollm2)], task=task
+    ).save(tmp_path / "smollm2.safetensors")
+    lines = (sentiment_data / "train.jsonl").read_text().splitlines()[:8]
+    data = tmp_path / "inputs.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "gemma.safetensors"
+    result = migrate(
+        source,
+        "gemma3-270m",
+        data,
+        out=out,
+        source=smollm2,
+        steps=2,
+        batch_size=4,
+        dev_fraction=0.25,
+        progress=False,
+    )
+    assert result["student_start"]["start"] == "transfer map"
+    artifact = load_artifact(out)
+    assert artifact.embedding.shape == (4, 640)
+    assert artifact.training["migration"]["source_model"] == smollm2.name
+    label = Session(out, "gemma3-270m").predict(["Loved every minute."])[0]["label"]
+    assert label in ("negative", "positive")
