@@ -356,3 +356,35 @@ def test_a_smollm2_prompt_migrates_to_gemma3(tmp_path, sentiment_data):
     assert artifact.training["migration"]["source_model"] == smollm2.name
     label = Session(out, "gemma3-270m").predict(["Loved every minute."])[0]["label"]
     assert label in ("negative", "positive")
+
+
+def test_a_joint_prompt_migrates_to_several_models_one_student_each(
+    models, tiny_dirs, inputs, sentiment_data, tmp_path
+):
+    """A prompt trained jointly on two models (its teacher: its first model) goes to two new
+    models at once, a causal one with another tokenizer and a masked LM: one student each."""
+    config = validate_config(
+        {
+            "models": [str(models["source"]), str(models["gemma3"])],
+            "task": {"data": str(sentiment_data), "max_examples": 20, **TASK},
+            "prompt": {"length": 3, "init": "vocab"},
+            "train": {"steps": 1, "batch_size": 4, "lr": 0.1, "eval_every": 1},
+        }
+    )
+    train(config, tmp_path / "joint", progress=False)
+    targets = [str(models["target"]), str(tiny_dirs["bert"])]
+    result = migrate(
+        tmp_path / "joint" / "prompt.safetensors",
+        targets,
+        inputs,
+        out=tmp_path / "new",
+        steps=1,
+        progress=False,
+    )
+    runs = result["migrations"]
+    assert [r["target"] for r in runs] == [load_backbone(t).name for t in targets]
+    assert all(r["source_model"] == load_backbone(str(models["source"])).name for r in runs)
+    assert sorted(p.name for p in (tmp_path / "new").glob("*.safetensors")) == sorted(
+        Path(r["path"]).name for r in runs
+    )
+    assert load_artifact(runs[1]["path"]).embedding.shape[1] == 32  # the BERT student
