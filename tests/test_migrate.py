@@ -388,3 +388,10 @@ def test_a_joint_prompt_migrates_to_several_models_one_student_each(
         Path(r["path"]).name for r in runs
     )
     assert load_artifact(runs[1]["path"]).embedding.shape[1] == 32  # the BERT student
+
+
+def test_too_few_texts_to_hold_some_out_are_refused(models, source_prompt, tmp_path):
+    data = write_jsonl(tmp_path / "two.jsonl", [{"text": "great food"}, {"text": "awful"}])
+    with pytest.raises(DataError, match="too few"):
+        migrate(source_prompt, str(models["target"]), data, out=tmp_path / "n.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two.jsonl"]

@@ -98,7 +98,7 @@ def migrate(
         "temperature": temperature,
     }
     common = dict(source=source, template=template, verbalizer=verbalizer, resume=resume)
-    common |= dict(text_field=text_field, dtype=dtype, progress=progress)
+    common |= dict(text_field=text_field, dtype=dtype, progress=progress, dev_fraction=dev_fraction)
     if len(targets) == 1:
         return _migrate_one(artifact, targets[0], data, out, run_dir, options, **common)
     if run_dir is not None:
@@ -165,7 +165,7 @@ def _open_pair(artifact, to, data, common) -> tuple[Pair, list, str]:
     if isinstance(to, str) and to == str(session.model):
         raise UsageError(f"--to {to} is the model the prompt already runs on; name another")
     inputs = read_inputs(data, text_field=common["text_field"], label_field="label")
-    examples = check_texts(inputs.examples, inputs.name)
+    examples = check_texts(inputs.examples, inputs.name, common["dev_fraction"])
     session.model = load_model(session.model, "source", common["dtype"], None)
     target = load_model(to, "target", common["dtype"], None)
     check_other_model(session.model, target)
