@@ -117,6 +117,7 @@ class TextDistillTask(Task):
         task = cls(backbone, max_length=task_config.max_length, prompt_length=prompt_length)
         if task_config.teacher:
             task.topk = load_topk(task_config.teacher)
+            task.topk_rows = {key: i for i, key in enumerate(task.topk.keys)}
         return task
 
     def encode(self, example: Example) -> TextItem:
@@ -130,7 +131,9 @@ class TextDistillTask(Task):
         ids = (start + cont)[: self.window]
         item = TextItem(ids, len(start))
         if self.topk is not None:
-            row = self.topk.keys.index(input_key(example.text, example.text_b))
+            row = self.topk_rows.get(input_key(example.text, example.text_b))
+            if row is None:
+                raise DataError(f"{example.where}: no top-k teacher row for this input")
             kept = len(ids) - len(start)
             item.top_ids, item.top_logprobs = (
                 self.topk.ids[row][:kept],
