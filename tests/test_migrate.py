@@ -259,3 +259,139 @@ def test_a_distill_config_without_its_teacher_file_is_refused(models, tmp_path):
     )
     with pytest.raises(UsageError, match="teacher file not found"):
         DistillTask.from_config(config.task, load_backbone(str(models["target"])), 3)
+
+
+@pytest.fixture(scope="module")
+def lm_prompt(tmp_path_factory, models, sentiment_data) -> Path:
+    """A prompt trained on the lm task (a generation artifact)."""
+    root = tmp_path_factory.mktemp("lm-source")
+    config = validate_config(
+        {
+            "models": [str(models["source"])],
+            "task": {"type": "lm", "data": str(sentiment_data), "max_examples": 20},
+            "prompt": {"length": 3, "init": "vocab"},
+            "train": {"steps": 2, "batch_size": 4, "lr": 0.1, "eval_every": 2},
+        }
+    )
+    train(config, root, progress=False)
+    return root / "prompt.safetensors"
+
+
+@pytest.mark.parametrize(
+    ("target", "level"), [("target", "sequence"), ("gemma3", "token (teacher's top-20)")]
+)
+def test_a_generation_prompt_migrates_by_its_teachers_continuations(
+    models, lm_prompt, inputs, sentiment_data, tmp_path, target, level
+):
+    """Other tokenizer: the student learns the teacher's continuations (sequence level); the
+    same tokenizer (tiny llama -> tiny gemma3): the teacher's top-k at every token."""
+    out = tmp_path / "new.safetensors"
+    result = migrate(
+        lm_prompt,
+        str(models[target]),
+        inputs,
+        out=out,
+        steps=2,
+        max_new_tokens=6,
+        progress=False,
+    )
+    start = result["student_start"]
+    assert start["distillation"]["level"] == level
+    assert start["distillation"]["starts"] > 10
+    lines = (Path(result["run_dir"]) / "inputs.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    assert record["continuation"].strip() and len(record["text"].split()) <= 4
+    artifact = load_artifact(out)
+    assert artifact.task["type"] == "lm"
+    session = Session(out, str(models[target]))
+    assert session.evaluate(str(sentiment_data), task="lm")["perplexity"] > 1.0
+    # the teacher wrote the same continuations again: seeded
+    again = migrate(
+        lm_prompt,
+        str(models[target]),
+        inputs,
+        out=tmp_path / "again.safetensors",
+        steps=1,
+        max_new_tokens=6,
+        progress=False,
+    )
+    assert (Path(again["run_dir"]) / "inputs.jsonl").read_text().splitlines() == lines
+
+
+@pytest.mark.slow
+def test_a_smollm2_prompt_migrates_to_gemma3(tmp_path, sentiment_data):
+    """The bundled models (other tokenizer, hidden 576 -> 640): a short migration writes a
+    Gemma prompt that starts from the transfer map and predicts there."""
+    from softprompt.methods.artifact import model_record
+    from softprompt.methods.prompt import SoftPrompt, init_embedding
+
+    smollm2 = load_backbone("smollm2-135m")
+    task = {
+        "type": "classification",
+        "data": str(sentiment_data),
+        "template": "{text}\nLabel:",
+        "verbalizer": {"negative": " negative", "positive": " positive"},
+    }
+    source = SoftPrompt(
+        init_embedding(4, smollm2, "vocab"), models=[model_record(smollm2)], task=task
+    ).save(tmp_path / "smollm2.safetensors")
+    lines = (sentiment_data / "train.jsonl").read_text().splitlines()[:8]
+    data = tmp_path / "inputs.jsonl"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "gemma.safetensors"
+    result = migrate(
+        source,
+        "gemma3-270m",
+        data,
+        out=out,
+        source=smollm2,
+        steps=2,
+        batch_size=4,
+        dev_fraction=0.25,
+        progress=False,
+    )
+    assert result["student_start"]["start"] == "transfer map"
+    artifact = load_artifact(out)
+    assert artifact.embedding.shape == (4, 640)
+    assert artifact.training["migration"]["source_model"] == smollm2.name
+    label = Session(out, "gemma3-270m").predict(["Loved every minute."])[0]["label"]
+    assert label in ("negative", "positive")
+
+
+def test_a_joint_prompt_migrates_to_several_models_one_student_each(
+    models, tiny_dirs, inputs, sentiment_data, tmp_path
+):
+    """A prompt trained jointly on two models (its teacher: its first model) goes to two new
+    models at once, a causal one with another tokenizer and a masked LM: one student each."""
+    config = validate_config(
+        {
+            "models": [str(models["source"]), str(models["gemma3"])],
+            "task": {"data": str(sentiment_data), "max_examples": 20, **TASK},
+            "prompt": {"length": 3, "init": "vocab"},
+            "train": {"steps": 1, "batch_size": 4, "lr": 0.1, "eval_every": 1},
+        }
+    )
+    train(config, tmp_path / "joint", progress=False)
+    targets = [str(models["target"]), str(tiny_dirs["bert"])]
+    result = migrate(
+        tmp_path / "joint" / "prompt.safetensors",
+        targets,
+        inputs,
+        out=tmp_path / "new",
+        steps=1,
+        progress=False,
+    )
+    runs = result["migrations"]
+    assert [r["target"] for r in runs] == [load_backbone(t).name for t in targets]
+    assert all(r["source_model"] == load_backbone(str(models["source"])).name for r in runs)
+    assert sorted(p.name for p in (tmp_path / "new").glob("*.safetensors")) == sorted(
+        Path(r["path"]).name for r in runs
+    )
+    assert load_artifact(runs[1]["path"]).embedding.shape[1] == 32  # the BERT student
+
+
+def test_too_few_texts_to_hold_some_out_are_refused(models, source_prompt, tmp_path):
+    data = write_jsonl(tmp_path / "two.jsonl", [{"text": "great food"}, {"text": "awful"}])
+    with pytest.raises(DataError, match="too few"):
+        migrate(source_prompt, str(models["target"]), data, out=tmp_path / "n.safetensors")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["two.jsonl"]

@@ -27,6 +27,7 @@ from softprompt.migration.checks import (
 )
 from softprompt.migration.classify import (
     Pair,
+    distill_task,
     finish,
     labelled_report,
     student_config,
@@ -35,6 +36,8 @@ from softprompt.migration.classify import (
     train_student,
     write_inputs,
 )
+from softprompt.migration.generate import INPUTS as TEXT_INPUTS
+from softprompt.migration.generate import TOPK, write_text_inputs
 from softprompt.models import Backbone
 from softprompt.session import Session
 from softprompt.tasks.classification import ClassificationTask
@@ -42,6 +45,9 @@ from softprompt.training.resume import run_config
 from softprompt.training.run_dir import RunDir
 
 Target = str | Backbone
+GENERATION = ("lm", "suffix")
+SUPPORTED = "classification, lm and suffix artifacts migrate"
+TEXT_WINDOW = 128  # tokens of a start and its continuation
 
 
 def migrate(
@@ -65,6 +71,8 @@ def migrate(
     lr: float | None = None,
     seed: int = 42,
     text_field: str = "text",
+    max_new_tokens: int = 40,
+    temperature: float = 0.8,
     dtype: str = "float32",
     progress: bool = True,
 ) -> dict:
@@ -75,11 +83,7 @@ def migrate(
     targets = list(to) if isinstance(to, (list, tuple)) else [to]
     if not targets:
         raise UsageError("give the model to migrate to with --to MODEL")
-    if reference not in ("teacher", "shifted") or not 0.0 <= shift_weight <= 1.0:
-        raise UsageError(
-            f"--reference {reference!r} / --shift-weight {shift_weight}: use teacher or shifted, "
-            "and a weight from 0 to 1"
-        )
+    _check_objective(shift_weight, reference)
     options = {
         "method": method,
         "config": config,
@@ -90,9 +94,11 @@ def migrate(
         "shift_weight": shift_weight,
         "reference": reference,
         "dev_fraction": dev_fraction,
+        "max_new_tokens": max_new_tokens,
+        "temperature": temperature,
     }
     common = dict(source=source, template=template, verbalizer=verbalizer, resume=resume)
-    common |= dict(text_field=text_field, dtype=dtype, progress=progress)
+    common |= dict(text_field=text_field, dtype=dtype, progress=progress, dev_fraction=dev_fraction)
     if len(targets) == 1:
         return _migrate_one(artifact, targets[0], data, out, run_dir, options, **common)
     if run_dir is not None:
@@ -106,58 +112,100 @@ def migrate(
     }
 
 
+def _check_objective(shift_weight: float, reference: str) -> None:
+    if reference not in ("teacher", "shifted") or not 0.0 <= shift_weight <= 1.0:
+        raise UsageError(
+            f"--reference {reference!r} / --shift-weight {shift_weight}: use teacher or shifted, "
+            "and a weight from 0 to 1"
+        )
+
+
 def _migrate_one(artifact, to, data, out, run_dir, options, **common) -> dict:
     """One target: checks, the teacher pass, the student's training, the written artifact."""
     started = time.perf_counter()
-    session = Session(artifact, common["source"], dtype=common["dtype"])
-    if session.artifact is None:
-        raise UsageError("give the artifact to migrate (a prompt or prefix file)")
-    kind = session.artifact.task.get("type", "classification")
-    if kind != "classification":
-        raise UsageError(f"migrating a {kind!r} artifact is not supported yet")
-    if isinstance(to, str) and to == str(session.model):
-        raise UsageError(f"--to {to} is the model the prompt already runs on; name another")
-    inputs = read_inputs(data, text_field=common["text_field"], label_field="label")
-    examples = check_texts(inputs.examples, inputs.name)
-    session.model = load_model(session.model, "source", common["dtype"], None)
-    target = load_model(to, "target", common["dtype"], None)
-    check_other_model(session.model, target)
-    task = student_task(session, common["template"], common["verbalizer"])
-    check_sayable(task["verbalizer"], target)
-    ClassificationTask(target, task["template"], task["verbalizer"])  # its errors, up front
+    pair, examples, name = _open_pair(artifact, to, data, common)
+    generation = pair.session.artifact.task.get("type", "classification") in GENERATION
+    task = None if generation else _checked_student_task(pair, common)
     out = Path(out) if out is not None else _out_in(None, artifact, to)
     run = Path(run_dir) if run_dir is not None else out.with_name(out.stem + ".run")
-    pair = Pair(session, session.model, target, to if isinstance(to, str) else target.name)
-    options = {**options, "method": options["method"] or session.artifact.method}
+    options = {**options, "method": options["method"] or pair.session.artifact.method}
     provenance = {
         "source_artifact": str(artifact) if isinstance(artifact, (str, Path)) else "in memory",
         "source_sha256": artifact_hash(artifact),
-        "source_model": session.model.name,
-        "source_method": session.artifact.method,
-        "data": inputs.name,
+        "source_model": pair.source.name,
+        "source_method": pair.session.artifact.method,
+        "data": name,
         "inputs": len(examples),
     }
     if common["resume"]:
-        raw = config_to_dict(run_config(run))
-        start = {"start": "resumed"}
+        raw, start = config_to_dict(run_config(run)), {"start": "resumed"}
     else:
         RunDir(run).check_target()
         RunDir(run).refuse_existing()
         run.mkdir(parents=True, exist_ok=True)
-        write_inputs(run, examples, pair, provenance)
-        prompt_keys, start = student_start(pair, options["method"], run)
-        raw = student_config(pair, run, options, prompt_keys, task)
-    summary = train_student(raw, run, target, common["resume"], common["progress"])
+        raw, start = _fresh_config(pair, run, examples, options, task, provenance)
+    summary = train_student(raw, run, pair.target, common["resume"], common["progress"])
     provenance |= _outcome(raw, summary, start)
     best = finish(run / "prompt.safetensors", out, provenance)
-    report = labelled_report(pair, run, raw, best)
+    report = None if generation else labelled_report(pair, run, raw, best)
+    seconds = time.perf_counter() - started
+    result = {"path": str(out), "run_dir": str(run), "target": pair.target.name}
+    return {**result, **provenance, "labelled": report, "seconds": seconds}
+
+
+def _open_pair(artifact, to, data, common) -> tuple[Pair, list, str]:
+    """The teacher session on its loaded source model, the loaded target and the inputs, each
+    checked (nothing is written before)."""
+    session = Session(artifact, common["source"], dtype=common["dtype"])
+    if session.artifact is None:
+        raise UsageError("give the artifact to migrate (a prompt or prefix file)")
+    kind = session.artifact.task.get("type", "classification")
+    if kind not in ("classification", *GENERATION):
+        raise UsageError(f"migrating a {kind!r} artifact is not supported; {SUPPORTED}")
+    if isinstance(to, str) and to == str(session.model):
+        raise UsageError(f"--to {to} is the model the prompt already runs on; name another")
+    inputs = read_inputs(data, text_field=common["text_field"], label_field="label")
+    examples = check_texts(inputs.examples, inputs.name, common["dev_fraction"])
+    session.model = load_model(session.model, "source", common["dtype"], None)
+    target = load_model(to, "target", common["dtype"], None)
+    check_other_model(session.model, target)
+    spec = to if isinstance(to, str) else target.name
+    return Pair(session, session.model, target, spec), examples, inputs.name
+
+
+def _checked_student_task(pair: Pair, common: dict) -> dict:
+    """The student's classification task, its label words checked on the new tokenizer."""
+    task = student_task(pair.session, common["template"], common["verbalizer"])
+    check_sayable(task["verbalizer"], pair.target)
+    ClassificationTask(pair.target, task["template"], task["verbalizer"])  # its errors, up front
+    return task
+
+
+def _fresh_config(pair, run, examples, options, task, provenance) -> tuple[dict, dict]:
+    """The teacher pass written into the run folder and the run's config (and its start)."""
+    prompt_keys, start = student_start(pair, options["method"], run)
+    if task is not None:
+        write_inputs(run, examples, pair, provenance)
+        return student_config(pair, options, prompt_keys, distill_task(run, options, task)), start
+    level = write_text_inputs(run, pair.session, pair.target, examples, options)
+    section = text_task(run, options, pair.session.artifact.task)
+    return student_config(pair, options, prompt_keys, section), {**start, "distillation": level}
+
+
+def text_task(run: Path, options: dict, record: dict) -> dict:
+    """The `distill_text` task section: starts and continuations, the task to record, and the
+    top-k teacher file where there is one (token level)."""
+    topk = run / TOPK
     return {
-        "path": str(out),
-        "run_dir": str(run),
-        "target": target.name,
-        **provenance,
-        "labelled": report,
-        "seconds": time.perf_counter() - started,
+        "type": "distill_text",
+        "data": str((run / TEXT_INPUTS).absolute()),
+        "text_b_field": "continuation",
+        "record": {k: v for k, v in record.items() if k != "max_examples"},
+        "teacher": str(topk.absolute()) if topk.is_file() else None,
+        "max_length": TEXT_WINDOW,
+        "dev_fraction": options["dev_fraction"],
+        "test_fraction": 0.0,
+        "split_seed": options["seed"],
     }
 
 
@@ -166,11 +214,7 @@ def _outcome(raw: dict, summary: dict, start: dict) -> dict:
     best = (summary.get("best_dev") or {}) if summary else {}
     task = raw["task"]
     return {
-        "objective": {
-            "shift_weight": task["shift_weight"],
-            "reference": task["reference"],
-            "what": "plain KL" if task["shift_weight"] == 0 else "KL + shift",
-        },
+        "objective": _objective(task),
         "student_start": start,
         "method": raw["method"],
         "steps": summary["steps"],
@@ -179,6 +223,15 @@ def _outcome(raw: dict, summary: dict, start: dict) -> dict:
         "held_out_kl": best.get("kl"),
         "train_seconds": summary["train_seconds"],
     }
+
+
+def _objective(task: dict) -> dict:
+    """What the student was trained against, in words and settings."""
+    if task["type"] == "distill_text":
+        level = "token-level top-k KL" if task.get("teacher") else "sequence-level"
+        return {"what": f"{level} distillation of the teacher's continuations"}
+    what = "plain KL" if task["shift_weight"] == 0 else "KL + shift"
+    return {"shift_weight": task["shift_weight"], "reference": task["reference"], "what": what}
 
 
 def _out_in(folder: Path | None, artifact, to: Target) -> Path:

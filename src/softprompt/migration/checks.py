@@ -34,11 +34,17 @@ def check_other_model(source: Backbone, target: Backbone) -> None:
         )
 
 
-def check_texts(examples: list[Example], name: str) -> list[Example]:
-    """The inputs that hold text; none at all is an error."""
+def check_texts(examples: list[Example], name: str, dev_fraction: float) -> list[Example]:
+    """The inputs that hold text; none at all is an error, and so are too few to hold some
+    out for the dev checks."""
     texts = [e for e in examples if e.text and e.text.strip()]
     if not texts:
         raise DataError(f"{name} holds no texts to migrate on; give a file with a text field")
+    if round(len(texts) * dev_fraction) < 1 or round(len(texts) * dev_fraction) == len(texts):
+        raise DataError(
+            f"{name} holds {len(texts)} text(s): too few to keep {dev_fraction:.0%} of them "
+            "for the held-out checks and train on the rest; give more texts"
+        )
     return texts
 
 

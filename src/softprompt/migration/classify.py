@@ -90,18 +90,10 @@ def student_start(pair: Pair, method: str, run_dir: Path) -> tuple[dict, dict]:
     return keys, {"start": "transfer map", "alignment": mapped.init.get("alignment", {})}
 
 
-def student_config(pair: Pair, run_dir: Path, options: dict, prompt_keys: dict, task: dict) -> dict:
-    """The run's config: the base config (--config), the distill task on the inputs and the
-    teacher file, the target model, the method and its length, the training settings."""
-    raw = config_to_dict(load_config(options["config"])) if options["config"] else {}
-    raw["models"] = [pair.target_spec]
-    raw.pop("model_weights", None)
-    raw["method"] = options["method"]
-    prompt = {**raw.get("prompt", {}), **prompt_keys}
-    if options["method"] == pair.session.artifact.method or "length" not in prompt:
-        prompt.setdefault("length", pair.session.artifact.length)
-    raw["prompt"] = prompt
-    raw["task"] = {
+def distill_task(run_dir: Path, options: dict, task: dict) -> dict:
+    """The `distill` task section: the student's classification task on the inputs and the
+    teacher file, with the objective's settings."""
+    return {
         **task,
         "type": "distill",
         "data": str((run_dir / INPUTS).absolute()),
@@ -112,6 +104,20 @@ def student_config(pair: Pair, run_dir: Path, options: dict, prompt_keys: dict, 
         "test_fraction": 0.0,
         "split_seed": options["seed"],
     }
+
+
+def student_config(pair: Pair, options: dict, prompt_keys: dict, task: dict) -> dict:
+    """The run's config: the base config (--config), the task section, the target model, the
+    method and its length, the training settings."""
+    raw = config_to_dict(load_config(options["config"])) if options["config"] else {}
+    raw["models"] = [pair.target_spec]
+    raw.pop("model_weights", None)
+    raw["method"] = options["method"]
+    prompt = {**raw.get("prompt", {}), **prompt_keys}
+    if options["method"] == pair.session.artifact.method or "length" not in prompt:
+        prompt.setdefault("length", pair.session.artifact.length)
+    raw["prompt"] = prompt
+    raw["task"] = task
     train_keys = {k: options[k] for k in ("steps", "batch_size", "lr", "seed") if options[k]}
     train_section = {**raw.get("train", {}), **train_keys}
     train_section.setdefault("lr", DEFAULT_LR.get(options["method"], 0.02))

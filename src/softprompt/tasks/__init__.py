@@ -12,6 +12,7 @@ from softprompt.models import Backbone
 from softprompt.tasks.base import Task, TaskSettings, data_spec
 from softprompt.tasks.classification import ClassificationTask
 from softprompt.tasks.distill import DistillTask
+from softprompt.tasks.distill_text import TextDistillTask
 from softprompt.tasks.lm import LanguageModelingTask
 from softprompt.tasks.self_study import SelfStudyTask
 from softprompt.tasks.suffix import SuffixTask
@@ -67,3 +68,4 @@ register_task("lm", LanguageModelingTask)
 register_task("suffix", SuffixTask)
 register_task("distill", DistillTask)
 register_task("self_study", SelfStudyTask)
+register_task("distill_text", TextDistillTask)
