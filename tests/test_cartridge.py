@@ -198,3 +198,53 @@ def test_a_cartridge_for_another_model_is_refused(tiny, document, tmp_path):
     cartridge = load_artifact(tmp_path / "last.safetensors")
     with pytest.raises(PromptFileError, match="use a prefix trained for this model"):
         cartridge.steering_for(tiny["gpt2"], "c.safetensors")
+
+
+def trained_cartridge(tiny, document, folder):
+    Trainer(
+        cartridge_config(document, steps=2), folder, backbones=[tiny["llama"]], progress=False
+    ).run()
+    return folder / "last.safetensors"
+
+
+def test_exported_cartridge_loads_in_peft_and_generates_the_same_text(
+    tiny, tiny_dirs, document, tmp_path
+):
+    from peft import PeftModel
+
+    from softprompt.interop.peft import export_peft
+    from test_peft_interop import TEXTS, assert_same_generation, load_model
+
+    path = trained_cartridge(tiny, document, tmp_path / "run")
+    adapter = export_peft(path, tiny["llama"], tmp_path / "adapter")
+    peft_model = PeftModel.from_pretrained(load_model(tiny_dirs["llama"]), adapter)
+    config = peft_model.active_peft_config
+    assert config.peft_type == "CARTRIDGE" and config.num_frozen_tokens == 2
+    assert config.num_virtual_tokens == 6
+    assert_same_generation(tiny["llama"], load_artifact(path), peft_model, TEXTS, batched=True)
+
+
+def test_peft_made_cartridges_import_and_compose_like_peft(tiny, tiny_dirs, tmp_path):
+    from peft import CartridgeConfig, PeftModel, get_peft_model
+    from peft.tuners.cartridge.utils import (
+        compose_cartridge_adapters,
+        initialize_kv_prefix_from_text,
+    )
+
+    from softprompt.interop.peft import import_peft
+    from test_peft_interop import TEXTS, assert_same_generation, load_model
+
+    backbone = tiny["llama"]
+    for name, text, length in (("a", "good bad great", 3), ("b", "it was awful .", 4)):
+        config = CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=length)
+        made = get_peft_model(load_model(tiny_dirs["llama"]), config)
+        initialize_kv_prefix_from_text(made, backbone.tokenizer, text=text, use_chat_template=False)
+        made.save_pretrained(tmp_path / name)
+        imported = import_peft(tmp_path / name, tmp_path / f"{name}.safetensors", [backbone])
+        assert imported.method == "cartridge" and imported.init["frozen"] == 1
+        assert_same_generation(backbone, imported, made.eval(), TEXTS, batched=True)
+    compose_cartridge_adapters([tmp_path / "a", tmp_path / "b"], output_path=tmp_path / "ab")
+    theirs = PeftModel.from_pretrained(load_model(tiny_dirs["llama"]), tmp_path / "ab")
+    ours = open_artifact(f"{tmp_path / 'a.safetensors'}+{tmp_path / 'b.safetensors'}")
+    assert ours.length == 7
+    assert_same_generation(backbone, ours, theirs, TEXTS, batched=True)
