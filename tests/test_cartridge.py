@@ -248,3 +248,39 @@ def test_peft_made_cartridges_import_and_compose_like_peft(tiny, tiny_dirs, tmp_
     ours = open_artifact(f"{tmp_path / 'a.safetensors'}+{tmp_path / 'b.safetensors'}")
     assert ours.length == 7
     assert_same_generation(backbone, ours, theirs, TEXTS, batched=True)
+
+
+def test_served_compositions_answer_as_the_composed_prefix_and_misfits_get_one_line(
+    tiny, tiny_dirs, tmp_path
+):
+    import httpx2
+
+    from softprompt.generation import SamplingOptions, generate
+    from softprompt.models import load_backbone
+    from softprompt.serving.server import Server
+
+    backbone = load_backbone(str(tiny_dirs["llama"]))
+    config = backbone.model.config
+    geometry = (config.num_hidden_layers, config.num_key_value_heads)
+    dim = config.hidden_size // config.num_attention_heads
+    folder = tmp_path / "adapters"
+    folder.mkdir()
+    for name, length, seed in (("doc-a", 3, 1), ("doc-b", 4, 2), ("big", 250, 3)):
+        saved(length, *geometry, dim, seed).save(folder / f"{name}.safetensors")
+    composed = open_artifact(f"{folder / 'doc-a.safetensors'}+{folder / 'doc-b.safetensors'}")
+    expected = generate(
+        backbone, ["it was good"], composed.kv, SamplingOptions(max_new_tokens=6, greedy=True)
+    )[0]
+    with Server(adapters_dir=folder, model=backbone, port=0, max_batch=4) as server:
+        url = server.url + "/v1/completions"
+        body = {"prompt": "it was good", "max_tokens": 6, "temperature": 0}
+        reply = httpx2.post(url, json={**body, "model": "doc-a+doc-b"}, timeout=60)
+        assert reply.status_code == 200
+        assert reply.json()["choices"][0]["text"] == expected
+        over = httpx2.post(url, json={**body, "model": "doc-a+big+doc-b"}, timeout=60)
+        error = over.json()["error"]
+        assert over.status_code == 400 and error["code"] == "model_refused"
+        assert "doc-a+big+doc-b is 257 positions long" in error["message"]
+        assert "\n" not in error["message"]
+        missing = httpx2.post(url, json={**body, "model": "doc-a+nope"}, timeout=60)
+        assert missing.status_code == 404
