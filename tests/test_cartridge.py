@@ -284,3 +284,89 @@ def test_served_compositions_answer_as_the_composed_prefix_and_misfits_get_one_l
         assert "\n" not in error["message"]
         missing = httpx2.post(url, json={**body, "model": "doc-a+nope"}, timeout=60)
         assert missing.status_code == 404
+
+
+def test_the_document_as_keys_values_scores_as_the_document_in_the_text(tiny):
+    from softprompt.steering.base import NoSteering
+    from softprompt.tasks.questions import document_steering
+    from softprompt.tasks.self_study import continuation_logprobs
+
+    backbone = tiny["llama"]
+    text = " ".join(corpus()[:3])
+    doc_ids = backbone.tokenizer(text).input_ids
+    asked = backbone.tokenizer(" it was good", add_special_tokens=False).input_ids
+    inside = continuation_logprobs(backbone, NoSteering(), [doc_ids + asked], [len(doc_ids) + 1])
+    front = document_steering(backbone, text)
+    assert front.length == len(doc_ids)
+    ahead = continuation_logprobs(backbone, front, [asked], [1])
+    torch.testing.assert_close(ahead[0], inside[0], atol=1e-4, rtol=0)
+
+
+def test_cli_cartridge_then_evaluate_on_questions(
+    monkeypatch, capsys, tiny_dirs, document, tmp_path
+):
+    import json
+
+    from conftest import write_jsonl
+    from test_cli import assert_one_line_error, invoke
+
+    out = tmp_path / "c.safetensors"
+    sets = [
+        "task.chunk_tokens=48",
+        "task.conversations=2",
+        "task.dev_conversations=2",
+        "task.max_new_tokens=6",
+        "task.top_k=5",
+    ]
+    args = [
+        "cartridge",
+        document,
+        "--out",
+        out,
+        "--length",
+        6,
+        "--steps",
+        2,
+        "--model",
+        tiny_dirs["llama"],
+        "--quiet",
+        "--json",
+    ]
+    code, stdout, err = invoke(monkeypatch, capsys, *args, *[x for s in sets for x in ("--set", s)])
+    assert code == 0, err
+    assert json.loads(stdout)["cartridge"] == str(out)
+    assert load_artifact(out).method == "cartridge" and load_artifact(out).length == 6
+    questions = write_jsonl(
+        tmp_path / "q.jsonl",
+        [
+            {
+                "question": "was it good",
+                "options": ["good", "bad", "great"],
+                "answer": 0,
+                "reference": "it was good",
+            },
+            {"question": "was it bad", "options": ["awful", "good"], "answer": "B"},
+        ],
+    )
+    asked = ["evaluate", out, "--questions", questions, "--document"]
+    code, _, err = invoke(monkeypatch, capsys, *asked, document)
+    assert_one_line_error(code, err, 1, "the document is 560 tokens; with a question it does not")
+    short = tmp_path / "short.txt"
+    short.write_text(" ".join(corpus()[:3]), encoding="utf-8")
+    code, stdout, err = invoke(monkeypatch, capsys, *asked, short, "--json")
+    assert code == 0, err
+    rows = json.loads(stdout)
+    assert [r["condition"] for r in rows] == [
+        "prompt",
+        "nothing",
+        "document truncated to 6",
+        "whole document",
+    ]
+    assert [r["length"] for r in rows[:3]] == [6, 0, 6] and rows[3]["length"] > 6
+    assert all(r["questions"] == 2 and r["accuracy"] in (0.0, 0.5, 1.0) for r in rows)
+    assert all(r["answer_loglik"] < 0 for r in rows)
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl", [{"question": "x", "options": ["a", "b"], "answer": 5}]
+    )
+    code, _, err = invoke(monkeypatch, capsys, "evaluate", out, "--questions", bad)
+    assert_one_line_error(code, err, 1, "bad.jsonl:1: 'answer' must be the right option's index")
