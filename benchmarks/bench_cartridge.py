@@ -89,7 +89,7 @@ def phase_train(args, backbone, results: dict) -> None:
 
 
 def phase_eval(args, backbone, results: dict) -> None:
-    questions = read_questions(QUESTIONS)
+    questions = read_questions(QUESTIONS)[: args.questions]
     text = DOC.read_text(encoding="utf-8")
     rows = {"nothing": score(backbone, NoSteering(), questions, 0)}
     whole = document_steering(backbone, text)
@@ -132,6 +132,9 @@ def phase_serve(args, backbone, results: dict) -> None:
 
     questions = read_questions(QUESTIONS)[: args.clients]
     text = DOC.read_text(encoding="utf-8")
+    if args.serve_doc_tokens:  # the document's first N tokens (a slow machine's budget)
+        ids = backbone.tokenizer(text, add_special_tokens=False).input_ids[: args.serve_doc_tokens]
+        text = backbone.tokenizer.decode(ids)
     length = min(args.lengths)
     source = Path(args.work) / f"handbook{length}.safetensors"
     served = {}
@@ -141,7 +144,12 @@ def phase_serve(args, backbone, results: dict) -> None:
         served["document in context"] = clients(
             server, server.base_name, [text + "\n\n" + a for a in asks], args.max_tokens
         )
-    results["serve"] = {"clients": args.clients, "max_tokens": args.max_tokens, **served}
+    results["serve"] = {
+        "clients": args.clients,
+        "max_tokens": args.max_tokens,
+        "document_tokens_in_context": len(backbone.tokenizer(text).input_ids),
+        **served,
+    }
 
 
 def clients(server, model: str, prompts: list[str], max_tokens: int) -> dict:
@@ -212,9 +220,8 @@ def phase_compose(args, backbone, results: dict) -> None:
     ):
         steering = open_artifact(path).steering_for(backbone, label)
         for qname, qfile in (("handbook", QUESTIONS), ("ferry", FERRY_QUESTIONS)):
-            rows[f"{label} / {qname} questions"] = score(
-                backbone, steering, read_questions(qfile), steering.length
-            )
+            asked = read_questions(qfile)[: args.questions]
+            rows[f"{label} / {qname} questions"] = score(backbone, steering, asked, steering.length)
     rows["nothing / ferry questions"] = score(
         backbone, NoSteering(), read_questions(FERRY_QUESTIONS), 0
     )
@@ -244,6 +251,8 @@ def main() -> None:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--clients", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--questions", type=int, default=None, help="Only the first N.")
+    parser.add_argument("--serve-doc-tokens", type=int, default=None)
     parser.add_argument("--phases", default="train,eval,serve,compose")
     parser.add_argument("--work", default="/tmp/bench-cartridge")
     parser.add_argument("--out", default="/tmp/bench-cartridge/results.json")
