@@ -348,6 +348,10 @@ def test_cli_cartridge_then_evaluate_on_questions(
             {"question": "was it bad", "options": ["awful", "good"], "answer": "B"},
         ],
     )
+    generated = ["generate", f"{out}+{out}", "-t", "it was", "--greedy", "--max-new-tokens", 3]
+    code, stdout, err = invoke(monkeypatch, capsys, *generated, "--json")
+    assert code == 0, err  # a composition named with '+' (12 positions) generates
+    assert json.loads(stdout)[0]["text"] == "it was"
     asked = ["evaluate", out, "--questions", questions, "--document"]
     code, _, err = invoke(monkeypatch, capsys, *asked, document)
     assert_one_line_error(code, err, 1, "the document is 560 tokens; with a question it does not")
