@@ -198,3 +198,179 @@ def test_a_cartridge_for_another_model_is_refused(tiny, document, tmp_path):
     cartridge = load_artifact(tmp_path / "last.safetensors")
     with pytest.raises(PromptFileError, match="use a prefix trained for this model"):
         cartridge.steering_for(tiny["gpt2"], "c.safetensors")
+
+
+def trained_cartridge(tiny, document, folder):
+    Trainer(
+        cartridge_config(document, steps=2), folder, backbones=[tiny["llama"]], progress=False
+    ).run()
+    return folder / "last.safetensors"
+
+
+def test_exported_cartridge_loads_in_peft_and_generates_the_same_text(
+    tiny, tiny_dirs, document, tmp_path
+):
+    from peft import PeftModel
+
+    from softprompt.interop.peft import export_peft
+    from test_peft_interop import TEXTS, assert_same_generation, load_model
+
+    path = trained_cartridge(tiny, document, tmp_path / "run")
+    adapter = export_peft(path, tiny["llama"], tmp_path / "adapter")
+    peft_model = PeftModel.from_pretrained(load_model(tiny_dirs["llama"]), adapter)
+    config = peft_model.active_peft_config
+    assert config.peft_type == "CARTRIDGE" and config.num_frozen_tokens == 2
+    assert config.num_virtual_tokens == 6
+    assert_same_generation(tiny["llama"], load_artifact(path), peft_model, TEXTS, batched=True)
+
+
+def test_peft_made_cartridges_import_and_compose_like_peft(tiny, tiny_dirs, tmp_path):
+    from peft import CartridgeConfig, PeftModel, get_peft_model
+    from peft.tuners.cartridge.utils import (
+        compose_cartridge_adapters,
+        initialize_kv_prefix_from_text,
+    )
+
+    from softprompt.interop.peft import import_peft
+    from test_peft_interop import TEXTS, assert_same_generation, load_model
+
+    backbone = tiny["llama"]
+    for name, text, length in (("a", "good bad great", 3), ("b", "it was awful .", 4)):
+        config = CartridgeConfig(task_type="CAUSAL_LM", num_virtual_tokens=length)
+        made = get_peft_model(load_model(tiny_dirs["llama"]), config)
+        initialize_kv_prefix_from_text(made, backbone.tokenizer, text=text, use_chat_template=False)
+        made.save_pretrained(tmp_path / name)
+        imported = import_peft(tmp_path / name, tmp_path / f"{name}.safetensors", [backbone])
+        assert imported.method == "cartridge" and imported.init["frozen"] == 1
+        assert_same_generation(backbone, imported, made.eval(), TEXTS, batched=True)
+    compose_cartridge_adapters([tmp_path / "a", tmp_path / "b"], output_path=tmp_path / "ab")
+    theirs = PeftModel.from_pretrained(load_model(tiny_dirs["llama"]), tmp_path / "ab")
+    ours = open_artifact(f"{tmp_path / 'a.safetensors'}+{tmp_path / 'b.safetensors'}")
+    assert ours.length == 7
+    assert_same_generation(backbone, ours, theirs, TEXTS, batched=True)
+
+
+def test_served_compositions_answer_as_the_composed_prefix_and_misfits_get_one_line(
+    tiny, tiny_dirs, tmp_path
+):
+    import httpx2
+
+    from softprompt.generation import SamplingOptions, generate
+    from softprompt.models import load_backbone
+    from softprompt.serving.server import Server
+
+    backbone = load_backbone(str(tiny_dirs["llama"]))
+    config = backbone.model.config
+    geometry = (config.num_hidden_layers, config.num_key_value_heads)
+    dim = config.hidden_size // config.num_attention_heads
+    folder = tmp_path / "adapters"
+    folder.mkdir()
+    for name, length, seed in (("doc-a", 3, 1), ("doc-b", 4, 2), ("big", 250, 3)):
+        saved(length, *geometry, dim, seed).save(folder / f"{name}.safetensors")
+    composed = open_artifact(f"{folder / 'doc-a.safetensors'}+{folder / 'doc-b.safetensors'}")
+    expected = generate(
+        backbone, ["it was good"], composed.kv, SamplingOptions(max_new_tokens=6, greedy=True)
+    )[0]
+    with Server(adapters_dir=folder, model=backbone, port=0, max_batch=4) as server:
+        url = server.url + "/v1/completions"
+        body = {"prompt": "it was good", "max_tokens": 6, "temperature": 0}
+        reply = httpx2.post(url, json={**body, "model": "doc-a+doc-b"}, timeout=60)
+        assert reply.status_code == 200
+        assert reply.json()["choices"][0]["text"] == expected
+        over = httpx2.post(url, json={**body, "model": "doc-a+big+doc-b"}, timeout=60)
+        error = over.json()["error"]
+        assert over.status_code == 400 and error["code"] == "model_refused"
+        assert "doc-a+big+doc-b is 257 positions long" in error["message"]
+        assert "\n" not in error["message"]
+        missing = httpx2.post(url, json={**body, "model": "doc-a+nope"}, timeout=60)
+        assert missing.status_code == 404
+
+
+def test_the_document_as_keys_values_scores_as_the_document_in_the_text(tiny):
+    from softprompt.steering.base import NoSteering
+    from softprompt.tasks.questions import document_steering
+    from softprompt.tasks.self_study import continuation_logprobs
+
+    backbone = tiny["llama"]
+    text = " ".join(corpus()[:3])
+    doc_ids = backbone.tokenizer(text).input_ids
+    asked = backbone.tokenizer(" it was good", add_special_tokens=False).input_ids
+    inside = continuation_logprobs(backbone, NoSteering(), [doc_ids + asked], [len(doc_ids) + 1])
+    front = document_steering(backbone, text)
+    assert front.length == len(doc_ids)
+    ahead = continuation_logprobs(backbone, front, [asked], [1])
+    torch.testing.assert_close(ahead[0], inside[0], atol=1e-4, rtol=0)
+
+
+def test_cli_cartridge_then_evaluate_on_questions(
+    monkeypatch, capsys, tiny_dirs, document, tmp_path
+):
+    import json
+
+    from conftest import write_jsonl
+    from test_cli import assert_one_line_error, invoke
+
+    out = tmp_path / "c.safetensors"
+    sets = [
+        "task.chunk_tokens=48",
+        "task.conversations=2",
+        "task.dev_conversations=2",
+        "task.max_new_tokens=6",
+        "task.top_k=5",
+    ]
+    args = [
+        "cartridge",
+        document,
+        "--out",
+        out,
+        "--length",
+        6,
+        "--steps",
+        2,
+        "--model",
+        tiny_dirs["llama"],
+        "--quiet",
+        "--json",
+    ]
+    code, stdout, err = invoke(monkeypatch, capsys, *args, *[x for s in sets for x in ("--set", s)])
+    assert code == 0, err
+    assert json.loads(stdout)["cartridge"] == str(out)
+    assert load_artifact(out).method == "cartridge" and load_artifact(out).length == 6
+    questions = write_jsonl(
+        tmp_path / "q.jsonl",
+        [
+            {
+                "question": "was it good",
+                "options": ["good", "bad", "great"],
+                "answer": 0,
+                "reference": "it was good",
+            },
+            {"question": "was it bad", "options": ["awful", "good"], "answer": "B"},
+        ],
+    )
+    generated = ["generate", f"{out}+{out}", "-t", "it was", "--greedy", "--max-new-tokens", 3]
+    code, stdout, err = invoke(monkeypatch, capsys, *generated, "--json")
+    assert code == 0, err  # a composition named with '+' (12 positions) generates
+    assert json.loads(stdout)[0]["text"] == "it was"
+    asked = ["evaluate", out, "--questions", questions, "--document"]
+    code, _, err = invoke(monkeypatch, capsys, *asked, document)
+    assert_one_line_error(code, err, 1, "the document is 560 tokens; with a question it does not")
+    short = tmp_path / "short.txt"
+    short.write_text(" ".join(corpus()[:3]), encoding="utf-8")
+    code, stdout, err = invoke(monkeypatch, capsys, *asked, short, "--json")
+    assert code == 0, err
+    rows = json.loads(stdout)
+    assert [r["condition"] for r in rows] == [
+        "prompt",
+        "nothing",
+        "document truncated to 6",
+        "whole document",
+    ]
+    assert [r["length"] for r in rows[:3]] == [6, 0, 6] and rows[3]["length"] > 6
+    assert all(r["questions"] == 2 and r["accuracy"] in (0.0, 0.5, 1.0) for r in rows)
+    assert all(r["answer_loglik"] < 0 for r in rows)
+    bad = write_jsonl(
+        tmp_path / "bad.jsonl", [{"question": "x", "options": ["a", "b"], "answer": 5}]
+    )
+    code, _, err = invoke(monkeypatch, capsys, "evaluate", out, "--questions", bad)
+    assert_one_line_error(code, err, 1, "bad.jsonl:1: 'answer' must be the right option's index")

@@ -16,6 +16,7 @@ from softprompt.steering.prompt import PromptSteering
 from softprompt.tasks import TASKS, build_task
 from softprompt.tasks.classification import ClassificationTask
 from softprompt.tasks.distill import DistillTask
+from softprompt.tasks.distill_text import TextDistillTask
 from softprompt.tasks.lm import LanguageModelingTask
 from softprompt.tasks.self_study import SelfStudyTask
 from softprompt.tasks.suffix import SuffixTask
@@ -155,6 +156,7 @@ def test_task_kinds_are_registered_by_their_config_type(tiny, sentiment_dir):
         "lm": LanguageModelingTask,
         "suffix": SuffixTask,
         "distill": DistillTask,
+        "distill_text": TextDistillTask,
         "self_study": SelfStudyTask,
     } == TASKS
     config = validate_config({"task": {"data": str(sentiment_dir), "type": "suffix"}})

@@ -26,6 +26,8 @@ from softprompt.steering.base import NoSteering, Steering
 from softprompt.tasks import build_task, data_spec
 from softprompt.tasks.base import Task, TaskSettings
 from softprompt.tasks.classification import classification_scores
+from softprompt.tasks.questions import document_steering, read_questions, score_questions
+from softprompt.text.corpus import read_corpus
 
 
 class Session:
@@ -149,6 +151,29 @@ class Session:
             "data": config.data,
             **metrics,
         }
+
+    def answer_questions(
+        self, questions: str | Path, document: str | Path | None = None, batch_size: int = 16
+    ) -> list[dict]:
+        """Question accuracy and reference-answer log-likelihood (softprompt.tasks.questions)
+        with the prompt (a cartridge, say); with `document`, beside the bare model, the
+        document truncated to the prompt's length, and the whole document, both in context."""
+        asked = read_questions(questions)
+        rows = [("prompt", self.steering)] if self.artifact is not None else []
+        rows.append(("nothing", NoSteering()))
+        if document is not None:
+            text = "\n\n".join(doc.text for doc in read_corpus(str(document)))
+            if self.artifact is not None:
+                size = self.steering.length
+                rows.append(
+                    (f"document truncated to {size}", document_steering(self.backbone, text, size))
+                )
+            rows.append(("whole document", document_steering(self.backbone, text)))
+        results = []
+        for name, steering in rows:
+            scores = score_questions(self.backbone, steering, asked, batch_size)
+            results.append({"condition": name, "length": steering.length, **scores})
+        return results
 
     def generate(
         self,

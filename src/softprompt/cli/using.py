@@ -54,24 +54,46 @@ def evaluate(
         str | None, typer.Option(help="Override the task type, e.g. suffix (the smiley metric).")
     ] = None,
     samples: Annotated[int, typer.Option(min=1, help="Suffix task: continuations sampled.")] = 40,
+    questions: Annotated[
+        Path | None, typer.Option(help="Multiple-choice questions (JSONL) instead of --data.")
+    ] = None,
+    document: Annotated[
+        Path | None, typer.Option(help="With --questions: also score with this in context.")
+    ] = None,
     device: DeviceOpt = "auto",
     as_json: JsonOpt = False,
 ) -> None:
-    """Loss, accuracy and macro-F1 of a prompt (or the bare model) on a data split.
+    """Loss, accuracy and macro-F1 of a prompt (or the bare model) on a data split; with
+    --questions, question accuracy and answer log-likelihood (beside --document in context).
 
-    With several --model, one result per model (JSON: a list), each marked trained_on_model."""
+    With several --model, one result per model (JSON: a list), each marked trained_on_model.
+    PROMPT may compose prefixes or cartridges: a.safetensors+b.safetensors."""
     from softprompt.models import resolve_device
     from softprompt.session import Session
 
     place = resolve_device(device, "--device")
     overrides = {"config": config, "template": template, "verbalizer": parse_verbalizer(verbalizer)}
     first = Session(prompt, model[0] if model else None, dtype=dtype, device=place, **overrides)
+    if questions is not None:
+        rows = first.answer_questions(questions, document, batch_size=batch_size)
+        emit(rows, as_json, _render_questions)
+        return
     sessions = [first, *(first.on(name) for name in (model or [])[1:])]
     results = [
         s.evaluate(data, split=split, batch_size=batch_size, task=task, samples=samples)
         for s in sessions
     ]
     emit(results[0] if len(results) == 1 else results, as_json, lambda _: _render_scores(results))
+
+
+def _render_questions(rows: list[dict]) -> None:
+    table = Table("condition", "length", "accuracy", "answer log-lik/token", "questions")
+    for r in rows:
+        loglik = "-" if r["answer_loglik"] is None else f"{r['answer_loglik']:.3f}"
+        table.add_row(
+            r["condition"], str(r["length"]), f"{r['accuracy']:.3f}", loglik, str(r["questions"])
+        )
+    out.print(table)
 
 
 def _render_scores(rows: list[dict]) -> None:

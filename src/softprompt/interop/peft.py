@@ -41,7 +41,13 @@ TENSOR = "prompt_embeddings"
 HEADER_KEY = "softprompt"
 # the PEFT types an import reads, and the softprompt artifact each becomes (a P_TUNING adapter
 # saves the prompt its encoder outputs, so it imports as a plain prompt)
-METHODS = {"PROMPT_TUNING": "prompt", "P_TUNING": "prompt", "PREFIX_TUNING": "prefix"}
+METHODS = {
+    "PROMPT_TUNING": "prompt",
+    "P_TUNING": "prompt",
+    "PREFIX_TUNING": "prefix",
+    "CARTRIDGE": "cartridge",
+}
+KV_TYPES = ("PREFIX_TUNING", "CARTRIDGE")  # PEFT types whose tensor is flat keys/values
 
 
 def export_peft(
@@ -109,6 +115,8 @@ def peft_artifact(
             "prefix_projection": bool(config.get("prefix_projection", False)),
         },
     }
+    if config["peft_type"] == "CARTRIDGE":
+        fields["init"]["frozen"] = int(config.get("num_frozen_tokens", 1))
     artifact = CODECS[method].from_peft(tensor, config, fields)
     for backbone in backbones or []:
         artifact.steering_for(backbone, source=str(adapter_dir))  # checks that it fits
@@ -144,8 +152,26 @@ class _PrefixCodec:
         return SavedPrefix(kv=kv, **fields)
 
 
+class _CartridgeCodec:
+    """Cartridge: PEFT's CARTRIDGE keeps the keys/values in prefix tuning's flat layout, with
+    the number of frozen first positions (`num_frozen_tokens`) in its config."""
+
+    def to_peft(self, artifact: SavedPrefix, backbone: Backbone, source: str):
+        artifact.check_fits(backbone.model, backbone.name, source=source)
+        frozen = min(int(artifact.init.get("frozen", 1)), artifact.length)
+        config = _prefix_config(backbone, artifact.length)
+        config.update(peft_type="CARTRIDGE", num_frozen_tokens=frozen)
+        for key in ("encoder_hidden_size", "prefix_projection"):
+            config.pop(key)
+        return flatten_prefix(artifact.kv), config
+
+    def from_peft(self, tensor: torch.Tensor, config: dict, fields: dict) -> SavedPrefix:
+        kv = unflatten_prefix(tensor, config["num_layers"], config["num_attention_heads"])
+        return SavedPrefix(kv=kv, method="cartridge", **fields)
+
+
 # how each method's artifact maps to a PEFT adapter (by softprompt method name)
-CODECS = {"prompt": _PromptCodec(), "prefix": _PrefixCodec()}
+CODECS = {"prompt": _PromptCodec(), "prefix": _PrefixCodec(), "cartridge": _CartridgeCodec()}
 
 
 def flatten_prefix(kv: PrefixKV) -> torch.Tensor:
@@ -201,7 +227,7 @@ def _read_config(folder: Path) -> dict:
     if peft_type not in METHODS:
         raise PromptFileError(
             f"{folder} holds a {peft_type} adapter; softprompt imports only "
-            "PROMPT_TUNING, P_TUNING and PREFIX_TUNING adapters"
+            "PROMPT_TUNING, P_TUNING, PREFIX_TUNING and CARTRIDGE adapters"
         )
     for key in ("num_virtual_tokens", "token_dim", "num_layers", "num_attention_heads"):
         value = config.get(key)
@@ -219,7 +245,7 @@ def _read_config(folder: Path) -> dict:
 def _check_tensor(tensor: torch.Tensor, config: dict, weights: Path) -> None:
     """The tensor's shape must be what the config says (PEFT's layout), its values finite."""
     length, width = config["num_virtual_tokens"], config["token_dim"]
-    if config["peft_type"] == "PREFIX_TUNING":
+    if config["peft_type"] in KV_TYPES:
         if width % config["num_attention_heads"]:
             raise PromptFileError(
                 f"{weights.parent / CONFIG_FILE}: token_dim {width} is not a multiple of "

@@ -114,7 +114,8 @@ def compose(artifacts: list, names: list[str]) -> SavedPrefix:
         raise UsageError("a composition names at least two cartridges, e.g. doc-a+doc-b")
     for artifact, name in zip(artifacts, names):
         if getattr(artifact, "kv", None) is None:  # prefixes and cartridges hold keys/values
-            raise UsageError(f"{name} is a {artifact.method}; only prefixes and cartridges compose")
+            what = getattr(artifact, "method", None) or "bare model"
+            raise UsageError(f"{name} is a {what}; only prefixes and cartridges compose")
     shapes = [a.kv.keys.shape for a in artifacts]
     for shape, name in zip(shapes[1:], names[1:]):
         if (shape[0], shape[1], shape[3]) != (shapes[0][0], shapes[0][1], shapes[0][3]):

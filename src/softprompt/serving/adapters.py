@@ -25,6 +25,7 @@ from softprompt.artifacts import open_artifact
 from softprompt.errors import SoftpromptError
 from softprompt.interop.peft import CONFIG_FILE
 from softprompt.methods.base import Artifact
+from softprompt.methods.cartridge import compose
 from softprompt.models import Backbone
 from softprompt.session import Session
 from softprompt.steering.base import Steering
@@ -102,6 +103,8 @@ class Adapters(Mapping):
 
     def __getitem__(self, name: str) -> Adapter:
         entry = self._fixed.get(name) or self._entries.get(name)
+        if entry is None and "+" in name:
+            return self._composed(name)
         if entry is None:
             raise KeyError(name)
         if entry.error is not None:
@@ -111,6 +114,19 @@ class Adapters(Mapping):
         if name in self._entries:
             self._touch(name)
         return entry.adapter
+
+    def _composed(self, name: str) -> Adapter:
+        """`a+b`: the served prefixes or cartridges named, their keys/values concatenated into
+        one prefix (built per request, not kept); an unknown part is a KeyError, a misfit (a
+        soft prompt, a sum over the context) a RefusedAdapter."""
+        parts = [self[part] for part in name.split("+")]
+        try:
+            artifact = compose([p.artifact for p in parts], [p.name for p in parts])
+            session = Session(artifact, self.backbone)
+            session.source = name
+            return Adapter(name, session.load(), source=name)
+        except SoftpromptError as exc:
+            raise RefusedAdapter(str(exc)) from None
 
     def __iter__(self) -> Iterator[str]:
         fixed, entries = dict(self._fixed), dict(self._entries)

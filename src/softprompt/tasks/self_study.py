@@ -202,19 +202,7 @@ class SelfStudyTask(Task):
 
     def reply_logprobs(self, steering: Steering, rows: list[list[int]], starts: list[int]):
         """Per row, log-probabilities [reply tokens, vocab] predicting row[start:]."""
-        width = max(len(r) for r in rows)
-        pad = self.tokenizer.pad_token_id or 0
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for index, row in enumerate(rows):
-            ids[index, : len(row)] = torch.tensor(row)
-            mask[index, : len(row)] = 1
-        hidden, offset = steering.hidden(self.backbone, ids, mask)
-        result = []
-        for index, (row, start) in enumerate(zip(rows, starts)):
-            h = hidden[index, offset + start - 1 : offset + len(row) - 1]
-            result.append(torch.log_softmax(self.backbone.head_logits(h).float(), dim=-1))
-        return result
+        return continuation_logprobs(self.backbone, steering, rows, starts)
 
     # --- the run's items, kept in the run folder ----------------------------------------
 
@@ -269,6 +257,26 @@ class SelfStudyTask(Task):
 
     def selection_metric(self, best_metric: str) -> str:
         return "loss"
+
+
+def continuation_logprobs(
+    backbone: Backbone, steering: Steering, rows: list[list[int]], starts: list[int]
+) -> list[torch.Tensor]:
+    """Per row of token ids under `steering`, the log-probabilities [len(row) - start, vocab]
+    of the tokens row[start:] (each predicted from the tokens before it)."""
+    width = max(len(r) for r in rows)
+    pad = backbone.tokenizer.pad_token_id or 0
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for index, row in enumerate(rows):
+        ids[index, : len(row)] = torch.tensor(row)
+        mask[index, : len(row)] = 1
+    hidden, offset = steering.hidden(backbone, ids, mask)
+    result = []
+    for index, (row, start) in enumerate(zip(rows, starts)):
+        h = hidden[index, offset + start - 1 : offset + len(row) - 1]
+        result.append(torch.log_softmax(backbone.head_logits(h).float(), dim=-1))
+    return result
 
 
 def write_turns(turns: list[Turn], key: str, path: Path) -> None:
