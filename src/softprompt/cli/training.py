@@ -41,8 +41,9 @@ def train(
     """Train a soft prompt; writes prompt.safetensors (best), metrics.jsonl and summary.json.
 
     The config's method: prompt (prompt tuning), prefix (key/value prefixes), p_tuning (the
-    prompt as an MLP's or LSTM's output while it trains) or residual (rows through a residual
-    bottleneck MLP while it trains); the last two save a plain prompt. The run directory is
+    prompt as an MLP's or LSTM's output while it trains), residual (rows through a residual
+    bottleneck MLP while it trains) — these two save a plain prompt — or cartridge (raw
+    keys/values started from a document's own, trained by self-study). The run directory is
     locked while training; --resume continues a run with its own config."""
     from softprompt.config import load_config
     from softprompt.training.resume import require_run

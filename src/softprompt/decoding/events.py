@@ -28,13 +28,16 @@ class Delta:
 
 @dataclass(frozen=True)
 class Finished:
-    """The row is done: why (`stop`, `length`), its whole text, the token counts, every
-    generated token's log-probability (None unless asked) and the echoed prompt's."""
+    """The row is done: why (`stop`, `length`), its whole text, the token counts, the generated
+    token ids (what self-study and distillation learn, exact where re-tokenizing the text would
+    not be), every generated token's log-probability (None unless asked) and the echoed
+    prompt's."""
 
     finish_reason: str
     text: str
     prompt_tokens: int
     completion_tokens: int
+    token_ids: tuple[int, ...] = ()
     tokens: list[TokenLogprob] | None = None
     prompt_logprobs: list[TokenLogprob] | None = None
 

@@ -78,6 +78,7 @@ def _finish(row: Row, reason: str) -> None:
             text=row.text.text,
             prompt_tokens=len(row.job.prompt_ids),
             completion_tokens=len(row.text.tokens),
+            token_ids=tuple(row.text.tokens),
             tokens=row.scored if row.job.logprobs is not None else None,
             prompt_logprobs=row.prompt_scores,
         )

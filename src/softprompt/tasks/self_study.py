@@ -25,6 +25,7 @@ from pydantic import Field
 
 from softprompt.data import Example
 from softprompt.decoding.engine import Engine, Job
+from softprompt.decoding.events import Failed, Finished
 from softprompt.decoding.options import SamplingOptions, row_seeds
 from softprompt.errors import ConfigError, DataError, ModelError
 from softprompt.files import read_safetensors, write_safetensors_atomic
@@ -173,14 +174,8 @@ class SelfStudyTask(Task):
         size = config.generation_batch
         with Progress(f"self-study {split} turns", len(contexts), unit="turns") as progress:
             for start in range(0, len(contexts), size):
-                jobs = [
-                    Job(NoSteering(), ids, options, _ignore, seed=seed)
-                    for ids, seed in zip(
-                        contexts[start : start + size], seeds[start : start + size]
-                    )
-                ]
-                Engine(self.backbone, max_batch=len(jobs), queue_size=1).run_jobs(jobs)
-                replies += [list(job.text.tokens) for job in jobs]
+                batch = zip(contexts[start : start + size], seeds[start : start + size])
+                replies += _decode(self.backbone, batch, options)
                 progress.update(len(replies))
         return replies
 
@@ -307,5 +302,19 @@ def read_turns(path: Path, key: str) -> list[Turn] | None:
     return turns
 
 
-def _ignore(kind: str, payload) -> None:
-    """Turns are read from the jobs when they are done; events are not needed."""
+def _decode(backbone, batch, options: SamplingOptions) -> list[list[int]]:
+    """Each (context, seed)'s reply as token ids, decoded together on the engine."""
+    ended: dict[int, Finished | Failed] = {}
+    jobs = []
+    for index, (ids, seed) in enumerate(batch):
+
+        def emit(event, index=index) -> None:
+            if isinstance(event, Finished | Failed):
+                ended[index] = event
+
+        jobs.append(Job(NoSteering(), ids, options, emit, seed=seed))
+    Engine(backbone, max_batch=len(jobs), queue_size=1).run_jobs(jobs)
+    failed = [e.error for e in ended.values() if isinstance(e, Failed)]
+    if failed:
+        raise failed[0]
+    return [list(ended[index].token_ids) for index in range(len(jobs))]
