@@ -16,11 +16,13 @@ from softprompt.cli.common import (
     BatchOpt,
     ConfigOpt,
     DataOpt,
+    DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     FormatOpt,
     InputOpt,
     JsonOpt,
+    MaxMemoryOpt,
     ModelOpt,
     ModelsOpt,
     OutputOpt,
@@ -32,6 +34,7 @@ from softprompt.cli.common import (
     err,
     out,
     parse_verbalizer,
+    placed_model,
     progress_reporter,
     quiet_closed_pipe,
 )
@@ -55,6 +58,8 @@ def evaluate(
     ] = None,
     samples: Annotated[int, typer.Option(min=1, help="Suffix task: continuations sampled.")] = 40,
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Loss, accuracy and macro-F1 of a prompt (or the bare model) on a data split.
@@ -65,8 +70,10 @@ def evaluate(
 
     place = resolve_device(device, "--device")
     overrides = {"config": config, "template": template, "verbalizer": parse_verbalizer(verbalizer)}
-    first = Session(prompt, model[0] if model else None, dtype=dtype, device=place, **overrides)
-    sessions = [first, *(first.on(name) for name in (model or [])[1:])]
+    placing = (place, dtype, device_map, max_memory)
+    models = [placed_model(prompt, name, *placing) for name in model or [None]]
+    first = Session(prompt, models[0], dtype=dtype, device=place, **overrides)
+    sessions = [first, *(first.on(name) for name in models[1:])]
     results = [
         s.evaluate(data, split=split, batch_size=batch_size, task=task, samples=samples)
         for s in sessions
@@ -117,6 +124,8 @@ def predict(
     verbalizer: VerbalizerOpt = None,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The label and the probability of each label for one or more texts, or with --input for
@@ -131,6 +140,7 @@ def predict(
         {"--label-field": label_field},
     )
     place = resolve_device(device, "--device")
+    model = placed_model(prompt, model, place, dtype, device_map, max_memory)
     options = {"config": config, "template": template, "verbalizer": parse_verbalizer(verbalizer)}
     if input_file is None:
         _predict_texts(prompt, text, model, place, dtype, as_json, options)
@@ -232,6 +242,8 @@ def generate(
     ] = 1,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Continue texts as given (no template) with a prompt or prefix; --compare shows the bare
@@ -257,6 +269,7 @@ def generate(
     )
     options.check()
     place = resolve_device(device, "--device")
+    model = placed_model(prompt, model, place, dtype, device_map, max_memory)
     if input_file is None:
         _generate_texts(prompt, text, model, place, dtype, as_json, options, num_samples, compare)
         return
