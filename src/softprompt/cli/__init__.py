@@ -16,7 +16,7 @@ from typing import Annotated
 import typer
 from rich.markup import escape
 
-from softprompt.cli import analysis, crossmodel, interop, models, serving, training, using
+from softprompt.cli import analysis, crossmodel, interop, models, planning, serving, training, using
 from softprompt.cli.common import err
 from softprompt.cli.usage import (
     Command,
@@ -45,6 +45,7 @@ COMMANDS = {
     "transfer": crossmodel.transfer,
     "align": crossmodel.align,
     "study": training.study,
+    "plan": planning.plan,
     "tiny-family": models.tiny_family,
     "predict": using.predict,
     "generate": using.generate,
