@@ -130,8 +130,6 @@ def predict(
 ) -> None:
     """The label and the probability of each label for one or more texts, or with --input for
     every input of a file (one JSON line each; accuracy and macro-F1 when it has labels)."""
-    from softprompt.models import resolve_device
-
     _check_sources(
         text,
         input_file,
@@ -139,8 +137,7 @@ def predict(
         {"--output": output, "--format": input_format, "--text-field": text_field},
         {"--label-field": label_field},
     )
-    place = resolve_device(device, "--device")
-    model = placed_model(prompt, model, place, dtype, device_map, max_memory)
+    place, model = _placed(prompt, model, device, dtype, device_map, max_memory)
     options = {"config": config, "template": template, "verbalizer": parse_verbalizer(verbalizer)}
     if input_file is None:
         _predict_texts(prompt, text, model, place, dtype, as_json, options)
@@ -164,6 +161,14 @@ def predict(
             **options,
         )
     _print_summary(summary, as_json, "predicted")
+
+
+def _placed(prompt, model, device: str, dtype: str, device_map, max_memory):
+    """The device, and the model: its spec, or with --device-map the model spread out."""
+    from softprompt.models import resolve_device
+
+    place = resolve_device(device, "--device")
+    return place, placed_model(prompt, model, place, dtype, device_map, max_memory)
 
 
 def _predict_texts(prompt, text, model, place, dtype: str, as_json: bool, options: dict) -> None:
@@ -249,7 +254,6 @@ def generate(
     """Continue texts as given (no template) with a prompt or prefix; --compare shows the bare
     model too. With --input, every input of a file, one JSON line each."""
     from softprompt.generation import SamplingOptions
-    from softprompt.models import resolve_device
 
     _check_sources(
         text,
@@ -268,8 +272,7 @@ def generate(
         seed=seed,
     )
     options.check()
-    place = resolve_device(device, "--device")
-    model = placed_model(prompt, model, place, dtype, device_map, max_memory)
+    place, model = _placed(prompt, model, device, dtype, device_map, max_memory)
     if input_file is None:
         _generate_texts(prompt, text, model, place, dtype, as_json, options, num_samples, compare)
         return
