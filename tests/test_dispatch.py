@@ -56,7 +56,7 @@ def test_dispatched_model_gives_the_same_numbers_and_text(
     if verb == "evaluate":
         assert got["examples"] > 0 and 0 <= got["accuracy"] <= 1
     if verb == "generate":
-        assert got[0]["generated"].strip()  # text came out, the same word for word
+        assert got[0]["with_prompt"].strip()  # text came out, the same word for word
 
 
 def same(got, expected) -> bool:
