@@ -41,7 +41,8 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def shard_model(model: nn.Module, world: int, device: torch.device) -> None:
-    """Shard `model` in place over the `world` processes: per decoder layer, then the root."""
+    """Shard `model` in place over the `world` processes: per decoder layer, then the root;
+    each process keeps its shards on `device` (FSDP moves them there, one layer at a time)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -103,15 +104,17 @@ class Sharding:
     def active(self) -> bool:
         return self.mode == "fsdp"
 
-    def shard(self, backbones: list[Backbone]) -> None:
+    def shard(self, backbones: list[Backbone], device: torch.device) -> None:
         """Checkpoint (`train.gradient_checkpointing`), then shard (`train.shard: fsdp`) every
-        frozen model of the run, in that order (FSDP wraps the checkpointed layers)."""
+        frozen model of the run, in that order (FSDP wraps the checkpointed layers). Each
+        process's shards go to `device` (a model loaded in CPU memory never lands whole on a
+        GPU)."""
         for backbone in backbones if self.checkpointing else []:
             checkpoint_layers(backbone.model)
         if not self.active:
             return
         for backbone in backbones:
-            shard_model(backbone.model, self.processes.world, backbone.device)
+            shard_model(backbone.model, self.processes.world, device)
             self.models.append(backbone.model)
         local = sum(local_parameter_bytes(model) for model in self.models)
         most = torch.tensor([local], dtype=torch.float64)
