@@ -57,6 +57,8 @@ def test_plan_command_says_whether_it_fits(
     assert result["run"]["world"] == 2 and result["fits"] is None
     whole = sum(4 * p.numel() for p in model.parameters())
     assert result["models"][str(tiny_dirs["llama"])]["weights"] == whole // 2
+    code, stdout, _ = invoke(monkeypatch, capsys, "plan", path)
+    assert code == 0 and "peak per process (1 process(es))" in stdout and "fit" not in stdout
     for memory, verdict in (("1", "fits 1 GiB"), ("0.0001", "does NOT fit")):
         code, stdout, _ = invoke(monkeypatch, capsys, "plan", path, "--device-memory", memory)
         assert code == 0 and verdict in stdout

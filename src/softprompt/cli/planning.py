@@ -35,9 +35,10 @@ def plan(
         for spec, terms in r["models"].items():
             parts = ", ".join(f"{k} {_size(v)}" for k, v in terms.items() if k != "peak")
             out.print(f"{spec}: {parts}", markup=False, highlight=False)
-        verdict = {None: "", True: f": fits {device_memory:g} GiB", False: ": does NOT fit"}
         line = f"peak per process ({world} process(es)) {_size(r['peak'])}"
-        out.print(line + verdict[r["fits"]], markup=False, highlight=False)
+        if r["fits"] is not None:
+            line += f": fits {device_memory:g} GiB" if r["fits"] else ": does NOT fit"
+        out.print(line, markup=False, highlight=False)
 
     emit(result, as_json, render)
 
