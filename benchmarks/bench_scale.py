@@ -1,7 +1,7 @@
 """What realistic sizes cost: a prompt-tuning and a prefix-tuning step on random-weight models
 built from the configs of real checkpoints (values written below; nothing is downloaded).
 
-Per row: seconds per step, the step's FLOP/s against the same step's GEMMs timed alone in the
+Per row: seconds per step, the step's TFLOP/s against the same step's GEMMs timed alone in the
 same run (matmuls of the step's shapes: forward and input-gradient, in the step's dtype), peak
 resident memory during the steps (per process under `--shard fsdp`, where `torchrun` starts
 this script twice), and `softprompt plan`'s prediction for the row (training/plan.py).
@@ -243,12 +243,17 @@ def measure(args, rank: int = 0, world: int = 1) -> dict:
 
     step()  # warm-up (allocates the optimizer state)
     _sync(args.device)
+    if args.device.startswith("cuda"):  # device memory, not the host's: torch's allocator
+        torch.cuda.reset_peak_memory_stats()
+        overhead = 0
     with PeakRSS() as peak:
         start = time.perf_counter()
         for _ in range(args.steps):
             step()
         _sync(args.device)
         seconds = (time.perf_counter() - start) / args.steps
+    if args.device.startswith("cuda"):
+        peak.peak = torch.cuda.max_memory_allocated()
     flops = step_flops(backbone, args.method, BATCH // world, args.checkpointing)
     gemm = gemm_seconds(backbone, args.method, BATCH // world, args.checkpointing, args.device)
     return {
@@ -290,8 +295,8 @@ def row(args, result: dict, world: int) -> dict:
         "processes": world,
         "steps": args.steps,
         "seconds_per_step": round(result["seconds_per_step"], 2),
-        "step_gflops": round(result["step_flops_per_s"] / 1e9, 1),
-        "gemm_gflops": round(result["gemm_flops_per_s"] / 1e9, 1),
+        "step_tflops": round(result["step_flops_per_s"] / 1e12, 4),
+        "gemm_tflops": round(result["gemm_flops_per_s"] / 1e12, 4),
         "peak_gib": round(measured / 2**30, 2),
         "planned_gib": round(planned / 2**30, 2),
         "plan_error": round(planned / measured - 1, 3),
