@@ -227,6 +227,8 @@ def measure(args, rank: int = 0, world: int = 1) -> dict:
     if args.shard == "fsdp":
         shard_model(backbone.model, world, torch.device(args.device))
     release_freed_memory()
+    with PeakRSS() as held:  # what the process holds with its model (shards) in place
+        pass
     weights = trainable(backbone, args.method)
     optimizer = torch.optim.AdamW([weights], lr=1e-3)
     batch = random_batch(backbone.model.config.vocab_size, BATCH // world, args.device)
@@ -260,6 +262,7 @@ def measure(args, rank: int = 0, world: int = 1) -> dict:
         "rank": rank,
         "peak_bytes": peak.peak,
         "overhead_bytes": overhead,
+        "held_bytes": held.peak,
         "seconds_per_step": seconds,
         "step_flops_per_s": flops / seconds,
         "gemm_flops_per_s": flops / gemm,  # the same FLOPs at the GEMMs' own speed
@@ -298,6 +301,8 @@ def row(args, result: dict, world: int) -> dict:
         "step_tflops": round(result["step_flops_per_s"] / 1e12, 4),
         "gemm_tflops": round(result["gemm_flops_per_s"] / 1e12, 4),
         "peak_gib": round(measured / 2**30, 2),
+        "held_gib": round(result["held_bytes"] / 2**30, 2),  # model in place, before a step
+        "overhead_gib": round(result["overhead_bytes"] / 2**30, 2),
         "planned_gib": round(planned / 2**30, 2),
         "plan_error": round(planned / measured - 1, 3),
     }
