@@ -198,7 +198,7 @@ def _sync(device: str) -> None:
 
 def planned_peak(backbone, args, world: int, overhead: int) -> int:
     """`softprompt plan`'s prediction for this row (training/plan.py)."""
-    from softprompt.training.plan import Run, Shape, plan_memory
+    from softprompt.training.plan import GATHER_COPIES, Run, Shape, plan_memory
 
     run = Run(
         micro_batch=BATCH // world,
@@ -209,6 +209,7 @@ def planned_peak(backbone, args, world: int, overhead: int) -> int:
         world=world,
         shard=args.shard == "fsdp",
         checkpointing=args.checkpointing,
+        gather_copies=GATHER_COPIES["cpu" if args.device == "cpu" else "cuda"],
     )
     return plan_memory(Shape.of(backbone.model.config), run, overhead)["peak"]
 

@@ -4,8 +4,10 @@ The model of memory (bytes, per process; docs/scale.md derives each term):
 
 - weights: every parameter of every frozen model, divided by the processes under
   `train.shard: fsdp`;
-- gathered (sharded runs only): the root (embeddings, final norm, head) whole for a
-  micro-batch, plus two decoder layers whole (the one running and the one FSDP prefetches);
+- gathered (sharded runs only): the root (embeddings, final norm, head) and one decoder
+  layer whole, each `gather_copies` times: FSDP2 all-gathers a group into one buffer and copies
+  it out into the whole parameters (2 copies at once, NCCL); on gloo CPUs the all-gather holds
+  one more (3: measured, BENCHMARKS.md). The root is the largest group (its vocabulary rows);
 - activations: what autograd keeps for the prompt's gradient. The weights are frozen, so a
   linear layer keeps nothing of its input; per token and layer a Llama-style layer keeps its
   two norms' inputs (2d), the rotated queries and the attention output (2 x heads x head_dim),
@@ -25,7 +27,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 GIB = 1024**3
-PREFETCHED_LAYERS = 2  # FSDP2 gathers the next layer while the current one runs
+GATHER_COPIES = {"cuda": 2, "cpu": 3}  # a gathered group's copies at once (see above)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class Run:
     shard: bool = False
     checkpointing: bool = False
     prefix_mlp_hidden: int | None = None  # a prefix's reparameterisation MLP (None: none)
+    gather_copies: int = 2
 
 
 def trainable_numbers(shape: Shape, run: Run) -> int:
@@ -114,11 +117,8 @@ def plan_memory(shape: Shape, run: Run, overhead_bytes: int = 0) -> dict:
     tokens_per_row = run.text_length + (run.prompt_length if run.method != "prefix" else 0)
     tokens = run.micro_batch * tokens_per_row
     terms = {"weights": shape.parameters * b // world}
-    terms["gathered"] = (
-        (shape.root_parameters + PREFETCHED_LAYERS * shape.layer_parameters) * b
-        if run.shard and world > 1
-        else 0
-    )
+    gathered = (shape.root_parameters + shape.layer_parameters) * run.gather_copies * b
+    terms["gathered"] = gathered if run.shard and world > 1 else 0
     kept = shape.layers * shape.saved_per_token(run.checkpointing) * tokens
     replay = shape.saved_per_token(False) * tokens if run.checkpointing else 0
     workspace = 2 * shape.intermediate * tokens
@@ -137,7 +137,7 @@ def plan_run(config, world: int = 1, device_memory_gb: float | None = None, over
     peak of the largest, and whether it fits `device_memory_gb` (None: not asked)."""
     from transformers import AutoConfig
 
-    from softprompt.models.loading import resolve_spec
+    from softprompt.models.loading import resolve_device, resolve_spec
 
     settings = config.train
     share = max(1, settings.batch_size // world)
@@ -152,6 +152,9 @@ def plan_run(config, world: int = 1, device_memory_gb: float | None = None, over
         shard=settings.shard == "fsdp",
         checkpointing=settings.gradient_checkpointing,
         prefix_mlp_hidden=_prefix_mlp(prompt),
+        gather_copies=GATHER_COPIES[
+            "cpu" if resolve_device(settings.device).type == "cpu" else "cuda"
+        ],
     )
     models = {}
     for spec in config.models:
