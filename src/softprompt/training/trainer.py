@@ -140,7 +140,7 @@ class Trainer:
             model_loss = 0.0
             for start in range(0, len(share), self.settings.micro_batch):
                 micro = share[start : start + self.settings.micro_batch]
-                with self.sharding.gathered():
+                with self.sharding.gathered(slot.backbone):
                     loss = self._micro_loss(slot, _steering(prompt, index), micro) / denominator
                     (loss * slot.weight).backward()
                 model_loss += float(loss.detach())
@@ -175,7 +175,7 @@ class Trainer:
         """Dev metrics per model and their mean (`prompt`: a tensor or the trainable module)."""
         per_model = {}
         for index, slot in enumerate(self.slots):
-            with self.sharding.gathered():
+            with self.sharding.gathered(slot.backbone):
                 per_model[slot.backbone.name] = evaluate_task(
                     slot.task, _steering(prompt, index), slot.dev, self.settings.eval_batch_size
                 )
