@@ -73,8 +73,8 @@ class Trainer:
         self.progress = progress and self.processes.is_main
         self.device = self.processes.training_device(self.settings)
         self.sharding = Sharding(self.settings, self.processes)
-        self.backbones = backbones or _load_backbones(config, self.device)
-        self.sharding.shard(self.backbones)
+        self.backbones = backbones or _load_backbones(config, self.device, self.sharding.active)
+        self.sharding.shard(self.backbones, self.device)
         self.slots = self._build_slots()
         self.schedule = BatchSchedule(
             self.slots[0].train,
@@ -144,7 +144,7 @@ class Trainer:
             model_loss = 0.0
             for start in range(0, len(share), self.settings.micro_batch):
                 micro = share[start : start + self.settings.micro_batch]
-                with self.sharding.gathered():
+                with self.sharding.gathered(slot.backbone):
                     loss = self._micro_loss(slot, _steering(prompt, index), micro) / denominator
                     (loss * slot.weight).backward()
                 model_loss += float(loss.detach())
@@ -179,7 +179,7 @@ class Trainer:
         """Dev metrics per model and their mean (`prompt`: a tensor or the trainable module)."""
         per_model = {}
         for index, slot in enumerate(self.slots):
-            with self.sharding.gathered():
+            with self.sharding.gathered(slot.backbone):
                 per_model[slot.backbone.name] = evaluate_task(
                     slot.task, _steering(prompt, index), slot.dev, self.settings.eval_batch_size
                 )
@@ -361,9 +361,12 @@ class Trainer:
         return self.slots[0].task.selection_metric(self.settings.best_metric)
 
 
-def _load_backbones(config: TrainConfig, device: torch.device) -> list[Backbone]:
+def _load_backbones(
+    config: TrainConfig, device: torch.device, sharded: bool = False
+) -> list[Backbone]:
     """The run's models, each on its device (`train.devices` round-robin, else `device`), in
-    the run's precision (`auto` resolved for those devices)."""
+    the run's precision (`auto` resolved for those devices). Sharded models load into CPU
+    memory: FSDP moves each process's shards to `device` (softprompt.training.sharding)."""
     names = config.train.devices or [str(device)]
     devices = [resolve_device(name) for name in names]
     dtype = DTYPE_NAMES[training_precision(config.train.precision, devices)]
@@ -371,7 +374,7 @@ def _load_backbones(config: TrainConfig, device: torch.device) -> list[Backbone]
         load_backbone(
             spec,
             dtype=dtype,
-            device=devices[i % len(devices)],
+            device="cpu" if sharded else devices[i % len(devices)],
             trust_remote_code=config.trust_remote_code or None,
         )
         for i, spec in enumerate(config.models)
