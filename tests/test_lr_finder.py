@@ -208,3 +208,17 @@ def test_a_run_whose_curve_never_falls_stops_before_it_trains(sentiment_dir, tin
         trainer.run()
     assert not (tmp_path / "flat" / "checkpoints").exists()
     assert not (tmp_path / "flat" / "summary.json").exists()
+
+
+def test_a_curve_that_diverges_at_once_is_one_line():
+    with pytest.raises(ConfigError, match="diverged within 2 steps") as caught:
+        read_curve([0.1, 0.5], [1.0, 50.0])
+    assert "\n" not in str(caught.value)
+
+
+def test_a_rate_that_is_neither_a_number_nor_auto_is_one_line():
+    raw = {"task": {"data": "x", "verbalizer": {"a": " a", "b": " b"}}}
+    with pytest.raises(ConfigError, match=r"^--set train.lr=fast: train.lr: give a number"):
+        load_config(raw, ["train.lr=fast"])
+    assert load_config(raw, ["train.lr=AUTO"]).train.lr == "auto"
+    assert load_config(raw, ["train.lr=1e-3"]).train.lr == 0.001
