@@ -222,3 +222,23 @@ def test_a_rate_that_is_neither_a_number_nor_auto_is_one_line():
         load_config(raw, ["train.lr=fast"])
     assert load_config(raw, ["train.lr=AUTO"]).train.lr == "auto"
     assert load_config(raw, ["train.lr=1e-3"]).train.lr == 0.001
+
+
+def test_each_run_of_a_study_grid_finds_its_own_rate(
+    sentiment_dir, tiny_dirs, tmp_path, monkeypatch
+):
+    from softprompt.study import load_study, run_study
+
+    monkeypatch.setattr(Trainer, "_micro_loss", lambda self, *args: bowl_loss(*args))
+    model = str(tiny_dirs["llama"])
+    config = make_config(sentiment_dir, "prompt", models=(model,)).model_dump(mode="json")
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(config))
+    grid = {"config": "base.yaml", "model_sets": [[model]], "train_seeds": [1, 2]}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({**grid, "init_seeds": [0]}))
+    run_study(load_study(tmp_path / "study.yaml"), tmp_path / "study", progress=False)
+    runs = sorted((tmp_path / "study").glob("*/*/config.yaml"))
+    assert len(runs) == 2
+    for path in runs:
+        recorded = yaml.safe_load(path.read_text())["train"]
+        assert recorded["lr"] == "auto" and recorded["lr_found"] > 0
+        assert (path.parent / "lr_find.csv").is_file()
