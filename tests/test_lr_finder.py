@@ -242,3 +242,17 @@ def test_each_run_of_a_study_grid_finds_its_own_rate(
         recorded = yaml.safe_load(path.read_text())["train"]
         assert recorded["lr"] == "auto" and recorded["lr_found"] > 0
         assert (path.parent / "lr_find.csv").is_file()
+
+
+def test_a_checkpoint_with_other_parameter_groups_says_how_to_resume(sentiment_dir, tiny, tmp_path):
+    from softprompt.errors import UsageError
+
+    one_group = make_config(sentiment_dir, "p_tuning", lr=0.01, steps=8, checkpoint_every=4)
+    one_group.prompt.encoder_lr_scale = 1.0  # as runs were before the encoder had its own rate
+    trainer_for(one_group, [tiny["llama"]], tmp_path / "run").run()
+    two_groups = make_config(sentiment_dir, "p_tuning", lr=0.01, steps=8, checkpoint_every=4)
+    two_groups.prompt.encoder_lr_scale = 0.5
+    again = trainer_for(two_groups, [tiny["llama"]], tmp_path / "run")
+    with pytest.raises(UsageError, match="keeps 1 optimizer parameter group") as caught:
+        again.run(resume=True, allow_changes=True)
+    assert "--set prompt.encoder_lr_scale=1 --allow-changes" in str(caught.value)
