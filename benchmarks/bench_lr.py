@@ -73,8 +73,10 @@ def zero_shot(backbone, task: str) -> float:
 def measure_cell(backbone, cell: dict, args) -> dict:
     """The sweep and the auto run of one cell, the auto run first."""
     auto = run(backbone, cell, "auto", args)
-    sweep = {lr: run(backbone, cell, lr, args) for lr in args.lrs}
-    for lr, result in sweep.items():
+    print(f"    auto: {auto['accuracy']:.3f} at {auto['lr']:.2g} ({auto['seconds']:.0f} s)")
+    sweep = {}
+    for lr in args.lrs:
+        sweep[lr] = result = run(backbone, cell, lr, args)
         print(f"    lr {lr}: {result['accuracy']:.3f} ({result['seconds']:.0f} s)", flush=True)
     best = max(sweep, key=lambda lr: sweep[lr]["accuracy"])
     worst = min(sweep, key=lambda lr: sweep[lr]["accuracy"])
@@ -88,6 +90,8 @@ def measure_cell(backbone, cell: dict, args) -> dict:
         "worst": sweep[worst]["accuracy"],
         "worst_lr": worst,
         "search_share": auto["search_seconds"] / run_seconds if run_seconds else 0.0,
+        "search_seconds": auto["search_seconds"],
+        "run_seconds": run_seconds,
     }
 
 
@@ -135,7 +139,7 @@ def main() -> None:
                     cell = {"model": model, "task": task, "method": method, "seed": seed}
                     print(f"  {cell} (zero-shot {bare:.3f})", flush=True)
                     rows.append({**measure_cell(backbone, cell, args), "zero_shot": bare})
-                    print(f"    auto: {rows[-1]['auto']:.3f} at {rows[-1]['auto_lr']:.2g}")
+                    print(table(rows[-1:]).splitlines()[2], flush=True)
     print(f"{len(rows)} cells, {time.perf_counter() - started:.0f} s; {args.steps} steps each")
     print(table(rows))
     if args.json:
