@@ -177,6 +177,7 @@ class RunDir:
             except (SoftpromptError, KeyError, json.JSONDecodeError):
                 warn(f"checkpoint {path} is unreadable; trying an older one")
                 continue
+            _check_groups(state, saved, path)
             _restore(state, tensors, saved, device)
             return path
         return None
@@ -190,6 +191,18 @@ class RunDir:
 class RunBusyError(UsageError):
     """The run directory is locked by another process training into it (exit 2: choose another
     --out, as for a folder that already holds a run)."""
+
+
+def _check_groups(state: TrainState, saved: dict, path: Path) -> None:
+    """A checkpoint whose optimizer has other parameter groups than this run (one written
+    before an encoder trained at a rate of its own) cannot resume it: say how it can."""
+    here, there = len(state.optimizer.param_groups), len(saved["optimizer_param_groups"])
+    if here != there:
+        raise UsageError(
+            f"{path} keeps {there} optimizer parameter group(s) but this run has {here} (an "
+            "encoder at its own rate, prompt.encoder_lr_scale, is newer than the checkpoint); "
+            "resume with --set prompt.encoder_lr_scale=1 --allow-changes"
+        )
 
 
 def _restore(state: TrainState, tensors: dict, saved: dict, device: torch.device) -> None:
