@@ -229,16 +229,41 @@ def _restore(state: TrainState, tensors: dict, saved: dict, device: torch.device
         if name.startswith("optimizer."):
             _, index, key = name.split(".", 2)
             optimizer_state.setdefault(int(index), {})[key] = value
+    settings = _settings_of(state)
     state.optimizer.load_state_dict(
         {"state": optimizer_state, "param_groups": saved["optimizer_param_groups"]}
     )
     state.scheduler.load_state_dict(saved["scheduler"])
+    _apply_settings(state, settings)
     torch.set_rng_state(tensors["rng.torch"])
     state.step = saved["step"]
     state.best_value = saved["best_value"]
     state.best_step = saved["best_step"]
     state.evals_without_improvement = saved["evals_without_improvement"]
     state.history = saved["history"]
+
+
+def _settings_of(state: TrainState) -> tuple[list[dict], list[float]]:
+    """The optimizer's hyperparameters (learning rate, weight decay...) and the schedule's
+    base rates as this run's config sets them, before a checkpoint overwrites them."""
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in state.optimizer.param_groups]
+    return groups, list(state.scheduler.base_lrs)
+
+
+def _apply_settings(state: TrainState, settings: tuple[list[dict], list[float]]) -> None:
+    """Put the config's hyperparameters back over a checkpoint's: a resume with a changed
+    `train.lr`, schedule or weight decay (`--allow-changes`) trains with the change. The
+    learning rate is the base rate times the schedule's factor at the resumed step, as the
+    schedule computes it, so an unchanged config resumes bitwise."""
+    groups, base_lrs = settings
+    scheduler = state.scheduler
+    for group, fresh, base, factor in zip(
+        state.optimizer.param_groups, groups, base_lrs, scheduler.lr_lambdas
+    ):
+        group.update(fresh)
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler.base_lrs = base_lrs
+    scheduler._last_lr = [group["lr"] for group in state.optimizer.param_groups]
 
 
 def _step_of(record: object) -> int:
