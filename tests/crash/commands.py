@@ -24,12 +24,21 @@ METHODS = {
 SUMMARY_KEYS = ("steps", "stopped_early", "best_value", "best_step", "dev", "best_dev")
 
 
-def base_config(model: str, method: str = "prompt", steps: int = 8) -> dict:
+def small_data(folder: Path, rows: int = 8) -> Path:
+    """The sample sentiment task cut to `rows` examples a split (both labels in each)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split in ("train", "dev", "test"):
+        lines = (SENTIMENT / f"{split}.jsonl").read_text().splitlines()
+        (folder / f"{split}.jsonl").write_text("\n".join(lines[:rows]) + "\n")
+    return folder
+
+
+def base_config(model: str, data: Path, method: str = "prompt", steps: int = 8) -> dict:
     return {
         "method": method,
         "models": [model],
         "task": {
-            "data": str(SENTIMENT),
+            "data": str(data),
             "template": "review: {text} sentiment:",
             "verbalizer": json.loads(VERBALIZER),
             "max_examples": 8,
@@ -49,9 +58,9 @@ def base_config(model: str, method: str = "prompt", steps: int = 8) -> dict:
 # --- train -------------------------------------------------------------------------------
 
 
-def train(model: str, method: str) -> Command:
+def train(model: str, data: Path, method: str) -> Command:
     def setup(work: Path) -> None:
-        (work / "config.yaml").write_text(yaml.safe_dump(base_config(model, method)))
+        (work / "config.yaml").write_text(yaml.safe_dump(base_config(model, data, method)))
 
     def argv(work: Path, again: bool) -> list:
         if again and (work / "run" / "config.yaml").exists():
@@ -96,9 +105,9 @@ def same_summary(run: Path, ref: Path) -> None:
 # --- study -------------------------------------------------------------------------------
 
 
-def study(model: str, seeds: int = 2) -> Command:
+def study(model: str, data: Path, seeds: int = 2) -> Command:
     def setup(work: Path) -> None:
-        (work / "base.yaml").write_text(yaml.safe_dump(base_config(model, steps=4)))
+        (work / "base.yaml").write_text(yaml.safe_dump(base_config(model, data, steps=4)))
         grid = {
             "config": "base.yaml",
             "model_sets": [[model]],
@@ -197,16 +206,16 @@ def same_tree(a: Path, b: Path) -> bool:
     return all(same_tree(a / n, b / n) for n in names)
 
 
-def one_shots(model: str, prompt: Path, other: Path, old: Path) -> list[Command]:
+def one_shots(model: str, data: Path, prompt: Path, other: Path, old: Path) -> list[Command]:
     """predict/generate --input, compress, export, explain on `prompt`; `other` is another
     prompt and `old` a folder of earlier outputs (made from `other`) to be replaced."""
     use = [prompt, "--model", model]
-    inputs = ["--input", SENTIMENT / "test.jsonl", "--output", "out.jsonl", "--batch-size", "4"]
+    inputs = ["--input", data / "test.jsonl", "--output", "out.jsonl", "--batch-size", "4"]
     predict = ["predict", *use, "--verbalizer", VERBALIZER, *inputs]
     generate = ["generate", *use, *inputs, "--greedy", "--max-new-tokens", "3"]
-    compress = ["compress", *use, "--keep", "2", "--data", SENTIMENT, "--out", "small.safetensors"]
+    compress = ["compress", *use, "--keep", "2", "--data", data, "--out", "small.safetensors"]
     export = ["export", *use, "--format", "peft", "--out", "adapters/ad", "--force"]
-    explain = ["explain", *use, "--data", SENTIMENT, "--out", "report", "--projection", "none"]
+    explain = ["explain", *use, "--data", data, "--out", "report", "--projection", "none"]
     return [
         one_shot("predict --input", predict, ["out.jsonl"], {"out.jsonl": old / "predict.jsonl"}),
         one_shot(

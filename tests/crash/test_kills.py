@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from crash.commands import one_shots, study, train
+from crash.commands import one_shots, small_data, study, train
 from crash.harness import ForkServer, kill_chains
 
 FAST = {
@@ -41,8 +41,9 @@ def commands(server, tiny_dirs, tmp_path_factory) -> dict:
     """Every command under test by name, with the prompts and earlier outputs they use."""
     model = str(tiny_dirs["llama"])
     root = tmp_path_factory.mktemp("crash-inputs")
-    built = {f"train {m}": train(model, m) for m in ("prompt", "prefix", "p_tuning")}
-    built["study"] = study(model)
+    data = small_data(root / "data")
+    built = {f"train {m}": train(model, data, m) for m in ("prompt", "prefix", "p_tuning")}
+    built["study"] = study(model, data)
     prompts = []
     for seed in (1, 2):
         folder = root / f"prompt-{seed}"
@@ -57,7 +58,7 @@ def commands(server, tiny_dirs, tmp_path_factory) -> dict:
     (old / "generate.jsonl").write_text('{"text": "old"}\n')
     argv = ["export", prompts[1], "--format", "peft", "--model", model, "--out", old / "peft"]
     assert server.run(argv, old)["code"] == 0, (old / "child.log").read_text()
-    for command in one_shots(model, prompts[0], prompts[1], old):
+    for command in one_shots(model, data, prompts[0], prompts[1], old):
         built[command.name] = command
     return built
 
