@@ -123,3 +123,9 @@ def prompted_hidden(backbone, steer, input_ids, attention_mask, read=None):
     """Hidden states of right-padded rows under `steer` (anything `as_steering` takes), and
     the column of each row's first token (a soft prompt's length; 0 after a prefix)."""
     return as_steering(steer).hidden(backbone, input_ids, attention_mask, read)
+
+
+def current_prompt(module) -> torch.Tensor:
+    """The soft prompt a trainable prompt module steers the first model with now: the learned
+    matrix for `prompt`, the encoder's output for `p_tuning` and `residual` (not its inputs)."""
+    return module.steering(0).embedding

@@ -243,7 +243,7 @@ class Trainer:
 
     def _loop(self, state: TrainState) -> tuple[bool, dict | None]:
         """Steps until the last, an early stop or a signal; returns (stopped early, last dev)."""
-        settings, stopped_early, last_dev = self.settings, False, None
+        settings, (stopped_early, last_dev) = self.settings, self._resumed_end(state)
         log = RunLog(self.run_dir, settings.report_to, config_to_dict(self.config))
         with (
             ProgressBar(self.progress, settings.steps, state.step) as bar,
@@ -262,6 +262,18 @@ class Trainer:
                 log.flush()
                 self._stop_if_signalled(state, signals)
         return stopped_early, last_dev
+
+    def _resumed_end(self, state: TrainState) -> tuple[bool, dict | None]:
+        """A run resumed from its last checkpoint (killed before its summary): whether it had
+        stopped early, and its last evaluation's dev metrics (computed again, not logged
+        twice), so its summary is the one the run would have written."""
+        patience = self.settings.early_stopping_patience
+        stopped = bool(patience and state.evals_without_improvement >= patience)
+        evaluated = bool(state.history) and state.history[-1]["step"] == state.step
+        if not evaluated or (state.step < self.settings.steps and not stopped):
+            return False, None
+        with torch.no_grad():
+            return stopped, self.evaluate_dev(state.module)
 
     def _step(self, state: TrainState) -> float:
         """One training step; one that fails (a non-finite loss) still saves the last prompt."""
