@@ -220,7 +220,7 @@ class Trainer:
                 "steps_run": state.step - first_step,
                 "resumed_from": resumed_from,
             }
-            summary = self._summary(state, outcome)
+            summary = _summary(self, state, outcome)
             self.run_dir.write_summary(summary)
             self.processes.wait_for_everyone()
         return summary
@@ -300,7 +300,7 @@ class Trainer:
 
     def _after_eval(self, state: TrainState, dev: dict) -> bool:
         """Keep the best prompt; returns True when early stopping says stop."""
-        best_key = self._best_key()
+        best_key = self.best_key()
         value = self._selection_metrics(dev)[best_key]
         if state.record_eval(dev["mean"], value, lower_is_better=best_key == "loss"):
             self.write_artifact(
@@ -324,31 +324,6 @@ class Trainer:
     def _save_last(self, state: TrainState) -> None:
         self.write_artifact(state, {"step": state.step}, self.out_dir / "last.safetensors")
 
-    def _summary(self, state: TrainState, outcome: dict) -> dict:
-        """summary.json: where the prompt is, how far the run got and how fast."""
-        seconds, resumed_from = outcome["seconds"], outcome["resumed_from"]
-        per_second = outcome["steps_run"] * self.settings.batch_size / seconds if seconds else 0.0
-        return {
-            "run_dir": str(self.out_dir),
-            "prompt_path": str(self.out_dir / "prompt.safetensors"),
-            "models": [b.name for b in self.backbones],
-            "steps": state.step,
-            "stopped_early": outcome["stopped_early"],
-            "best_metric": self._best_key(),
-            "best_value": state.best_value,
-            "best_step": state.best_step,
-            "dev": outcome["last_dev"],
-            "best_dev": state.best_dev,
-            "train_seconds": seconds,
-            "train_samples_per_second": per_second,
-            "resumed_from": str(resumed_from) if resumed_from else None,
-            "processes": self.processes.world,
-            "sharding": self.sharding.record,
-            "precision": precision_of(self.backbones[0].dtype),
-            "lr": self.settings.rate,
-            "lr_search": getattr(self, "lr_search", None),
-        }
-
     # --- what gets saved, and how a step is scored -----------------------------------------
 
     def artifact(self, state: TrainState, training: dict | None = None):
@@ -369,8 +344,34 @@ class Trainer:
         """Summed loss of a micro-batch (divided by the whole batch's size by the caller)."""
         return slot.task.loss(steering, micro)
 
-    def _best_key(self) -> str:
+    def best_key(self) -> str:
         return self.slots[0].task.selection_metric(self.settings.best_metric)
+
+
+def _summary(trainer: Trainer, state: TrainState, outcome: dict) -> dict:
+    """summary.json: where the prompt is, how far the run got and how fast."""
+    seconds, resumed_from = outcome["seconds"], outcome["resumed_from"]
+    per_second = outcome["steps_run"] * trainer.settings.batch_size / seconds if seconds else 0.0
+    return {
+        "run_dir": str(trainer.out_dir),
+        "prompt_path": str(trainer.out_dir / "prompt.safetensors"),
+        "models": [b.name for b in trainer.backbones],
+        "steps": state.step,
+        "stopped_early": outcome["stopped_early"],
+        "best_metric": trainer.best_key(),
+        "best_value": state.best_value,
+        "best_step": state.best_step,
+        "dev": outcome["last_dev"],
+        "best_dev": state.best_dev,
+        "train_seconds": seconds,
+        "train_samples_per_second": per_second,
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "processes": trainer.processes.world,
+        "sharding": trainer.sharding.record,
+        "precision": precision_of(trainer.backbones[0].dtype),
+        "lr": trainer.settings.rate,
+        "lr_search": getattr(trainer, "lr_search", None),
+    }
 
 
 def _load_backbones(
