@@ -116,7 +116,7 @@ def gap_row(backbone, args) -> None:
     for _ in range(5):
         step(engine)
         stamps.append(time.perf_counter())
-    long = backbone.tokenizer(text_of(1500, 3)).input_ids[:2000]
+    long = backbone.tokenizer(text_of(2000, 3)).input_ids[:2000]
     heard: list[object] = []  # the long request's first event: its prefill is done
     submit(engine, NoSteering(), long, 10**4, lambda *event: heard.append(event))
     streams = engine.running
@@ -137,7 +137,7 @@ def gap_row(backbone, args) -> None:
 
 def peak_row(backbone, args) -> None:
     engine = make_engine(backbone, 16, args.prefill_chunk)
-    long = backbone.tokenizer(text_of(3000, 5)).input_ids[:4000]
+    long = backbone.tokenizer(text_of(4000, 5)).input_ids[:4000]
     submit(engine, NoSteering(), long, 8)
     for i in range(15):
         submit(engine, NoSteering(), backbone.tokenizer(text_of(12, i)).input_ids, 8)
