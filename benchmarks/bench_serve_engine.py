@@ -49,9 +49,9 @@ def make_engine(backbone, rows: int, chunk: int | None) -> Engine:
     return Engine(backbone, **options)
 
 
-def submit(engine: Engine, steering, ids: list[int], tokens: int) -> None:
+def submit(engine: Engine, steering, ids: list[int], tokens: int, emit=None) -> None:
     options = SamplingOptions(max_new_tokens=tokens, greedy=True)
-    engine.submit(Job(steering, ids, options, lambda *_: None))
+    engine.submit(Job(steering, ids, options, emit or (lambda *_: None)))
 
 
 def step(engine: Engine) -> None:
@@ -116,9 +116,11 @@ def gap_row(backbone, args) -> None:
     for _ in range(5):
         step(engine)
         stamps.append(time.perf_counter())
-    long = backbone.tokenizer(text_of(1500, 3)).input_ids[:2000]
-    submit(engine, NoSteering(), long, 10**4)
-    while engine.running < 16 or any(n < len(long) for n in row_lengths(engine)[-1:]):
+    long = backbone.tokenizer(text_of(2000, 3)).input_ids[:2000]
+    heard: list[object] = []  # the long request's first event: its prefill is done
+    submit(engine, NoSteering(), long, 10**4, lambda *event: heard.append(event))
+    streams = engine.running
+    while not heard:
         step(engine)
         stamps.append(time.perf_counter())
     for _ in range(5):
@@ -127,7 +129,7 @@ def gap_row(backbone, args) -> None:
     gaps = [b - a for a, b in itertools.pairwise(stamps)]
     median = statistics.median(gaps)
     print(
-        f"gap: a {len(long)}-token prompt joining 15 streams (prefill chunk "
+        f"gap: a {len(long)}-token prompt joining {streams} streams (prefill chunk "
         f"{args.prefill_chunk}): {len(gaps)} steps, median gap {median * 1e3:.0f} ms, largest "
         f"{max(gaps) * 1e3:.0f} ms = {max(gaps) / median:.1f}x the median"
     )
@@ -135,7 +137,7 @@ def gap_row(backbone, args) -> None:
 
 def peak_row(backbone, args) -> None:
     engine = make_engine(backbone, 16, args.prefill_chunk)
-    long = backbone.tokenizer(text_of(3000, 5)).input_ids[:4000]
+    long = backbone.tokenizer(text_of(4000, 5)).input_ids[:4000]
     submit(engine, NoSteering(), long, 8)
     for i in range(15):
         submit(engine, NoSteering(), backbone.tokenizer(text_of(12, i)).input_ids, 8)

@@ -26,11 +26,12 @@ class StepAttention:
         self._masks: dict = {}
         self.lengths = torch.tensor([r.length for r in plan.decode], dtype=torch.long)
         if self.running:
-            blocks = max(pool.blocks_for(r.length + 1) for r in plan.decode)
-            table = torch.zeros((self.running, blocks), dtype=torch.long)
-            for i, row in enumerate(plan.decode):
-                used = pool.blocks_for(row.length + 1)
-                table[i, :used] = torch.tensor(row.table[:used])
+            used = [pool.blocks_for(r.length + 1) for r in plan.decode]
+            blocks = max(used)
+            table = torch.tensor(
+                [r.table[:n] + [0] * (blocks - n) for r, n in zip(plan.decode, used)],
+                dtype=torch.long,
+            )  # padded with block 0
             self.table = table.flatten().to(device)
             self.width = blocks * size
             rows = torch.arange(self.running)

@@ -51,10 +51,14 @@ class Row:
     unsent: int = 0  # scored tokens not yet in a delta
     prompt_scores: list[TokenLogprob] | None = None
     capture: bool = False  # keep its soft prompt's keys/values for its adapter once fed
+    size: int = 0  # len(inputs)
+
+    def __post_init__(self) -> None:
+        self.size = len(self.inputs)
 
     @property
     def prefilling(self) -> bool:
-        return self.fed < len(self.inputs)
+        return self.fed < self.size
 
     @property
     def own_blocks(self) -> list[int]:
@@ -72,7 +76,7 @@ class Chunk:
 
     @property
     def final(self) -> bool:
-        return self.start + self.count == len(self.row.inputs)
+        return self.start + self.count == self.row.size
 
 
 @dataclass(frozen=True)
@@ -138,7 +142,7 @@ class Scheduler:
         chunks, at = [], len(decode)
         budget = math.inf if self.prefill_chunk is None else self.prefill_chunk
         for row in (r for r in self.rows if r.prefilling):
-            count = int(min(len(row.inputs) - row.fed, budget))
+            count = int(min(row.size - row.fed, budget))
             if count <= 0:
                 break
             chunks.append(Chunk(row, row.fed, count, at))
