@@ -173,7 +173,10 @@ def _artifact_mistakes(tmp_path: Path) -> dict[str, tuple[Path, list[str]]]:
     save_file({f"layers.{i}.weight": torch.zeros(2, 2) for i in range(5)}, weights)
     return {
         "folder": (folder, ["is a folder, not a prompt file", ".safetensors file"]),
-        "peft": (peft, [str(peft), "imports only PROMPT_TUNING, P_TUNING, PREFIX_TUNING and CARTRIDGE"]),
+        "peft": (
+            peft,
+            [str(peft), "imports only PROMPT_TUNING, P_TUNING, PREFIX_TUNING and CARTRIDGE"],
+        ),
         "empty": (empty, ["is empty (0 bytes)"]),
         "weights": (weights, ["no 'prompt' tensor", "and 2 more", "not a softprompt prompt"]),
     }
