@@ -197,6 +197,7 @@ def clients(server, model: str, prompts: list[str], max_tokens: int) -> dict:
         "wall_s": wall,
         "completion_tokens": sum(tokens),
         "tokens_per_s": sum(tokens) / wall,
+        "requests_per_s": len(prompts) / wall,
         "ttft_mean_s": sum(first) / max(len(first), 1),
         "ttft_max_s": max(first, default=0),
         "peak_rss_mib": max(peak) / 2**20,
@@ -209,23 +210,21 @@ def clients(server, model: str, prompts: list[str], max_tokens: int) -> dict:
 
 
 def phase_compose(args, backbone, results: dict) -> None:
+    """Each question set with the composition handbook+ferry, the ferry set with its cartridge
+    alone and with nothing (the handbook set alone is the eval phase's cartridge row)."""
     length = min(args.lengths)
     work = Path(args.work)
     a, b = work / f"handbook{length}.safetensors", work / f"ferry{length}.safetensors"
-    rows = {}
-    for label, path in (
-        ("handbook alone", str(a)),
-        ("ferry alone", str(b)),
-        ("handbook+ferry", f"{a}+{b}"),
-    ):
-        steering = open_artifact(path).steering_for(backbone, label)
-        for qname, qfile in (("handbook", QUESTIONS), ("ferry", FERRY_QUESTIONS)):
-            asked = read_questions(qfile)[: args.questions]
-            rows[f"{label} / {qname} questions"] = score(backbone, steering, asked, steering.length)
-    rows["nothing / ferry questions"] = score(
-        backbone, NoSteering(), read_questions(FERRY_QUESTIONS), 0
-    )
-    results["compose"] = rows
+    handbook = read_questions(QUESTIONS)[: args.questions]
+    ferry = read_questions(FERRY_QUESTIONS)
+    both = open_artifact(f"{a}+{b}").steering_for(backbone, "handbook+ferry")
+    alone = open_artifact(b).steering_for(backbone, "ferry")
+    results["compose"] = {
+        "handbook+ferry / handbook questions": score(backbone, both, handbook, both.length),
+        "handbook+ferry / ferry questions": score(backbone, both, ferry, both.length),
+        "ferry alone / ferry questions": score(backbone, alone, ferry, alone.length),
+        "nothing / ferry questions": score(backbone, NoSteering(), ferry, 0),
+    }
 
 
 def common_log(line: str) -> None:

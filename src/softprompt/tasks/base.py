@@ -14,6 +14,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from softprompt.data import DataSpec, Example
+from softprompt.errors import UsageError
 from softprompt.models import Backbone
 from softprompt.steering.base import Steering
 
@@ -110,9 +111,15 @@ def length_batches(lengths: list[int], batch_size: int) -> list[list[int]]:
 
 
 def data_spec(task_config) -> DataSpec:
-    """The data-reading part of a task config."""
+    """The data-reading part of a task config (a self-study corpus of one source reads as
+    that source; of several, it names no single data set)."""
+    source = task_config.data
+    if isinstance(source, list):
+        if len(source) != 1:
+            raise UsageError(f"task.data lists {len(source)} sources; pass --data (one source)")
+        source = source[0]
     return DataSpec(
-        source=task_config.data,
+        source=source,
         text_field=task_config.text_field,
         label_field=task_config.label_field if task_config.type == "classification" else None,
         text_b_field=task_config.text_b_field,
