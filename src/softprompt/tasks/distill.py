@@ -101,14 +101,23 @@ class Teacher:
         return Path(path)
 
 
-def load_teacher(path: str | Path) -> Teacher:
-    """A teacher file written by `softprompt migrate` (or `Teacher.save`), checked."""
+def read_teacher_file(path: str | Path, file_format: str, what: str) -> tuple[dict, dict]:
+    """The tensors and header of a teacher file that `softprompt migrate` wrote, its format
+    checked (`what` names the kind in the error)."""
     if not Path(path).is_file():
         raise UsageError(
             f"task.teacher: teacher file not found: {path}; `softprompt migrate` writes it"
         )
     tensors, meta = read_safetensors(path)
-    if meta.get("format") != TEACHER_FORMAT or "logprobs" not in tensors:
+    if meta.get("format") != file_format:
+        raise PromptFileError(f"{path} is not {what} written by softprompt migrate")
+    return tensors, meta
+
+
+def load_teacher(path: str | Path) -> Teacher:
+    """A teacher file written by `softprompt migrate` (or `Teacher.save`), checked."""
+    tensors, meta = read_teacher_file(path, TEACHER_FORMAT, "a teacher file")
+    if "logprobs" not in tensors:
         raise PromptFileError(f"{path} is not a teacher file written by softprompt migrate")
     keys, labels = json.loads(meta["keys"]), json.loads(meta["labels"])
     shape = (len(keys), len(labels))
@@ -137,15 +146,7 @@ class DistillTask(ClassificationTask):
 
     @classmethod
     def from_config(cls, task_config, backbone: Backbone, prompt_length: int) -> Task:
-        task = cls(
-            backbone,
-            task_config.template,
-            task_config.verbalizer,
-            loss=task_config.loss,
-            max_length=task_config.max_length,
-            prompt_length=prompt_length,
-            needs_text_b=task_config.text_b_field is not None,
-        )
+        task = super().from_config(task_config, backbone, prompt_length)
         task.teacher = load_teacher(task_config.teacher)
         if task.teacher.labels != task.labels:
             raise UsageError(

@@ -29,13 +29,13 @@ import torch.nn.functional as F
 from pydantic import Field
 
 from softprompt.data import Example
-from softprompt.errors import ConfigError, DataError, PromptFileError, UsageError
-from softprompt.files import read_safetensors, write_safetensors_atomic
+from softprompt.errors import ConfigError, DataError
+from softprompt.files import write_safetensors_atomic
 from softprompt.models import Backbone
 from softprompt.steering.base import Steering
 from softprompt.steering.forward import as_steering
 from softprompt.tasks.base import Task, TaskSettings, length_batches, special_tokens
-from softprompt.tasks.distill import input_key
+from softprompt.tasks.distill import input_key, read_teacher_file
 
 TOPK_FORMAT = "softprompt-teacher-topk"
 
@@ -77,13 +77,7 @@ class TopK:
 
 def load_topk(path: str | Path) -> TopK:
     """A top-k teacher file written by `softprompt migrate`, split back per input."""
-    if not Path(path).is_file():
-        raise UsageError(
-            f"task.teacher: teacher file not found: {path}; `softprompt migrate` writes it"
-        )
-    tensors, meta = read_safetensors(path)
-    if meta.get("format") != TOPK_FORMAT:
-        raise PromptFileError(f"{path} is not a top-k teacher file written by softprompt migrate")
+    tensors, meta = read_teacher_file(path, TOPK_FORMAT, "a top-k teacher file")
     lengths = json.loads(meta["lengths"])
     ids = list(torch.split(tensors["ids"], lengths))
     return TopK(json.loads(meta["keys"]), ids, list(torch.split(tensors["logprobs"], lengths)))
