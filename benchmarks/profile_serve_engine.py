@@ -1,12 +1,17 @@
 """Where the serving engine's time goes, piece by piece (the evidence behind the serving
 section of BENCHMARKS.md): a request's prefill on an idle engine (per adapter kind) against
 the same prompt joining a running step of 15 rows (what the step costs more), a decoding step
-of 1 and of 16 rows, and torch.profiler's top operators of a 16-row mixed step.
+of 1 and of 16 rows, torch.profiler's top operators of a 16-row mixed step, and the time per
+step spent outside the model at 16 and 64 rows (`--outside`): the step's wall time less the
+model's forward, and within it the picking of every row's token and its text (`_advance`:
+sampling, log-probabilities, detokenizing, stop strings), greedy and sampled (temperature,
+top-k, top-p and both penalties).
 
 It drives an `Engine` by hand (its `_admit` and `_step`, on this thread), with the adapters
 and prompts of bench_serve.py. The engine is not changed.
 
 Run: PYTHONPATH=src .venv/bin/python benchmarks/profile_serve_engine.py [--threads 1]
+     [--outside-only] [--outside-rows 16 64] [--outside-steps 8]
 """
 
 from __future__ import annotations
@@ -123,9 +128,71 @@ def profile_step(engine: Engine) -> None:
         )
 
 
+SAMPLED = SamplingOptions(
+    max_new_tokens=10**6, temperature=0.8, top_k=50, top_p=0.9, presence_penalty=0.5,
+    frequency_penalty=0.3, seed=1,
+)  # fmt: skip
+GREEDY = SamplingOptions(max_new_tokens=10**6, greedy=True)
+
+
+def outside_model(backbone, prompts, rows: int, options: SamplingOptions, steps: int) -> str:
+    """Per decoding step of `rows` rows (no EOS, so none leaves): the median wall time, the
+    model's forward (timed by hooks on the model), the rest, and the `_advance` part of it."""
+    engine = Engine(backbone, max_batch=rows, queue_size=rows)
+    engine.eos = set()  # rows run on: every timed step has all of them
+    for i in range(rows):
+        seed = i if not options.is_greedy else None
+        engine.submit(
+            Job(NoSteering(), prompts[i % len(prompts)], options, lambda *_: 0, seed=seed)
+        )
+    engine._admit()
+    for _ in range(WARM_STEPS):
+        engine._step()
+    clock = {"model": 0.0, "advance": 0.0}
+    started = {}
+    model = backbone.model
+    hooks = [
+        model.register_forward_pre_hook(lambda *_: started.update(model=time.perf_counter())),
+        model.register_forward_hook(
+            lambda *_: clock.update(model=clock["model"] + time.perf_counter() - started["model"])
+        ),
+    ]
+    advance = engine._advance
+
+    def timed_advance(*args):
+        begun = time.perf_counter()
+        advance(*args)
+        clock["advance"] += time.perf_counter() - begun
+
+    engine._advance = timed_advance
+    totals, models, advances = [], [], []
+    try:
+        for _ in range(steps):
+            clock.update(model=0.0, advance=0.0)
+            begun = time.perf_counter()
+            engine._step()
+            totals.append(time.perf_counter() - begun)
+            models.append(clock["model"])
+            advances.append(clock["advance"])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    rest = [t - m for t, m in zip(totals, models)]
+    kind = "greedy" if options.is_greedy else "sampled"
+    return (
+        f"{rows} rows, {kind}: step {statistics.median(totals) * 1e3:.1f} ms, model "
+        f"{statistics.median(models) * 1e3:.1f} ms, outside the model "
+        f"{statistics.median(rest) * 1e3:.2f} ms, of which picking tokens and text "
+        f"{statistics.median(advances) * 1e3:.2f} ms (median of {steps} steps)"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--outside-only", action="store_true", help="only the outside-model rows")
+    parser.add_argument("--outside-rows", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--outside-steps", type=int, default=8)
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,11 +203,16 @@ def main() -> None:
         names = bench_serve.write_adapters(backbone, Path(tmp), 0)
         adapters = Adapters(backbone, bench_serve.MODEL, [], Path(tmp))
     everyone = [bench_serve.MODEL, *names]
-    requests = bench_serve.plan(ROWS, everyone, 0, (16, 64))
+    requests = bench_serve.plan(max(ROWS, *args.outside_rows), everyone, 0, (16, 64))
     prompts = [backbone.tokenizer(r.text).input_ids for r in requests]
     with torch.no_grad():
-        prefills(backbone, adapters, prompts)
-        profile_step(steps(backbone, adapters, prompts))
+        if not args.outside_only:
+            prefills(backbone, adapters, prompts)
+            profile_step(steps(backbone, adapters, prompts[:ROWS]))
+        print("time per decoding step outside the model:")
+        for rows in args.outside_rows:
+            for options in (GREEDY, SAMPLED):
+                print("  " + outside_model(backbone, prompts, rows, options, args.outside_steps))
     others, _ = watch.cores()
     print(f"other processes used {others:.2f} cores on average meanwhile")
 

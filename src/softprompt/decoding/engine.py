@@ -8,7 +8,8 @@ running row and the whole prompt of each joining request (its prefill), packed i
 sequence; `decoding.rows.RowCache` gives every request attention to its own columns only, so
 its output is what it gives alone. A row leaves as soon as it finishes. All model work runs on
 the engine's one thread; callers talk to it through a bounded queue. Each row picks its tokens
-with its own `RowSampler` and keeps its text in a `RowText` (`decoding.sampler`, `.text`).
+from its own seeded `RowSampler`, all rows in one batched pass (`decoding.sampler`), and keeps
+its text in a `RowText` that decodes only its new tokens (`decoding.text`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import torch
 from softprompt.decoding.logprobs import TokenLogprob, token_logprobs
 from softprompt.decoding.options import SamplingOptions
 from softprompt.decoding.rows import Joining, RowCache
-from softprompt.decoding.sampler import RowSampler
+from softprompt.decoding.sampler import RowSampler, sample_rows
 from softprompt.decoding.text import RowText
 from softprompt.errors import ModelError
 from softprompt.kernels.attention import use_segment_attention
@@ -226,7 +227,7 @@ class Engine:
         self.cache.end()
         for job, _ in ready:
             job.sampler = RowSampler(job.options, job.seed, device)
-            job.text = RowText(self.backbone.tokenizer, job.options.stop)
+            job.text = RowText(self.backbone.tokenizer, job.options.stop, job.prompt_ids)
         self.rows += [job for job, _ in ready]
         self.last = torch.cat(
             [self.last.to(device), torch.zeros(len(ready), dtype=torch.long, device=device)]
@@ -273,16 +274,23 @@ class Engine:
         self.last = self.last[:0]
 
     def _advance(self, indices: list[int], logits: torch.Tensor) -> None:
-        """Pick each row's next token, emit what became final, drop finished rows."""
+        """Pick every row's next token (one batched pass), emit what became final, drop
+        finished rows."""
         finished = []
-        for row, index in zip(logits, indices):
+        picking = [n for n, index in enumerate(indices) if self.rows[index].options.max_new_tokens]
+        chosen = logits if len(picking) == len(indices) else logits[picking]
+        tokens = sample_rows([self.rows[indices[n]].sampler for n in picking], chosen)
+        if picking:
+            at = [indices[n] for n in picking]
+            self.last[at] = torch.tensor(tokens, dtype=torch.long, device=self.last.device)
+        picked = dict(zip(picking, tokens))
+        for n, (row, index) in enumerate(zip(logits, indices)):
             job = self.rows[index]
-            if job.options.max_new_tokens == 0:  # only the prompt's log-probabilities
+            if n not in picked:  # max_new_tokens 0: only the prompt's log-probabilities
                 finished.append(index)
                 self._finish(job, "length")
                 continue
-            token = job.sampler.pick(row, job.text.tokens)
-            self.last[index] = token
+            token = picked[n]
             if job.logprobs is not None and token not in self.eos:
                 job.scored += token_logprobs(row[None], [token], job.logprobs)
             reason = self._record(job, token)

@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from softprompt.decoding.engine import Job, QueueFull
 from softprompt.decoding.options import SamplingOptions, row_seeds
+from softprompt.decoding.text import TokenOffsets
 from softprompt.serving.adapters import Adapter
 from softprompt.serving.errors import APIError, busy
 from softprompt.serving.replies import Reply
@@ -29,11 +30,16 @@ class Prompt:
     ids: list[int]
 
 
-def encode(service, given: str | list[int], adapter: Adapter, max_tokens: int) -> Prompt:
-    """A prompt's token ids, checked against the vocabulary and the model's context."""
+def encode(
+    service, given: str | list[int], adapter: Adapter, max_tokens: int, special: bool = True
+) -> Prompt:
+    """A prompt's token ids, checked against the vocabulary and the model's context. A text
+    gets the tokenizer's special tokens (its BOS) unless `special` is False: a chat template's
+    text, which writes its own where the model wants them (as transformers and vLLM tokenize
+    it), so that a template that writes a BOS does not get a second one."""
     tokenizer = service.backbone.tokenizer
     if isinstance(given, str):
-        prompt = Prompt(given, tokenizer(given).input_ids)
+        prompt = Prompt(given, tokenizer(given, add_special_tokens=special).input_ids)
     else:
         bad = [i for i in given if not 0 <= i < service.vocab_size]
         if bad:
@@ -151,7 +157,12 @@ async def stream(jobs, events, reply: Reply, prompts: list[Prompt], tokenizer, w
     with its finish reason, optionally the usage, then `data: [DONE]`. A client that goes
     away cancels."""
     per_prompt = len(jobs) // len(prompts)
-    started, written, results = set(), [0] * len(jobs), {}
+    started, results = set(), {}
+    offsets = [
+        TokenOffsets(tokenizer, p.ids, len(p.text) if reply.echo else 0)
+        for p in prompts
+        for _ in range(per_prompt)
+    ]
     try:
         while len(results) < len(jobs):
             index, kind, payload = await events.get()
@@ -163,14 +174,11 @@ async def stream(jobs, events, reply: Reply, prompts: list[Prompt], tokenizer, w
                 started.add(index)
                 scores = jobs[index].prompt_scores
                 yield sse(reply.echo_chunk(index, prompt.text, scores, tokenizer))
-                written[index] = len(prompt.text)
             if kind == "delta":
-                yield sse(
-                    reply.chunk(
-                        index, payload.text, None, payload.tokens, tokenizer, written[index]
-                    )
+                chunk = reply.chunk(
+                    index, payload.text, None, payload.tokens, tokenizer, offsets[index]
                 )
-                written[index] += len(payload.text)
+                yield sse(chunk)
             elif kind == "done":
                 results[index] = payload
                 yield sse(reply.chunk(index, "", payload["finish_reason"], (), tokenizer))
@@ -217,7 +225,7 @@ def add_routes(app: FastAPI, service) -> None:
         request.state.adapter = adapter.name
         max_tokens = body.max_completion_tokens or body.max_tokens or 256
         text = _chat_text(service, [{"role": m.role, "content": m.text} for m in body.messages])
-        prompts = [encode(service, text, adapter, max_tokens)]
+        prompts = [encode(service, text, adapter, max_tokens, special=False)]
         options = sampling(service, body, max_tokens)
         top = (body.top_logprobs or 0) if body.logprobs else None
         reply = _reply("chat", adapter, body.logprobs, False)
@@ -238,9 +246,10 @@ async def _respond(service, submitted, prompts: list[Prompt], body, reply: Reply
         events_out = stream(jobs, events, reply, prompts, tokenizer, body.include_usage)
         return StreamingResponse(events_out, media_type="text/event-stream")
     results = await collect(jobs, events, request)
-    choices = [
-        reply.choice(i, r, tokenizer, prompts[i // body.n].text) for i, r in enumerate(results)
-    ]
+    choices = []
+    for i, result in enumerate(results):
+        prompt = prompts[i // body.n]
+        choices.append(reply.choice(i, result, tokenizer, prompt.text, prompt.ids))
     return reply.body(choices, usage(results, prompts))
 
 
