@@ -148,7 +148,9 @@ def test_batched_sampler_picks_what_each_row_picks_alone():
             reference_pick(o, g, row, done)
             for o, g, row, done in zip(MIXED_OPTIONS, alone, logits, generated)
         ]
+        given = logits.clone()
         assert sample_rows(batched, logits) == expected
+        assert torch.equal(logits, given), "the model's logits (read for logprobs) were changed"
         for done, token in zip(generated, expected):
             done.append(token)
     penalised = generated[5]

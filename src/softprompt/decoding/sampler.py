@@ -11,8 +11,7 @@ exponential race: the argmax of probs / q, q ~ Exp(1)), with each row's q filled
 generator in a loop of one small device call per row and no sync: the only sync of the step
 is reading the picked tokens back. A row therefore picks bit for bit the token that
 transformers' warpers and `torch.multinomial` pick from its logits alone (tests/reference.py
-keeps that path to compare against), except where tied logits straddle a top-p cut (which of
-the tied tokens is cut there depends on the sort's order of equal values).
+keeps that path to compare against): the same operations on the same values, row by row.
 
 A value that differs between rows (temperature, top-p, penalties) is applied to the rows that
 share it as the same tensor-and-number operation the one-row path does, not as a tensor of
@@ -73,7 +72,7 @@ def sample_rows(samplers: list[RowSampler], logits: torch.Tensor) -> list[int]:
         greedy = [i for i, s in enumerate(samplers) if s.greedy]
         if greedy:
             tokens[greedy] = scores[greedy].argmax(dim=-1)
-        tokens[drawn] = _draw([samplers[i] for i in drawn], scores[drawn])
+        tokens[drawn] = _draw([samplers[i] for i in drawn], _rows(scores, drawn))
     picked = tokens.tolist()  # the step's one sync
     for sampler, token in zip(samplers, picked):
         sampler._record(token, logits.shape[-1], logits.device)
@@ -87,17 +86,20 @@ def _adjusted(samplers: list[RowSampler], logits: torch.Tensor) -> torch.Tensor:
     penalised = [i for i, s in enumerate(samplers) if s.counts is not None]
     if not biased and not penalised:
         return logits
-    logits = logits.float().clone()
+    logits = logits.float()  # new tensors from here on: the model's logits stay as they are
     if biased:
         pairs = [(i, token, bias) for i in biased for token, bias in samplers[i].options.logit_bias]
         rows, tokens, biases = zip(*pairs)
-        logits[list(rows), list(tokens)] += torch.tensor(biases, device=logits.device)
+        where = (torch.tensor(rows), torch.tensor(tokens))
+        where = tuple(w.to(logits.device) for w in where)
+        logits = logits.index_put(where, torch.tensor(biases, device=logits.device), True)
     for (frequency, presence), rows in _by_value(
         penalised,
         lambda i: (samplers[i].options.frequency_penalty, samplers[i].options.presence_penalty),
     ).items():
         counts = torch.stack([samplers[i].counts for i in rows])
-        logits[rows] = logits[rows] - (frequency * counts + presence * (counts > 0))
+        penalty = frequency * counts + presence * (counts > 0)
+        logits = _on_rows(logits, rows, lambda part, penalty=penalty: part - penalty)
     return logits
 
 
@@ -107,7 +109,7 @@ def _draw(samplers: list[RowSampler], scores: torch.Tensor) -> torch.Tensor:
     scores = scores.float()
     warmed = [i for i, s in enumerate(samplers) if s.options.temperature not in (0, 1.0)]
     for temperature, rows in _by_value(warmed, lambda i: samplers[i].options.temperature).items():
-        scores[rows] = scores[rows] / temperature
+        scores = _on_rows(scores, rows, lambda part, t=temperature: part / t)
     scores = _top_k_top_p(samplers, scores)
     probs = torch.softmax(scores, dim=-1)
     race = torch.empty_like(probs)
@@ -117,32 +119,49 @@ def _draw(samplers: list[RowSampler], scores: torch.Tensor) -> torch.Tensor:
 
 
 def _top_k_top_p(samplers: list[RowSampler], scores: torch.Tensor) -> torch.Tensor:
-    """The scores with the tokens outside each row's top k, then outside its top p, at -inf:
-    one ascending sort for both (the k-th largest value is read from it, and the top-k-cut
-    values are its first entries, so the top-p softmax and cumulative sum run over the same
-    values in the same order as when the cut scores are sorted again)."""
-    cut = [i for i, s in enumerate(samplers) if s.options.top_k is not None or s.top_p is not None]
-    if not cut:
-        return scores
-    part = scores[cut]
-    vocab = part.shape[-1]
-    ordered, order = torch.sort(part, dim=-1)
-    keep = [min(samplers[i].options.top_k or vocab, vocab) for i in cut]
-    at = torch.tensor([vocab - k for k in keep], device=ordered.device)
-    kth = ordered.gather(1, at[:, None])  # each row's k-th largest value
-    remove = ordered < kth
-    nucleus = [n for n, i in enumerate(cut) if samplers[i].top_p is not None]
+    """The scores with the tokens outside each row's top k, then outside its top p, at -inf,
+    as transformers' warpers cut them: the k-th largest value from one `topk` of the largest
+    k asked, then one ascending sort of the cut scores (cheap: most are -inf), their softmax
+    and cumulative sum."""
+    vocab = scores.shape[-1]
+    topk = [i for i, s in enumerate(samplers) if (s.options.top_k or vocab) < vocab]
+    if topk:
+        keep = torch.tensor([samplers[i].options.top_k for i in topk], device=scores.device)
+        largest = _rows(scores, topk).topk(int(keep.max()), dim=-1).values
+        kth = largest.gather(1, keep[:, None] - 1)  # each row's k-th largest value
+        scores = _on_rows(
+            scores, topk, lambda part: part.masked_fill(part < kth, NEGATIVE_INFINITY)
+        )
+    nucleus = [i for i, s in enumerate(samplers) if s.top_p is not None]
     if nucleus:
-        cumulative = ordered.masked_fill(remove, NEGATIVE_INFINITY).softmax(dim=-1).cumsum(dim=-1)
-        for top_p, rows in _by_value(nucleus, lambda n: samplers[cut[n]].top_p).items():
-            remove[rows] |= cumulative[rows] <= (1 - top_p)
+        part = _rows(scores, nucleus)
+        ordered, order = torch.sort(part, dim=-1)
+        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+        remove = torch.zeros_like(cumulative, dtype=torch.bool)
+        groups = _by_value(range(len(nucleus)), lambda n: samplers[nucleus[n]].top_p)
+        for top_p, rows in groups.items():  # `remove` is this function's own: set in place
+            remove[rows] = _rows(cumulative, rows) <= (1 - top_p)
         remove[:, -1] = False  # the most likely token always stays
-    part = part.masked_fill(remove.scatter(1, order, remove), NEGATIVE_INFINITY)
-    scores[cut] = part
+        remove = remove.scatter(1, order, remove)
+        scores = _on_rows(scores, nucleus, lambda part: part.masked_fill(remove, NEGATIVE_INFINITY))
     return scores
 
 
-def _by_value(indices: list[int], value: Callable[[int], Hashable]) -> dict:
+def _rows(tensor: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """Those rows of `tensor` (itself, not a copy, when they are all of its rows in order)."""
+    return tensor if rows == list(range(tensor.shape[0])) else tensor[rows]
+
+
+def _on_rows(tensor: torch.Tensor, rows: list[int], change: Callable) -> torch.Tensor:
+    """`tensor` with `change` applied to those rows, as a new tensor (`tensor` is left as it
+    is: it may be the model's logits)."""
+    if rows == list(range(tensor.shape[0])):
+        return change(tensor)
+    index = torch.tensor(rows, device=tensor.device)
+    return tensor.index_copy(0, index, change(tensor[rows]))
+
+
+def _by_value(indices, value: Callable[[int], Hashable]) -> dict:
     """The indices grouped by their value, in order: {value: [indices]}."""
     groups: dict = {}
     for index in indices:
