@@ -75,7 +75,8 @@ class Job:
 
 @dataclass
 class Call:
-    """Any other model work (classification): run on the engine thread between steps."""
+    """Any other model work (classification): run on the engine thread between steps, one
+    call between two steps (so a caller with much work sends it in bounded slices)."""
 
     run: Callable[[], object]
     done: Callable[[object, BaseException | None], None]
@@ -183,6 +184,8 @@ class Engine:
             except queue.Empty:
                 return
             self._take(work)
+            if isinstance(work, Call):
+                return  # one call between two steps: running rows wait for one call at most
 
     def _take(self, work: Job | Call) -> None:
         if isinstance(work, Call):

@@ -204,7 +204,7 @@ def _stream_error(payload) -> dict:
 def add_routes(app: FastAPI, service) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        adapter = service.adapter(body.model)
+        adapter = await service.adapter(body.model)
         request.state.adapter = adapter.name
         max_tokens = 16 if body.max_tokens is None else body.max_tokens
         if max_tokens == 0 and not body.echo:
@@ -221,7 +221,7 @@ def add_routes(app: FastAPI, service) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
-        adapter = service.adapter(body.model)
+        adapter = await service.adapter(body.model)
         request.state.adapter = adapter.name
         max_tokens = body.max_completion_tokens or body.max_tokens or 256
         text = _chat_text(service, [{"role": m.role, "content": m.text} for m in body.messages])
