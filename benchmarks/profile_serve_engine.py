@@ -5,13 +5,17 @@ of 1 and of 16 rows, torch.profiler's top operators of a 16-row mixed step, and 
 step spent outside the model at 16 and 64 rows (`--outside`): the step's wall time less the
 model's forward, and within it the picking of every row's token and its text (`_advance`:
 sampling, log-probabilities, detokenizing, stop strings), greedy and sampled (temperature,
-top-k, top-p and both penalties).
+top-k, top-p and both penalties); and the same picking without the model (`--picking`): rows
+whose text is already 32 or 512 tokens long pick a token from random logits of the model's
+vocabulary and add it to their text, which shows how the cost grows with a row's length. The
+script runs against the code before the batched sampler too (it uses `RowSampler.pick` per row
+where `sample_rows` is missing), so both sides come from the same commands.
 
 It drives an `Engine` by hand (its `_admit` and `_step`, on this thread), with the adapters
 and prompts of bench_serve.py. The engine is not changed.
 
 Run: PYTHONPATH=src .venv/bin/python benchmarks/profile_serve_engine.py [--threads 1]
-     [--outside-only] [--outside-rows 16 64] [--outside-steps 8]
+     [--outside-only] [--outside-rows 16 64] [--outside-steps 8] [--picking]
 """
 
 from __future__ import annotations
@@ -187,18 +191,75 @@ def outside_model(backbone, prompts, rows: int, options: SamplingOptions, steps:
     )
 
 
+def picking(tokenizer, vocab: int, rows: int, length: int, options, steps: int) -> str:
+    """Median time of one step's picking for `rows` rows of `length` tokens each: a token per
+    row from random logits, added to the row's text, the text that became final taken."""
+    from softprompt.decoding import sampler as sampler_module
+    from softprompt.decoding.sampler import RowSampler
+    from softprompt.decoding.text import RowText
+
+    device = torch.device("cpu")
+    source = torch.Generator().manual_seed(0)
+    samplers = [RowSampler(options, None if options.is_greedy else i, device) for i in range(rows)]
+    prompt = tokenizer("The film was long, and the ending was").input_ids
+    texts = [_text_of_length(RowText, tokenizer, prompt, length, i) for i in range(rows)]
+    batched = getattr(sampler_module, "sample_rows", None)
+    times = []
+    for _ in range(steps):
+        logits = torch.randn(rows, vocab, generator=source) * 4
+        begun = time.perf_counter()
+        if batched is not None:
+            tokens = batched(samplers, logits)
+        else:
+            tokens = [s.pick(row, t.tokens) for s, row, t in zip(samplers, logits, texts)]
+        for text, token in zip(texts, tokens):
+            text.add(token)
+            text.take_final()
+        times.append(time.perf_counter() - begun)
+    kind = "greedy" if options.is_greedy else "sampled"
+    return f"{rows} rows of {length} tokens, {kind}: {statistics.median(times) * 1e3:.2f} ms"
+
+
+def _text_of_length(row_text, tokenizer, prompt: list[int], length: int, seed: int):
+    """A row's text that already holds `length` tokens (of English text)."""
+    words = bench_serve.texts()
+    ids = []
+    while len(ids) < length:
+        ids += tokenizer(" " + words[(seed + len(ids)) % len(words)]).input_ids
+    try:
+        text = row_text(tokenizer, (), prompt)
+    except TypeError:  # before: no prompt context
+        text = row_text(tokenizer, ())
+        text.tokens = ids[: length - 1]  # one decode of the whole row instead of `length`
+        ids = ids[length - 1 :]
+    for token in ids[: length - len(text.tokens)]:
+        text.add(token)
+    text.take_final()
+    return text
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
     parser.add_argument("--outside-only", action="store_true", help="only the outside-model rows")
     parser.add_argument("--outside-rows", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--outside-steps", type=int, default=8)
+    parser.add_argument("--picking", action="store_true", help="only the picking without the model")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     print(machine())
     watch = bench_serve.CpuWatch()
     backbone = load_backbone(bench_serve.MODEL)
+    if args.picking:
+        vocab = backbone.model.get_input_embeddings().num_embeddings
+        print(f"picking tokens and text without the model ({vocab} tokens):")
+        for rows in args.outside_rows:
+            for length in (32, 512):
+                for options in (GREEDY, SAMPLED):
+                    line = picking(backbone.tokenizer, vocab, rows, length, options, 5)
+                    print("  " + line, flush=True)
+        return
     with tempfile.TemporaryDirectory(prefix="profile-serve-") as tmp:
         names = bench_serve.write_adapters(backbone, Path(tmp), 0)
         adapters = Adapters(backbone, bench_serve.MODEL, [], Path(tmp))
