@@ -223,7 +223,7 @@ def picking(tokenizer, vocab: int, rows: int, length: int, options, steps: int) 
     texts = [_text_of_length(RowText, tokenizer, prompt, length, i) for i in range(rows)]
     batched = getattr(sampler_module, "sample_rows", None)
     times = []
-    for _ in range(steps):
+    for _ in range(steps + 1):  # the first step warms up, untimed
         logits = torch.randn(rows, vocab, generator=source) * 4
         begun = time.perf_counter()
         if batched is not None:
@@ -235,7 +235,8 @@ def picking(tokenizer, vocab: int, rows: int, length: int, options, steps: int) 
             text.take_final()
         times.append(time.perf_counter() - begun)
     kind = "greedy" if options.is_greedy else "sampled"
-    return f"{rows} rows of {length} tokens, {kind}: {statistics.median(times) * 1e3:.2f} ms"
+    median = statistics.median(times[1:])
+    return f"{rows} rows of {length} tokens, {kind}: {median * 1e3:.2f} ms (median of {steps})"
 
 
 def _text_of_length(row_text, tokenizer, prompt: list[int], length: int, seed: int):
@@ -285,7 +286,7 @@ def main() -> None:
         for rows in args.outside_rows:
             for length in (32, 512):
                 for options in (GREEDY, SAMPLED):
-                    line = picking(backbone.tokenizer, vocab, rows, length, options, 5)
+                    line = picking(backbone.tokenizer, vocab, rows, length, options, 9)
                     print("  " + line, flush=True)
         return
     with tempfile.TemporaryDirectory(prefix="profile-serve-") as tmp:

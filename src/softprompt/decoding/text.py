@@ -36,7 +36,7 @@ class IncrementalDecoder:
 
     def __init__(self, tokenizer, context: Sequence[int] = ()) -> None:
         self.tokenizer = tokenizer
-        self._ids = list(context[len(context) - CONTEXT :] if len(context) > CONTEXT else context)
+        self._ids = list(context)[-CONTEXT:]
         self._prefix = 0  # the window's first token
         self._read = len(self._ids)  # tokens before it have given their final text
         self._before: str | None = None  # the text of the window's tokens before `_read`

@@ -122,6 +122,7 @@ def completion_logprobs(
     if prompt_scores is not None:
         text_offset += token_offsets(tokenizer, [s.token for s in prompt_scores])
     if tokens:
+        offsets = offsets or TokenOffsets(tokenizer)
         text_offset += offsets.of([t.token for t in tokens])
     return {
         "tokens": [token_text(tokenizer, s.token) for s in scores],
