@@ -5,13 +5,16 @@ generator, so that a row's draws never depend on the rows it is batched with.
 The pass applies what transformers' warpers apply one row at a time, as tensor operations on
 every row at once: the logit bias and the presence/frequency penalties (each row's counts of
 the tokens it generated, kept on the device), then greedy rows take the argmax, and sampled
-rows their temperature, top-k and top-p (one sort shared by both, a softmax and a cumulative
-sum) and one draw. A draw is what `torch.multinomial(probs, 1, generator)` computes (the
-exponential race: the argmax of probs / q, q ~ Exp(1)), with each row's q filled from its own
-generator in a loop of one small device call per row and no sync: the only sync of the step
-is reading the picked tokens back. A row therefore picks bit for bit the token that
-transformers' warpers and `torch.multinomial` pick from its logits alone (tests/reference.py
-keeps that path to compare against): the same operations on the same values, row by row.
+rows their temperature, top-k (one `topk` over the rows) and top-p (one sort of the cut
+scores, a softmax and a cumulative sum) and one draw. A draw is what
+`torch.multinomial(probs, 1, generator)` computes (the exponential race: the argmax of
+probs / q, q ~ Exp(1)), with each row's q filled from its own generator in a loop of one
+small device call per row and no sync; q covers the whole vocabulary, as in
+`torch.multinomial`, which keeps each generator's stream, and so every seed's tokens, as they
+were. The only sync of the step is reading the picked tokens back. A row therefore picks bit
+for bit the token that transformers' warpers and `torch.multinomial` pick from its logits
+alone (tests/reference.py keeps that path to compare against): the same operations on the
+same values, row by row.
 
 A value that differs between rows (temperature, top-p, penalties) is applied to the rows that
 share it as the same tensor-and-number operation the one-row path does, not as a tensor of
