@@ -175,7 +175,7 @@ def bench(args: argparse.Namespace) -> None:
     state = trainer.fresh_state()
     total = 1 + args.steps * args.repeats  # one untimed warm-up step each
     schedule = [trainer.step_indices(step) for step in range(total)]
-    bare = BareLoop(trainer, state.prompt, schedule)
+    bare = BareLoop(trainer, state.module.embedding, schedule)
     bare.check_tokens(trainer)
     losses = {"trainer": [], "bare loop": []}
     contenders = {

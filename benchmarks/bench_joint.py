@@ -65,10 +65,10 @@ def main(steps: int = 10) -> None:
             for step in range(steps):
                 started = time.perf_counter()
                 with saved_activation_peak() as meter:
-                    trainer.accumulate_gradients(state.prompt, trainer.step_indices(step))
+                    trainer.accumulate_gradients(state.module.embedding, trainer.step_indices(step))
                 times.append(time.perf_counter() - started)
-                state.prompt.grad = None
-            naive = naive_peak(trainer, state.prompt, trainer.step_indices(0))
+                state.module.embedding.grad = None
+            naive = naive_peak(trainer, state.module.embedding, trainer.step_indices(0))
             print(
                 f"{count}  {1000 * statistics.median(times):14.1f}  "
                 f"{meter.peak / 2**20:20.2f}  {naive / 2**20:25.2f}"

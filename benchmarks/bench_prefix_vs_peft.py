@@ -162,7 +162,7 @@ def bench_training(args, dtype: str):
     print(ratio_line(f"  training (batch {args.batch_size})", rates, "samples/s"))
     print("  " + loss_agreement(losses))
     with torch.no_grad():
-        return trainer.slots[0].backbone, state.steer()
+        return trainer.slots[0].backbone, state.module()
 
 
 def first_sentences(count: int) -> list[str]:

@@ -165,3 +165,9 @@ def reference_pick(options, generator, logits: torch.Tensor, generated: list[int
     scores = warpers(torch.zeros((1, 0), dtype=torch.long), logits.float()[None])
     probs = torch.softmax(scores, dim=-1)[0]
     return int(torch.multinomial(probs, 1, generator=generator))
+
+
+def current_prompt(module) -> torch.Tensor:
+    """The soft prompt a trainable prompt module steers the first model with now: the learned
+    matrix for `prompt`, the encoder's output for `p_tuning` and `residual` (not its inputs)."""
+    return module.steering(0).embedding

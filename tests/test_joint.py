@@ -81,12 +81,12 @@ def test_joint_loss_and_gradient_are_the_weighted_mean(sentiment_dir, family, tm
     trainer = Trainer(config, tmp_path, progress=False)
     state = trainer.fresh_state()
     indices = trainer.step_indices(0)
-    losses = trainer.accumulate_gradients(state.prompt, indices)
-    expected_losses, grads = _separate(trainer, state.prompt, indices)
+    losses = trainer.accumulate_gradients(state.module.embedding, indices)
+    expected_losses, grads = _separate(trainer, state.module.embedding, indices)
     w = torch.tensor(weights or [1.0, 1.0])
     w = w / w.sum()
     assert list(losses.values()) == pytest.approx(expected_losses, rel=1e-5)
-    torch.testing.assert_close(state.prompt.grad, w[0] * grads[0] + w[1] * grads[1])
+    torch.testing.assert_close(state.module.embedding.grad, w[0] * grads[0] + w[1] * grads[1])
     assert not torch.allclose(grads[0], grads[1])
 
 
@@ -96,8 +96,8 @@ def test_backward_runs_model_by_model(sentiment_dir, family, tmp_path):
     events = []
     for m, backbone in enumerate(trainer.backbones):
         backbone.model.base_model.register_forward_hook(lambda *_, m=m: events.append(f"fwd{m}"))
-    state.prompt.register_hook(lambda grad: events.append("bwd"))
-    trainer.accumulate_gradients(state.prompt, trainer.step_indices(0))
+    state.module.embedding.register_hook(lambda grad: events.append("bwd"))
+    trainer.accumulate_gradients(state.module.embedding, trainer.step_indices(0))
     # a causal model runs twice per micro-batch (the prompt once, then the texts after it)
     runs = [e for i, e in enumerate(events) if i == 0 or e != events[i - 1]]
     assert runs == ["fwd0", "bwd", "fwd1", "bwd"]
@@ -194,7 +194,7 @@ def test_peak_activations_stay_at_one_models_worth(sentiment_dir, tmp_path):
         )
         state = trainer.fresh_state()
         with saved_activation_peak() as meter:
-            trainer.accumulate_gradients(state.prompt, trainer.step_indices(0))
+            trainer.accumulate_gradients(state.module.embedding, trainer.step_indices(0))
         peaks[count] = meter.peak
         # the naive way (sum every model's loss, one backward) keeps all M graphs alive
         with saved_activation_peak() as naive:
@@ -204,7 +204,7 @@ def test_peak_activations_stay_at_one_models_worth(sentiment_dir, tmp_path):
                 total = (
                     total
                     + slot.task.losses(
-                        slot.task.class_scores(state.prompt, batch), batch.labels
+                        slot.task.class_scores(state.module.embedding, batch), batch.labels
                     ).mean()
                 )
             total.backward()

@@ -208,3 +208,51 @@ def test_a_run_whose_curve_never_falls_stops_before_it_trains(sentiment_dir, tin
         trainer.run()
     assert not (tmp_path / "flat" / "checkpoints").exists()
     assert not (tmp_path / "flat" / "summary.json").exists()
+
+
+def test_a_curve_that_diverges_at_once_is_one_line():
+    with pytest.raises(ConfigError, match="diverged within 2 steps") as caught:
+        read_curve([0.1, 0.5], [1.0, 50.0])
+    assert "\n" not in str(caught.value)
+
+
+def test_a_rate_that_is_neither_a_number_nor_auto_is_one_line():
+    raw = {"task": {"data": "x", "verbalizer": {"a": " a", "b": " b"}}}
+    with pytest.raises(ConfigError, match=r"^--set train.lr=fast: train.lr: give a number"):
+        load_config(raw, ["train.lr=fast"])
+    assert load_config(raw, ["train.lr=AUTO"]).train.lr == "auto"
+    assert load_config(raw, ["train.lr=1e-3"]).train.lr == 0.001
+
+
+def test_each_run_of_a_study_grid_finds_its_own_rate(
+    sentiment_dir, tiny_dirs, tmp_path, monkeypatch
+):
+    from softprompt.study import load_study, run_study
+
+    monkeypatch.setattr(Trainer, "_micro_loss", lambda self, *args: bowl_loss(*args))
+    model = str(tiny_dirs["llama"])
+    config = make_config(sentiment_dir, "prompt", models=(model,)).model_dump(mode="json")
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(config))
+    grid = {"config": "base.yaml", "model_sets": [[model]], "train_seeds": [1, 2]}
+    (tmp_path / "study.yaml").write_text(yaml.safe_dump({**grid, "init_seeds": [0]}))
+    run_study(load_study(tmp_path / "study.yaml"), tmp_path / "study", progress=False)
+    runs = sorted((tmp_path / "study").glob("*/*/config.yaml"))
+    assert len(runs) == 2
+    for path in runs:
+        recorded = yaml.safe_load(path.read_text())["train"]
+        assert recorded["lr"] == "auto" and recorded["lr_found"] > 0
+        assert (path.parent / "lr_find.csv").is_file()
+
+
+def test_a_checkpoint_with_other_parameter_groups_says_how_to_resume(sentiment_dir, tiny, tmp_path):
+    from softprompt.errors import UsageError
+
+    one_group = make_config(sentiment_dir, "p_tuning", lr=0.01, steps=8, checkpoint_every=4)
+    one_group.prompt.encoder_lr_scale = 1.0  # as runs were before the encoder had its own rate
+    trainer_for(one_group, [tiny["llama"]], tmp_path / "run").run()
+    two_groups = make_config(sentiment_dir, "p_tuning", lr=0.01, steps=8, checkpoint_every=4)
+    two_groups.prompt.encoder_lr_scale = 0.5
+    again = trainer_for(two_groups, [tiny["llama"]], tmp_path / "run")
+    with pytest.raises(UsageError, match="keeps 1 optimizer parameter group") as caught:
+        again.run(resume=True, allow_changes=True)
+    assert "--set prompt.encoder_lr_scale=1 --allow-changes" in str(caught.value)

@@ -194,7 +194,7 @@ def test_text_init_starts_at_the_models_own_keys_and_values(tiny, tmp_path):
         }
     )
     trainer = Trainer(config, tmp_path, backbones=[tiny["llama"]], progress=False)
-    start = trainer.fresh_state().steer()
+    start = trainer.fresh_state().module()
     ids = tiny["llama"].tokenizer("great movie it was good", return_tensors="pt").input_ids
     keys, values = text_prefix(tiny["llama"].model, ids)
     torch.testing.assert_close(start.keys, keys)

@@ -114,7 +114,7 @@ def test_micro_batches_accumulate_to_the_configured_batch(sentiment_dir, tiny, t
     initial = Trainer(
         whole, tmp_path / "x", backbones=[tiny["llama"]], progress=False
     ).fresh_state()
-    assert not torch.allclose(a, initial.prompt.detach())
+    assert not torch.allclose(a, initial.module.embedding.detach())
 
 
 def test_training_lowers_the_loss(sentiment_dir, tiny, tmp_path):
@@ -157,7 +157,7 @@ def test_corrupt_checkpoint_falls_back_to_the_previous_one(sentiment_dir, tiny, 
     restored = trainer.load_checkpoint(state)
     assert restored is not None and restored != newest
     assert state.step == 4
-    assert math.isfinite(float(state.prompt.detach().sum()))
+    assert math.isfinite(float(state.module.embedding.detach().sum()))
 
 
 def test_a_new_run_refuses_to_overwrite_an_existing_one(sentiment_dir, tiny, tmp_path):

@@ -33,5 +33,9 @@ class ModelError(SoftpromptError):
     """A model that cannot be found, loaded or used as asked."""
 
 
+class OutputError(SoftpromptError):
+    """An output that cannot be written where asked: a full disk, a read-only folder."""
+
+
 class PromptFileError(SoftpromptError):
     """A prompt artifact that is corrupt or does not fit the model."""

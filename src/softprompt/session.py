@@ -47,16 +47,22 @@ class Session:
         verbalizer: dict[str, str] | None = None,
         dtype: str = "float32",
         device: str | torch.device | None = None,
+        device_map: str | None = None,
+        max_memory: dict | None = None,
     ) -> None:
         self.artifact: Artifact | None = open_artifact(prompt)
         self.source = source_name(prompt)
         self.model = model_for(self.artifact, model)
         self.overrides = {"config": config, "template": template, "verbalizer": verbalizer}
         self.dtype, self.device = dtype, device
+        # device_map="auto": the model spread over devices within max_memory (models.dispatch)
+        self.placement = {"device_map": device_map, "max_memory": max_memory}
 
     def on(self, model: str | Backbone) -> Session:
         """The same prompt and task overrides on another model (the artifact is not re-read)."""
-        other = Session(self.artifact, model, dtype=self.dtype, device=self.device)
+        other = Session(
+            self.artifact, model, dtype=self.dtype, device=self.device, **self.placement
+        )
         other.source, other.overrides = self.source, self.overrides
         return other
 
@@ -69,7 +75,9 @@ class Session:
     def backbone(self) -> Backbone:
         if isinstance(self.model, Backbone):
             return self.model
-        return loading.load_backbone(self.model, dtype=self.dtype, device=self.device or "cpu")
+        return loading.load_backbone(
+            self.model, dtype=self.dtype, device=self.device or "cpu", **self.placement
+        )
 
     @cached_property
     def steering(self) -> Steering:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from softprompt.files import atomic_file, atomic_text_file, write_text_atomic
+
 HTML = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>softprompt explain: {{ name }}</title>
 <style>
@@ -109,7 +111,8 @@ def figures(result: dict, projection: dict | None, folder: Path) -> dict[str, Pa
 
 def _save(fig, path: Path) -> Path:
     fig.tight_layout()
-    fig.savefig(path, dpi=110, bbox_inches="tight")
+    with atomic_file(path) as temporary:
+        fig.savefig(temporary, format="png", dpi=110, bbox_inches="tight")
     import matplotlib.pyplot as plt
 
     plt.close(fig)
@@ -117,7 +120,7 @@ def _save(fig, path: Path) -> Path:
 
 
 def write_tables(result: dict, folder: Path) -> None:
-    with (folder / "importance.csv").open("w", newline="") as handle:
+    with atomic_text_file(folder / "importance.csv") as handle:
         writer = csv.writer(handle)
         writer.writerow(
             ["model", "token", "importance_loss", "importance_accuracy", "importance_normalised"]
@@ -129,14 +132,14 @@ def write_tables(result: dict, folder: Path) -> None:
                 writer.writerow(
                     [model["name"], token, imp["loss"][token], accuracy, imp["normalised"][token]]
                 )
-    with (folder / "tokens.csv").open("w", newline="") as handle:
+    with atomic_text_file(folder / "tokens.csv") as handle:
         writer = csv.writer(handle)
         writer.writerow(["token", "owner", "importance", "location_cosine", "location_l2"])
         for t in result["tokens"]:
             writer.writerow(
                 [t["index"], t["owner"], t["strength"], t["location_cosine"], t["location_l2"]]
             )
-    with (folder / "neighbours.csv").open("w", newline="") as handle:
+    with atomic_text_file(folder / "neighbours.csv") as handle:
         writer = csv.writer(handle)
         writer.writerow(["model", "token", "by", "rank", "neighbour", "score"])
         for model in result["models"]:
@@ -146,7 +149,7 @@ def write_tables(result: dict, folder: Path) -> None:
                         writer.writerow(
                             [model["name"], row["index"], by, rank, entry["token"], entry["score"]]
                         )
-    with (folder / "compression.csv").open("w", newline="") as handle:
+    with atomic_text_file(folder / "compression.csv") as handle:
         writer = csv.writer(handle)
         writer.writerow(["model", "mode", "kept", "tokens", "loss", "accuracy", "macro_f1"])
         for c in result["compression"]:
@@ -168,7 +171,7 @@ def write_report(result: dict, projection: dict | None, folder: Path) -> dict[st
     from jinja2 import Environment
 
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "explain.json").write_text(json.dumps(result, indent=2))
+    write_text_atomic(folder / "explain.json", json.dumps(result, indent=2))
     write_tables(result, folder)
     pngs = figures(result, projection, folder)
     images = {k: base64.b64encode(p.read_bytes()).decode() for k, p in pngs.items()}
@@ -197,8 +200,8 @@ def write_report(result: dict, projection: dict | None, folder: Path) -> dict[st
         "chance": 1 / len(result["models"]),
     }
     html = Environment(autoescape=True).from_string(HTML).render(**context)
-    (folder / "report.html").write_text(html, encoding="utf-8")
-    (folder / "report.md").write_text(markdown(result), encoding="utf-8")
+    write_text_atomic(folder / "report.html", html)
+    write_text_atomic(folder / "report.md", markdown(result))
     return {
         "html": str(folder / "report.html"),
         "markdown": str(folder / "report.md"),

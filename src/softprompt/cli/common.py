@@ -65,6 +65,17 @@ BatchOpt = Annotated[int, typer.Option(min=1, help="Examples per forward pass.")
 DeviceOpt = Annotated[
     str, typer.Option(help="cpu, cuda, cuda:1 ..., or auto: the GPU when there is one.")
 ]
+DeviceMapOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="auto: spread a model too big for one device over the GPUs, then CPU memory, then "
+        "disk (accelerate's dispatch; docs/scale.md)."
+    ),
+]
+MaxMemoryOpt = Annotated[
+    str | None,
+    typer.Option(help="With --device-map: budgets per device, e.g. 0=70GiB,1=70GiB,cpu=100GiB."),
+]
 ConfigOpt = Annotated[
     Path | None,
     typer.Option("--config", help="Take the task (template, verbalizer) from a config."),
@@ -134,6 +145,25 @@ def default_model(prompt_path: Path | None, model: str | None) -> str:
     if model:
         return model
     return str(model_for(open_artifact(prompt_path)))
+
+
+def placed_model(prompt, model, place, dtype: str, device_map, max_memory):
+    """The model to use: the spec as given, or with --device-map the model loaded and spread
+    over the devices (so that sessions and batch files all take that one)."""
+    if device_map is None:
+        if max_memory is not None:
+            raise UsageError("--max-memory goes with --device-map auto")
+        return model
+    from softprompt.models import load_backbone
+    from softprompt.models.dispatch import parse_max_memory
+
+    return load_backbone(
+        default_model(prompt, model),
+        dtype=dtype,
+        device=place,
+        device_map=device_map,
+        max_memory=parse_max_memory(max_memory),
+    )
 
 
 @contextmanager

@@ -16,11 +16,13 @@ from softprompt.cli.common import (
     BatchOpt,
     ConfigOpt,
     DataOpt,
+    DeviceMapOpt,
     DeviceOpt,
     DtypeOpt,
     FormatOpt,
     InputOpt,
     JsonOpt,
+    MaxMemoryOpt,
     ModelOpt,
     ModelsOpt,
     OutputOpt,
@@ -32,6 +34,7 @@ from softprompt.cli.common import (
     err,
     out,
     parse_verbalizer,
+    placed_model,
     progress_reporter,
     quiet_closed_pipe,
 )
@@ -61,6 +64,8 @@ def evaluate(
         Path | None, typer.Option(help="With --questions: also score with this in context.")
     ] = None,
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Loss, accuracy and macro-F1 of a prompt (or the bare model) on a data split; with
@@ -73,12 +78,14 @@ def evaluate(
 
     place = resolve_device(device, "--device")
     overrides = {"config": config, "template": template, "verbalizer": parse_verbalizer(verbalizer)}
-    first = Session(prompt, model[0] if model else None, dtype=dtype, device=place, **overrides)
+    placing = (place, dtype, device_map, max_memory)
+    models = [placed_model(prompt, name, *placing) for name in model or [None]]
+    first = Session(prompt, models[0], dtype=dtype, device=place, **overrides)
     if questions is not None:
         rows = first.answer_questions(questions, document, batch_size=batch_size)
         emit(rows, as_json, _render_questions)
         return
-    sessions = [first, *(first.on(name) for name in (model or [])[1:])]
+    sessions = [first, *(first.on(name) for name in models[1:])]
     results = [
         s.evaluate(data, split=split, batch_size=batch_size, task=task, samples=samples)
         for s in sessions
@@ -139,12 +146,12 @@ def predict(
     verbalizer: VerbalizerOpt = None,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """The label and the probability of each label for one or more texts, or with --input for
     every input of a file (one JSON line each; accuracy and macro-F1 when it has labels)."""
-    from softprompt.models import resolve_device
-
     _check_sources(
         text,
         input_file,
@@ -152,7 +159,7 @@ def predict(
         {"--output": output, "--format": input_format, "--text-field": text_field},
         {"--label-field": label_field},
     )
-    place = resolve_device(device, "--device")
+    place, model = _placed(prompt, model, device, dtype, device_map, max_memory)
     options = {"config": config, "template": template, "verbalizer": parse_verbalizer(verbalizer)}
     if input_file is None:
         _predict_texts(prompt, text, model, place, dtype, as_json, options)
@@ -176,6 +183,14 @@ def predict(
             **options,
         )
     _print_summary(summary, as_json, "predicted")
+
+
+def _placed(prompt, model, device: str, dtype: str, device_map, max_memory):
+    """The device, and the model: its spec, or with --device-map the model spread out."""
+    from softprompt.models import resolve_device
+
+    place = resolve_device(device, "--device")
+    return place, placed_model(prompt, model, place, dtype, device_map, max_memory)
 
 
 def _predict_texts(prompt, text, model, place, dtype: str, as_json: bool, options: dict) -> None:
@@ -254,12 +269,13 @@ def generate(
     ] = 1,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
+    device_map: DeviceMapOpt = None,
+    max_memory: MaxMemoryOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Continue texts as given (no template) with a prompt or prefix; --compare shows the bare
     model too. With --input, every input of a file, one JSON line each."""
     from softprompt.generation import SamplingOptions
-    from softprompt.models import resolve_device
 
     _check_sources(
         text,
@@ -278,7 +294,7 @@ def generate(
         seed=seed,
     )
     options.check()
-    place = resolve_device(device, "--device")
+    place, model = _placed(prompt, model, device, dtype, device_map, max_memory)
     if input_file is None:
         _generate_texts(prompt, text, model, place, dtype, as_json, options, num_samples, compare)
         return

@@ -15,6 +15,7 @@ import torch
 from softprompt.data import load_split
 from softprompt.errors import PromptFileError, UsageError
 from softprompt.evaluation import evaluate_task, resolve_task
+from softprompt.files import atomic_text_file, write_text_atomic
 from softprompt.methods.prompt import INIT_MODES, SoftPrompt, init_embedding, load_prompt
 from softprompt.models import Backbone, load_backbone
 from softprompt.tasks import build_task, data_spec, encode_examples
@@ -107,9 +108,9 @@ def write_matrix(matrix: dict, out_dir: str | Path) -> list[Path]:
     folder = Path(out_dir)
     folder.mkdir(parents=True, exist_ok=True)
     json_path = folder / "transfer.json"
-    json_path.write_text(json.dumps(matrix, indent=2))
+    write_text_atomic(json_path, json.dumps(matrix, indent=2))
     csv_path = folder / "transfer.csv"
-    with csv_path.open("w", newline="", encoding="utf-8") as handle:
+    with atomic_text_file(csv_path) as handle:
         writer = csv.writer(handle)
         writer.writerow(["row", "kind", "model", "trained_on_model", *METRIC_KEYS, "error"])
         for row in matrix["rows"]:

@@ -33,8 +33,10 @@ class PTuningSettings(PromptSettings):
 
     encoder: Literal["mlp", "lstm"] = "mlp"
     encoder_hidden_size: int = Field(128, ge=1, le=65536)
-    # the encoder's learning rate as a multiple of train.lr (measured: docs/learning-rate.md)
-    encoder_lr_scale: float = Field(1.0, gt=0)
+    # the encoder's learning rate as a multiple of train.lr: an MLP at the prompt's 0.01-0.02
+    # stalls at chance within 40 steps on SmolLM2 (dev 0.61 at 1, 0.89 at 0.1; BENCHMARKS.md,
+    # issue #39)
+    encoder_lr_scale: float = Field(0.1, gt=0)
 
 
 class PromptEncoder(nn.Module):

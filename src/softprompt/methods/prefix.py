@@ -64,21 +64,26 @@ class PrefixEncoder(TrainableModule):
     ) -> None:
         super().__init__()
         self.geometry, self.length = geometry, length
-        layers, kv_heads, head_dim = geometry
-        shape = (layers, kv_heads, length, head_dim)
-        torch.manual_seed(seed)
+        self.reparameterization = reparameterization
+        with torch.random.fork_rng(devices=[]):  # its own start; the global RNG is left as is
+            torch.manual_seed(seed)
+            self._build(start, hidden)
+
+    def _build(self, start: PrefixKV | None, hidden: int) -> None:
+        layers, kv_heads, head_dim = self.geometry
+        reparameterization = self.reparameterization
+        shape = (layers, kv_heads, self.length, head_dim)
         if start is None:
             start = PrefixKV(torch.zeros(shape), torch.zeros(shape))
             if reparameterization == "none":
                 start = PrefixKV(torch.randn(shape), torch.randn(shape))
-        self.reparameterization = reparameterization
         if reparameterization == "none":
             self.keys = nn.Parameter(start.keys.float().clone())
             self.values = nn.Parameter(start.values.float().clone())
             return
         self.register_buffer("start", torch.stack([start.keys, start.values]).float())
         out = 2 * layers * kv_heads * head_dim
-        self.embedding = nn.Embedding(length, hidden)
+        self.embedding = nn.Embedding(self.length, hidden)
         self.mlp = nn.Sequential(nn.Linear(hidden, hidden), nn.Tanh(), nn.Linear(hidden, out))
         if start.keys.abs().sum() > 0:
             nn.init.zeros_(self.mlp[2].weight)

@@ -21,6 +21,7 @@ from softprompt.models.backbone import (
     detect_kind,
 )
 from softprompt.models.bundled import BUNDLED, ensure_bundled
+from softprompt.models.dispatch import check_device_map, dispatch_kwargs
 from softprompt.models.gguf import ensure_gguf_converted, first_line, is_complete
 
 
@@ -46,8 +47,13 @@ def load_backbone(
     kind: str = "auto",
     device: str | torch.device = "cpu",
     trust_remote_code: bool | None = None,
+    device_map: str | None = None,
+    max_memory: dict | None = None,
 ) -> Backbone:
     """Load a frozen model (eval mode, no gradients) and its tokenizer from a model spec.
+
+    `device_map="auto"` spreads the decoder layers over the devices within `max_memory`
+    (accelerate's dispatch, offloading past it; softprompt.models.dispatch) from `device` on.
 
     Remote code runs only when asked: `trust_remote_code=True`, or `softprompt
     --trust-remote-code ...` (which sets SOFTPROMPT_TRUST_REMOTE_CODE=1).
@@ -68,12 +74,18 @@ def load_backbone(
         config = AutoConfig.from_pretrained(source, **extra)
         chosen: ModelKind = detect_kind(config) if kind == "auto" else kind  # type: ignore[assignment]
         tokenizer = _fast_cached_tokenizer(source) or AutoTokenizer.from_pretrained(source, **extra)
+        if device_map is not None:
+            check_device_map(device_map)
+            extra |= dispatch_kwargs(
+                auto_class(chosen), config, DTYPES[dtype], torch.device(device), max_memory
+            )
         model = auto_class(chosen).from_pretrained(source, dtype=DTYPES[dtype], **extra)
     except (OSError, ValueError, KeyError) as exc:
         raise ModelError(f"cannot load model {spec!r} from {source}: {first_line(exc)}") from exc
     model.requires_grad_(False)
     model.eval()
-    model.to(device)
+    if device_map is None:
+        model.to(device)
     if chosen == "causal" and torch.device(device).type == "cpu":
         use_segment_attention(model)  # packed rows compute only what each text sees
     if tokenizer.pad_token_id is None:

@@ -17,6 +17,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from softprompt.config import describe_error
 from softprompt.errors import ConfigError
+from softprompt.files import atomic_text_file, write_text_atomic
+from softprompt.training.run_dir import read_summary
 
 LOCAL = "local"  # the address of a Ray runtime started here, on 127.0.0.1
 # Ray's switch for a runtime that never leaves this machine (its name is Ray's: off by default
@@ -109,7 +111,7 @@ def summarise(study: StudyConfig, runs: list[dict], runs_root: Path, folder: Pat
     `runs_root`; written as study.json/.csv into `folder`."""
     rows = []
     for run in runs:
-        summary = json.loads((runs_root / run["name"] / "summary.json").read_text())
+        summary = read_summary(runs_root / run["name"]) or {}
         best = summary.get("best_dev") or {}
         rows.append(
             {
@@ -137,8 +139,8 @@ def summarise(study: StudyConfig, runs: list[dict], runs_root: Path, folder: Pat
     result = {"metric": f"dev {study.metric}", "std": "population (ddof=0)", "runs": rows}
     result["groups"] = groups
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "study.json").write_text(json.dumps(result, indent=2))
-    with (folder / "study.csv").open("w", newline="", encoding="utf-8") as handle:
+    write_text_atomic(folder / "study.json", json.dumps(result, indent=2))
+    with atomic_text_file(folder / "study.csv") as handle:
         writer = csv.writer(handle)
         writer.writerow(["group", "models", "runs", "mean", "std"])
         for g in groups:

@@ -1,6 +1,7 @@
 """One run of a study's grid, and the study's progress: a line per finished run and the total.
 
-A run is a training into its own folder: a folder with a summary is done; one with checkpoints
+A run is a training into its own folder: a folder with a complete, readable summary.json is
+done (the summary is written atomically, last); one with checkpoints
 but no summary was stopped (Ctrl-C, a killed worker) and resumes from its newest checkpoint, so
 however often a run is started it is counted once and its result is that of one straight run.
 """
@@ -15,11 +16,13 @@ from rich.markup import escape
 
 from softprompt.config import load_config
 from softprompt.progress import Progress, duration
+from softprompt.training.run_dir import read_summary
 from softprompt.training.trainer import train
 
 
 def is_done(run_dir: Path) -> bool:
-    return (run_dir / "summary.json").is_file()
+    """Whether the run in `run_dir` finished: it holds a complete summary."""
+    return read_summary(run_dir) is not None
 
 
 def train_run(

@@ -10,6 +10,7 @@ to config-changes.jsonl with the step it took effect at.
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -17,6 +18,7 @@ import yaml
 
 from softprompt.config import TrainConfig, config_to_dict, validate_config
 from softprompt.errors import ConfigError, UsageError
+from softprompt.files import append_line
 from softprompt.training.console import warn
 
 CONFIG_FILE = "config.yaml"
@@ -99,8 +101,12 @@ def record_changes(path: str | Path, changes: dict[str, dict], step: int) -> Pat
         "time": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "changes": changes,
     }
-    with record_path.open("a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+    handle = os.open(record_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        append_line(handle, record, record_path)
+        os.fsync(handle)
+    finally:
+        os.close(handle)
     shown = "; ".join(
         f"{key} {_shown(value['run'])} -> {_shown(value['now'])}" for key, value in changes.items()
     )

@@ -3,9 +3,14 @@
     config.yaml      the resolved config of the run
     config-changes.jsonl  changes allowed on resume (`--allow-changes`), with their step
     train.lock       locked (flock) while a process trains the run; holds that process's pid
-    metrics.jsonl    one JSON line per train step and per evaluation
+    metrics.jsonl    one JSON line per train step and per evaluation (each line one write; a
+                     torn last line, from a kill inside it, is left out when read)
     checkpoints/     step-NNNNNNNN.safetensors: the whole TrainState, the newest few kept
-    prompt.safetensors, last.safetensors, summary.json
+    prompt.safetensors, last.safetensors, summary.json (written last: a run is finished
+                     exactly when it holds a complete summary.json, see `read_summary`)
+
+Every file is replaced atomically (softprompt.files), so a process killed at any moment leaves
+each file absent, as it was, or complete.
 
 Only the main process writes; every process reads checkpoints the same way, so all resume
 from the same step. A checkpoint's layout (tensor names, the "state" metadata) is a file
@@ -14,6 +19,7 @@ format: runs written by older versions must still resume.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -25,7 +31,14 @@ import yaml
 
 from softprompt.config import TrainConfig, config_to_dict
 from softprompt.errors import SoftpromptError, UsageError
-from softprompt.files import atomic_text_file, read_safetensors, write_safetensors_atomic
+from softprompt.files import (
+    append_line,
+    atomic_text_file,
+    read_json_lines,
+    read_safetensors,
+    write_safetensors_atomic,
+    write_text_atomic,
+)
 from softprompt.training.console import warn
 from softprompt.training.state import TrainState
 from softprompt.training.tracking import Trackers
@@ -38,6 +51,18 @@ except ImportError:  # not on POSIX: runs are not locked
 CHECKPOINT_DIR = "checkpoints"
 KEEP_CHECKPOINTS = 2
 LOCK_FILE = "train.lock"
+SUMMARY_FILE = "summary.json"
+
+
+def read_summary(run_dir: str | Path) -> dict | None:
+    """The summary of a finished run in `run_dir`; None while it has none, or none that is
+    complete (a torn file left by a version that wrote it in place): the run is not done."""
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        summary = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return summary if isinstance(summary, dict) else None
 
 
 class RunDir:
@@ -133,9 +158,8 @@ class RunDir:
         metrics_path = self.path / "metrics.jsonl"
         kept = []
         if resumed_from is not None and metrics_path.exists():
-            lines = metrics_path.read_text(encoding="utf-8").splitlines()
-            kept = [line for line in lines if _step_of(line) <= step]
-        metrics_path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            kept = [r for r in read_json_lines(metrics_path) if _step_of(r) <= step]
+        write_text_atomic(metrics_path, "".join(json.dumps(r) + "\n" for r in kept))
 
     def save_checkpoint(self, state: TrainState) -> Path:
         """Write the whole training state atomically; keep the newest few checkpoints."""
@@ -177,6 +201,7 @@ class RunDir:
             except (SoftpromptError, KeyError, json.JSONDecodeError):
                 warn(f"checkpoint {path} is unreadable; trying an older one")
                 continue
+            _check_groups(state, saved, path)
             _restore(state, tensors, saved, device)
             return path
         return None
@@ -184,12 +209,24 @@ class RunDir:
     def write_summary(self, summary: dict) -> None:
         """summary.json: what `softprompt train` prints at the end, kept with the run."""
         if self.is_main:
-            (self.path / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_text_atomic(self.path / SUMMARY_FILE, json.dumps(summary, indent=2))
 
 
 class RunBusyError(UsageError):
     """The run directory is locked by another process training into it (exit 2: choose another
     --out, as for a folder that already holds a run)."""
+
+
+def _check_groups(state: TrainState, saved: dict, path: Path) -> None:
+    """A checkpoint whose optimizer has other parameter groups than this run (one written
+    before an encoder trained at a rate of its own) cannot resume it: say how it can."""
+    here, there = len(state.optimizer.param_groups), len(saved["optimizer_param_groups"])
+    if here != there:
+        raise UsageError(
+            f"{path} keeps {there} optimizer parameter group(s) but this run has {here} (an "
+            "encoder at its own rate, prompt.encoder_lr_scale, is newer than the checkpoint); "
+            "resume with --set prompt.encoder_lr_scale=1 --allow-changes"
+        )
 
 
 def _restore(state: TrainState, tensors: dict, saved: dict, device: torch.device) -> None:
@@ -205,10 +242,12 @@ def _restore(state: TrainState, tensors: dict, saved: dict, device: torch.device
         if name.startswith("optimizer."):
             _, index, key = name.split(".", 2)
             optimizer_state.setdefault(int(index), {})[key] = value
+    settings = _settings_of(state)
     state.optimizer.load_state_dict(
         {"state": optimizer_state, "param_groups": saved["optimizer_param_groups"]}
     )
     state.scheduler.load_state_dict(saved["scheduler"])
+    _apply_settings(state, settings)
     torch.set_rng_state(tensors["rng.torch"])
     state.step = saved["step"]
     state.best_value = saved["best_value"]
@@ -217,12 +256,35 @@ def _restore(state: TrainState, tensors: dict, saved: dict, device: torch.device
     state.history = saved["history"]
 
 
-def _step_of(line: str) -> int:
-    """The step of a metrics.jsonl line; a huge one for a line that cannot be read."""
+def _settings_of(state: TrainState) -> tuple[list[dict], list[float]]:
+    """The optimizer's hyperparameters (learning rate, weight decay...) and the schedule's
+    base rates as this run's config sets them, before a checkpoint overwrites them."""
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in state.optimizer.param_groups]
+    return groups, list(state.scheduler.base_lrs)
+
+
+def _apply_settings(state: TrainState, settings: tuple[list[dict], list[float]]) -> None:
+    """Put the config's hyperparameters back over a checkpoint's: a resume with a changed
+    `train.lr`, schedule or weight decay (`--allow-changes`) trains with the change. The
+    learning rate is the base rate times the schedule's factor at the resumed step, as the
+    schedule computes it, so an unchanged config resumes bitwise."""
+    groups, base_lrs = settings
+    scheduler = state.scheduler
+    for group, fresh, base, factor in zip(
+        state.optimizer.param_groups, groups, base_lrs, scheduler.lr_lambdas
+    ):
+        group.update(fresh)
+        group["lr"] = base * factor(scheduler.last_epoch)
+    scheduler.base_lrs = base_lrs
+    scheduler._last_lr = [group["lr"] for group in state.optimizer.param_groups]
+
+
+def _step_of(record: object) -> int:
+    """The step of a metrics.jsonl record; a huge one for a record without a readable one."""
     try:
-        return int(json.loads(line).get("step", 0))
-    except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-        return 1 << 62  # an unreadable (torn) line: drop it
+        return int(record.get("step", 0))
+    except (AttributeError, TypeError, ValueError):
+        return 1 << 62  # not a record of ours: drop it
 
 
 class RunLog:
@@ -234,25 +296,33 @@ class RunLog:
         self._path = run_dir.metrics_path
 
     def __enter__(self) -> RunLog:
-        self._metrics = open(self._path, "a", encoding="utf-8")
+        self._metrics = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
         return self
 
     def __exit__(self, *exc) -> None:
         try:
             self.trackers.close()
         finally:
-            self._metrics.close()
+            try:
+                self.sync()
+            finally:
+                os.close(self._metrics)
 
     def train(self, record: dict) -> None:
         """One optimizer step: `record` holds its step, loss and learning rate."""
-        self._metrics.write(json.dumps(record) + "\n")
+        append_line(self._metrics, record, Path(self._path))
         self.trackers.log({"train": record}, record["step"])
 
     def eval(self, step: int, dev: dict) -> None:
         """One evaluation on the dev split at `step`."""
-        self._metrics.write(json.dumps({"event": "eval", "step": step, "dev": dev}) + "\n")
+        append_line(self._metrics, {"event": "eval", "step": step, "dev": dev}, Path(self._path))
         self.trackers.log({"dev": dev}, step)
 
     def flush(self) -> None:
-        """Hand the lines so far to the OS, so a reader sees each step as it ends."""
-        self._metrics.flush()
+        """Each line is handed to the OS as it is written (one `write` per line), so a reader
+        sees each step as it ends; nothing is buffered here."""
+
+    def sync(self) -> None:
+        """fsync the lines so far (at the end of the run: they survive a power loss)."""
+        with contextlib.suppress(OSError):  # /dev/null in the other processes
+            os.fsync(self._metrics)

@@ -41,7 +41,8 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
 
 
 def shard_model(model: nn.Module, world: int, device: torch.device) -> None:
-    """Shard `model` in place over the `world` processes: per decoder layer, then the root."""
+    """Shard `model` in place over the `world` processes: per decoder layer, then the root;
+    each process keeps its shards on `device` (FSDP moves them there, one layer at a time)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -103,34 +104,38 @@ class Sharding:
     def active(self) -> bool:
         return self.mode == "fsdp"
 
-    def shard(self, backbones: list[Backbone]) -> None:
+    def shard(self, backbones: list[Backbone], device: torch.device) -> None:
         """Checkpoint (`train.gradient_checkpointing`), then shard (`train.shard: fsdp`) every
-        frozen model of the run, in that order (FSDP wraps the checkpointed layers)."""
+        frozen model of the run, in that order (FSDP wraps the checkpointed layers). Each
+        process's shards go to `device` (a model loaded in CPU memory never lands whole on a
+        GPU)."""
         for backbone in backbones if self.checkpointing else []:
             checkpoint_layers(backbone.model)
         if not self.active:
             return
         for backbone in backbones:
-            shard_model(backbone.model, self.processes.world, backbone.device)
+            shard_model(backbone.model, self.processes.world, device)
             self.models.append(backbone.model)
         local = sum(local_parameter_bytes(model) for model in self.models)
-        most = torch.tensor([local], dtype=torch.float64)
+        most = torch.tensor([local], dtype=torch.float64, device=device)  # NCCL: on the GPU
         torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
         whole = sum(p.numel() * p.element_size() for m in self.models for p in m.parameters())
         # the largest share any process holds, against the models whole (summary.json)
         self.record |= {"local_bytes": int(most.item()), "model_bytes": int(whole)}
 
-    def gathered(self):
-        """A block within which every model's root weights (embeddings, final norm, LM head)
-        are whole; the decoder layers gather themselves when they run."""
-        return self._gathered() if self.models else nullcontext()
+    def gathered(self, backbone: Backbone | None = None):
+        """A block within which the root weights (embeddings, final norm, LM head) of
+        `backbone`'s model (None: every model's) are whole; the decoder layers gather
+        themselves when they run."""
+        models = self.models if backbone is None else [backbone.model]
+        return self._gathered(models) if self.models else nullcontext()
 
     @contextmanager
-    def _gathered(self) -> Iterator[None]:
-        for model in self.models:
+    def _gathered(self, models: list[nn.Module]) -> Iterator[None]:
+        for model in models:
             model.unshard()
         try:
             yield
         finally:
-            for model in self.models:
+            for model in models:
                 model.reshard()

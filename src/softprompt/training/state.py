@@ -46,15 +46,6 @@ class TrainState:
         )
         return cls(module=module, optimizer=optimizer, scheduler=scheduler)
 
-    @property
-    def prompt(self) -> torch.nn.Parameter:
-        """The soft prompt being trained (method prompt)."""
-        return self.module.embedding
-
-    def steer(self):
-        """What the model is steered with now: a prompt tensor or a PrefixKV."""
-        return self.module()
-
     def record_eval(self, dev: dict, value: float, lower_is_better: bool) -> bool:
         """Note an evaluation at this step (`dev`: the mean metrics, `value`: the one that
         picks the best); returns True when it is the best so far."""

@@ -73,8 +73,8 @@ class Trainer:
         self.progress = progress and self.processes.is_main
         self.device = self.processes.training_device(self.settings)
         self.sharding = Sharding(self.settings, self.processes)
-        self.backbones = backbones or _load_backbones(config, self.device)
-        self.sharding.shard(self.backbones)
+        self.backbones = backbones or _load_backbones(config, self.device, self.sharding.active)
+        self.sharding.shard(self.backbones, self.device)
         self.slots = self._build_slots()
         self.schedule = BatchSchedule(
             self.slots[0].train,
@@ -144,7 +144,7 @@ class Trainer:
             model_loss = 0.0
             for start in range(0, len(share), self.settings.micro_batch):
                 micro = share[start : start + self.settings.micro_batch]
-                with self.sharding.gathered():
+                with self.sharding.gathered(slot.backbone):
                     loss = self._micro_loss(slot, _steering(prompt, index), micro) / denominator
                     (loss * slot.weight).backward()
                 model_loss += float(loss.detach())
@@ -179,7 +179,7 @@ class Trainer:
         """Dev metrics per model and their mean (`prompt`: a tensor or the trainable module)."""
         per_model = {}
         for index, slot in enumerate(self.slots):
-            with self.sharding.gathered():
+            with self.sharding.gathered(slot.backbone):
                 per_model[slot.backbone.name] = evaluate_task(
                     slot.task, _steering(prompt, index), slot.dev, self.settings.eval_batch_size
                 )
@@ -220,7 +220,7 @@ class Trainer:
                 "steps_run": state.step - first_step,
                 "resumed_from": resumed_from,
             }
-            summary = self._summary(state, outcome)
+            summary = _summary(self, state, outcome)
             self.run_dir.write_summary(summary)
             self.processes.wait_for_everyone()
         return summary
@@ -243,7 +243,7 @@ class Trainer:
 
     def _loop(self, state: TrainState) -> tuple[bool, dict | None]:
         """Steps until the last, an early stop or a signal; returns (stopped early, last dev)."""
-        settings, stopped_early, last_dev = self.settings, False, None
+        settings, (stopped_early, last_dev) = self.settings, self._resumed_end(state)
         log = RunLog(self.run_dir, settings.report_to, config_to_dict(self.config))
         with (
             ProgressBar(self.progress, settings.steps, state.step) as bar,
@@ -262,6 +262,18 @@ class Trainer:
                 log.flush()
                 self._stop_if_signalled(state, signals)
         return stopped_early, last_dev
+
+    def _resumed_end(self, state: TrainState) -> tuple[bool, dict | None]:
+        """A run resumed from its last checkpoint (killed before its summary): whether it had
+        stopped early, and its last evaluation's dev metrics (computed again, not logged
+        twice), so its summary is the one the run would have written."""
+        patience = self.settings.early_stopping_patience
+        stopped = bool(patience and state.evals_without_improvement >= patience)
+        evaluated = bool(state.history) and state.history[-1]["step"] == state.step
+        if not evaluated or (state.step < self.settings.steps and not stopped):
+            return False, None
+        with torch.no_grad():
+            return stopped, self.evaluate_dev(state.module)
 
     def _step(self, state: TrainState) -> float:
         """One training step; one that fails (a non-finite loss) still saves the last prompt."""
@@ -288,7 +300,7 @@ class Trainer:
 
     def _after_eval(self, state: TrainState, dev: dict) -> bool:
         """Keep the best prompt; returns True when early stopping says stop."""
-        best_key = self._best_key()
+        best_key = self.best_key()
         value = self._selection_metrics(dev)[best_key]
         if state.record_eval(dev["mean"], value, lower_is_better=best_key == "loss"):
             self.write_artifact(
@@ -312,31 +324,6 @@ class Trainer:
     def _save_last(self, state: TrainState) -> None:
         self.write_artifact(state, {"step": state.step}, self.out_dir / "last.safetensors")
 
-    def _summary(self, state: TrainState, outcome: dict) -> dict:
-        """summary.json: where the prompt is, how far the run got and how fast."""
-        seconds, resumed_from = outcome["seconds"], outcome["resumed_from"]
-        per_second = outcome["steps_run"] * self.settings.batch_size / seconds if seconds else 0.0
-        return {
-            "run_dir": str(self.out_dir),
-            "prompt_path": str(self.out_dir / "prompt.safetensors"),
-            "models": [b.name for b in self.backbones],
-            "steps": state.step,
-            "stopped_early": outcome["stopped_early"],
-            "best_metric": self._best_key(),
-            "best_value": state.best_value,
-            "best_step": state.best_step,
-            "dev": outcome["last_dev"],
-            "best_dev": state.best_dev,
-            "train_seconds": seconds,
-            "train_samples_per_second": per_second,
-            "resumed_from": str(resumed_from) if resumed_from else None,
-            "processes": self.processes.world,
-            "sharding": self.sharding.record,
-            "precision": precision_of(self.backbones[0].dtype),
-            "lr": self.settings.rate,
-            "lr_search": getattr(self, "lr_search", None),
-        }
-
     # --- what gets saved, and how a step is scored -----------------------------------------
 
     def artifact(self, state: TrainState, training: dict | None = None):
@@ -357,13 +344,42 @@ class Trainer:
         """Summed loss of a micro-batch (divided by the whole batch's size by the caller)."""
         return slot.task.loss(steering, micro)
 
-    def _best_key(self) -> str:
+    def best_key(self) -> str:
         return self.slots[0].task.selection_metric(self.settings.best_metric)
 
 
-def _load_backbones(config: TrainConfig, device: torch.device) -> list[Backbone]:
+def _summary(trainer: Trainer, state: TrainState, outcome: dict) -> dict:
+    """summary.json: where the prompt is, how far the run got and how fast."""
+    seconds, resumed_from = outcome["seconds"], outcome["resumed_from"]
+    per_second = outcome["steps_run"] * trainer.settings.batch_size / seconds if seconds else 0.0
+    return {
+        "run_dir": str(trainer.out_dir),
+        "prompt_path": str(trainer.out_dir / "prompt.safetensors"),
+        "models": [b.name for b in trainer.backbones],
+        "steps": state.step,
+        "stopped_early": outcome["stopped_early"],
+        "best_metric": trainer.best_key(),
+        "best_value": state.best_value,
+        "best_step": state.best_step,
+        "dev": outcome["last_dev"],
+        "best_dev": state.best_dev,
+        "train_seconds": seconds,
+        "train_samples_per_second": per_second,
+        "resumed_from": str(resumed_from) if resumed_from else None,
+        "processes": trainer.processes.world,
+        "sharding": trainer.sharding.record,
+        "precision": precision_of(trainer.backbones[0].dtype),
+        "lr": trainer.settings.rate,
+        "lr_search": getattr(trainer, "lr_search", None),
+    }
+
+
+def _load_backbones(
+    config: TrainConfig, device: torch.device, sharded: bool = False
+) -> list[Backbone]:
     """The run's models, each on its device (`train.devices` round-robin, else `device`), in
-    the run's precision (`auto` resolved for those devices)."""
+    the run's precision (`auto` resolved for those devices). Sharded models load into CPU
+    memory: FSDP moves each process's shards to `device` (softprompt.training.sharding)."""
     names = config.train.devices or [str(device)]
     devices = [resolve_device(name) for name in names]
     dtype = DTYPE_NAMES[training_precision(config.train.precision, devices)]
@@ -371,7 +387,7 @@ def _load_backbones(config: TrainConfig, device: torch.device) -> list[Backbone]
         load_backbone(
             spec,
             dtype=dtype,
-            device=devices[i % len(devices)],
+            device="cpu" if sharded else devices[i % len(devices)],
             trust_remote_code=config.trust_remote_code or None,
         )
         for i, spec in enumerate(config.models)
