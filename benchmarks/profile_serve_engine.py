@@ -1,13 +1,25 @@
 """Where the serving engine's time goes, piece by piece (the evidence behind the serving
 section of BENCHMARKS.md): a request's prefill on an idle engine (per adapter kind) against
 the same prompt joining a running step of 15 rows (what the step costs more), a decoding step
-of 1 and of 16 rows, and torch.profiler's top operators of a 16-row mixed step.
+of 1 and of 16 rows, torch.profiler's top operators of a 16-row mixed step, and the time per
+step spent outside the model at 16 and 64 rows (`--outside`): the step's wall time less the
+model's forward, and within it the picking of every row's token and its text (the step's
+update, `decoding.update`, or `Engine._advance` in the engine before the schedule -> execute
+-> update shape: sampling, log-probabilities, detokenizing, stop strings), greedy and
+sampled (temperature, top-k, top-p and both penalties); and the same picking without the
+model (`--picking`): rows whose text is already 32 or 512 tokens long pick a token from random
+logits of the model's vocabulary and add it to their text, which shows how the cost grows with
+a row's length. The script runs against the code before the batched sampler too (it uses
+`RowSampler.pick` per row where `sample_rows` is missing; with that checkout's bench_serve.py
+beside it, which this script imports for its prompts), so both sides come from the same
+commands.
 
 It drives an `Engine` by hand (its `_admit` and `_step`, on this thread), with the adapters
 and prompts of bench_serve.py. The engine is not changed.
 
 Run: PYTHONPATH=src .venv/bin/python benchmarks/profile_serve_engine.py [--threads 1]
-[--outside 16 64] (only the time per decoding step outside the model, at 16 and 64 rows)
+     [--outside-only] [--outside-rows 16 64] [--outside-steps 8] [--picking]
+     [--outside 16 64] (the same as --outside-only --outside-rows 16 64)
 """
 
 from __future__ import annotations
@@ -123,70 +135,174 @@ def profile_step(engine: Engine) -> None:
         )
 
 
-def outside_model(backbone, rows: int, steps_timed: int = 8) -> None:
-    """Per decoding step of `rows` bare rows: wall time, the model's forward, and the rest
-    (scheduling, sampling, detokenising, events: the engine's own Python)."""
+SAMPLED = SamplingOptions(
+    max_new_tokens=10**6, temperature=0.8, top_k=50, top_p=0.9, presence_penalty=0.5,
+    frequency_penalty=0.3, seed=1,
+)  # fmt: skip
+GREEDY = SamplingOptions(max_new_tokens=10**6, greedy=True)
+
+
+def outside_model(backbone, prompts, rows: int, options: SamplingOptions, steps: int) -> str:
+    """Per decoding step of `rows` rows (no EOS, so none leaves): the median wall time, the
+    model's forward (timed by hooks on the model), the rest, and the picking part of it."""
     engine = Engine(backbone, max_batch=rows, queue_size=rows)
+    engine.eos = set()  # rows run on: every timed step has all of them
     for i in range(rows):
-        submit(engine, NoSteering(), backbone.tokenizer(f"review {i}: the film was").input_ids)
-    for _ in range(WARM_STEPS // 4):
+        seed = i if not options.is_greedy else None
+        engine.submit(
+            Job(NoSteering(), prompts[i % len(prompts)], options, lambda *_: 0, seed=seed)
+        )
+    engine._admit()
+    for _ in range(WARM_STEPS):
         engine._step()
-    model, spent = backbone.model, [0.0]
-    forward = model.forward
-
-    def timed(*args, **kwargs):
-        started = time.perf_counter()
-        try:
-            return forward(*args, **kwargs)
-        finally:
-            spent[0] += time.perf_counter() - started
-
-    model.forward = timed
+    clock = {"model": 0.0, "advance": 0.0}
+    started = {}
+    model = backbone.model
+    hooks = [
+        model.register_forward_pre_hook(lambda *_: started.update(model=time.perf_counter())),
+        model.register_forward_hook(
+            lambda *_: clock.update(model=clock["model"] + time.perf_counter() - started["model"])
+        ),
+    ]
+    undo = _time_picking(engine, clock)
+    totals, models, advances = [], [], []
     try:
-        started = time.perf_counter()
-        for _ in range(steps_timed):
+        for _ in range(steps):
+            clock.update(model=0.0, advance=0.0)
+            begun = time.perf_counter()
             engine._step()
-        wall = (time.perf_counter() - started) / steps_timed
+            totals.append(time.perf_counter() - begun)
+            models.append(clock["model"])
+            advances.append(clock["advance"])
     finally:
-        del model.forward
-    inside = spent[0] / steps_timed
-    print(
-        f"decoding step, {rows} bare rows: {wall * 1e3:.1f} ms, the model "
-        f"{inside * 1e3:.1f} ms, outside the model {(wall - inside) * 1e3:.1f} ms "
-        f"({(wall - inside) / wall:.0%})"
+        for hook in hooks:
+            hook.remove()
+        undo()
+    rest = [t - m for t, m in zip(totals, models)]
+    kind = "greedy" if options.is_greedy else "sampled"
+    return (
+        f"{rows} rows, {kind}: step {statistics.median(totals) * 1e3:.1f} ms, model "
+        f"{statistics.median(models) * 1e3:.1f} ms, outside the model "
+        f"{statistics.median(rest) * 1e3:.2f} ms, of which picking tokens and text "
+        f"{statistics.median(advances) * 1e3:.2f} ms (median of {steps} steps)"
     )
+
+
+def _time_picking(engine: Engine, clock: dict):
+    """Add the time of each step's picking of tokens and text to clock["advance"]: the
+    engine's `update` (`decoding.update`), or `Engine._advance` in the engine before it.
+    Returns what undoes the timing."""
+    from softprompt.decoding import engine as engine_module
+
+    older = hasattr(engine, "_advance")
+    owner, name = (engine, "_advance") if older else (engine_module, "update")
+    original = getattr(owner, name)
+
+    def timed(*args):
+        begun = time.perf_counter()
+        try:
+            return original(*args)
+        finally:
+            clock["advance"] += time.perf_counter() - begun
+
+    setattr(owner, name, timed)
+    return lambda: setattr(owner, name, original)
+
+
+def picking(tokenizer, vocab: int, rows: int, length: int, options, steps: int) -> str:
+    """Median time of one step's picking for `rows` rows of `length` tokens each: a token per
+    row from random logits, added to the row's text, the text that became final taken."""
+    from softprompt.decoding import sampler as sampler_module
+    from softprompt.decoding.sampler import RowSampler
+    from softprompt.decoding.text import RowText
+
+    device = torch.device("cpu")
+    source = torch.Generator().manual_seed(0)
+    samplers = [RowSampler(options, None if options.is_greedy else i, device) for i in range(rows)]
+    prompt = tokenizer("The film was long, and the ending was").input_ids
+    texts = [_text_of_length(RowText, tokenizer, prompt, length, i) for i in range(rows)]
+    batched = getattr(sampler_module, "sample_rows", None)
+    times = []
+    for _ in range(steps + 1):  # the first step warms up, untimed
+        logits = torch.randn(rows, vocab, generator=source) * 4
+        begun = time.perf_counter()
+        if batched is not None:
+            tokens = batched(samplers, logits)
+        else:
+            tokens = [s.pick(row, t.tokens) for s, row, t in zip(samplers, logits, texts)]
+        for text, token in zip(texts, tokens):
+            text.add(token)
+            text.take_final()
+        times.append(time.perf_counter() - begun)
+    kind = "greedy" if options.is_greedy else "sampled"
+    median = statistics.median(times[1:])
+    return f"{rows} rows of {length} tokens, {kind}: {median * 1e3:.2f} ms (median of {steps})"
+
+
+def _text_of_length(row_text, tokenizer, prompt: list[int], length: int, seed: int):
+    """A row's text that already holds `length` tokens (of English text)."""
+    import bench_serve
+
+    words = bench_serve.texts()
+    ids = []
+    while len(ids) < length:
+        ids += tokenizer(" " + words[(seed + len(ids)) % len(words)]).input_ids
+    try:
+        text = row_text(tokenizer, (), prompt)
+    except TypeError:  # before: no prompt context
+        text = row_text(tokenizer, ())
+        text.tokens = ids[: length - 1]  # one decode of the whole row instead of `length`
+        ids = ids[length - 1 :]
+    for token in ids[: length - len(text.tokens)]:
+        text.add(token)
+    text.take_final()
+    return text
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: default)")
+    parser.add_argument("--outside-only", action="store_true", help="only the outside-model rows")
+    parser.add_argument("--outside-rows", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--outside-steps", type=int, default=8)
+    parser.add_argument("--picking", action="store_true", help="only the picking without the model")
     parser.add_argument(
-        "--outside", type=int, nargs="*", metavar="ROWS",
-        help="only the time per step outside the model, at these batch sizes (e.g. 16 64)",
+        "--outside", type=int, nargs="+", metavar="ROWS",
+        help="only the outside-model rows, at these batch sizes (--outside-only --outside-rows)",
     )  # fmt: skip
     args = parser.parse_args()
+    if args.outside:
+        args.outside_only, args.outside_rows = True, args.outside
     if args.threads:
         torch.set_num_threads(args.threads)
     print(machine())
-    if args.outside:  # runs on the older engine too (no bench_serve import)
-        backbone = load_backbone("smollm2-135m")
-        with torch.no_grad():
-            for rows in args.outside:
-                outside_model(backbone, rows)
-        return
     import bench_serve  # the adapters and prompts of the serving benchmark
 
     watch = bench_serve.CpuWatch()
     backbone = load_backbone(bench_serve.MODEL)
+    if args.picking:
+        vocab = backbone.model.get_input_embeddings().num_embeddings
+        print(f"picking tokens and text without the model ({vocab} tokens):")
+        for rows in args.outside_rows:
+            for length in (32, 512):
+                for options in (GREEDY, SAMPLED):
+                    line = picking(backbone.tokenizer, vocab, rows, length, options, 9)
+                    print("  " + line, flush=True)
+        return
     with tempfile.TemporaryDirectory(prefix="profile-serve-") as tmp:
         names = bench_serve.write_adapters(backbone, Path(tmp), 0)
         adapters = Adapters(backbone, bench_serve.MODEL, [], Path(tmp))
     everyone = [bench_serve.MODEL, *names]
-    requests = bench_serve.plan(ROWS, everyone, 0, (16, 64))
+    requests = bench_serve.plan(max(ROWS, *args.outside_rows), everyone, 0, (16, 64))
     prompts = [backbone.tokenizer(r.text).input_ids for r in requests]
     with torch.no_grad():
-        prefills(backbone, adapters, prompts)
-        profile_step(steps(backbone, adapters, prompts))
+        if not args.outside_only:
+            prefills(backbone, adapters, prompts)
+            profile_step(steps(backbone, adapters, prompts[:ROWS]))
+        print("time per decoding step outside the model:")
+        for rows in args.outside_rows:
+            for options in (GREEDY, SAMPLED):
+                print("  " + outside_model(backbone, prompts, rows, options, args.outside_steps))
     others, _ = watch.cores()
     print(f"other processes used {others:.2f} cores on average meanwhile")
 

@@ -69,7 +69,7 @@ def naive_importance(
 def hf_generate(backbone, texts: list[str], steer, max_new_tokens: int) -> list[str]:
     """Greedy continuations through the model's own `generate` (left-padded batch, the
     steering's parts in front): the independent path the decoder's engine is checked
-    against."""
+    against; the texts are cut after the prompts' text, as the decoder's are."""
     from softprompt.decoding.text import drop_cut_character
 
     tokenizer = backbone.tokenizer
@@ -89,7 +89,16 @@ def hf_generate(backbone, texts: list[str], steer, max_new_tokens: int) -> list[
     )
     if "input_ids" in inputs:  # generate repeats given ids in front of the new tokens
         output = output[:, inputs["input_ids"].shape[1] :]
-    return [drop_cut_character(t) for t in tokenizer.batch_decode(output, skip_special_tokens=True)]
+    # the continuation is the text after the prompt's in the whole sequence's text (as
+    # transformers' text-generation pipeline cuts it): a word-level or SentencePiece token
+    # keeps the space its decoder writes between it and the prompt
+    texts = []
+    for prompt, new in zip(encoded.input_ids, output):
+        prompt = prompt[prompt != tokenizer.pad_token_id].tolist()
+        start = len(tokenizer.decode(prompt, skip_special_tokens=True))
+        whole = tokenizer.decode(prompt + new.tolist(), skip_special_tokens=True)
+        texts.append(drop_cut_character(whole[start:]))
+    return texts
 
 
 def generation_inputs(backbone, steering, input_ids, attention_mask) -> dict:
@@ -123,6 +132,39 @@ def prompted_hidden(backbone, steer, input_ids, attention_mask, read=None):
     """Hidden states of right-padded rows under `steer` (anything `as_steering` takes), and
     the column of each row's first token (a soft prompt's length; 0 after a prefix)."""
     return as_steering(steer).hidden(backbone, input_ids, attention_mask, read)
+
+
+def reference_pick(options, generator, logits: torch.Tensor, generated: list[int]) -> int:
+    """One row's next token as the decoder picked it before its sampler was batched: the bias
+    and penalties on this row alone, then transformers' own warpers (temperature, top-k,
+    top-p), softmax and `torch.multinomial` with the row's generator; greedy: the argmax."""
+    from transformers import (
+        LogitsProcessorList,
+        TemperatureLogitsWarper,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    if options.logit_bias:
+        ids, bias = zip(*options.logit_bias)
+        logits = logits.float().clone()
+        logits[list(ids)] += torch.tensor(bias, device=logits.device)
+    if (options.presence_penalty or options.frequency_penalty) and generated:
+        counts = torch.bincount(torch.tensor(generated), minlength=logits.shape[-1]).float()
+        penalty = options.frequency_penalty * counts + options.presence_penalty * (counts > 0)
+        logits = logits.float() - penalty
+    if options.is_greedy:
+        return int(logits.argmax())
+    warpers = LogitsProcessorList()
+    if options.temperature not in (0, 1.0):
+        warpers.append(TemperatureLogitsWarper(options.temperature))
+    if options.top_k is not None:
+        warpers.append(TopKLogitsWarper(options.top_k))
+    if options.top_p is not None and options.top_p < 1.0:
+        warpers.append(TopPLogitsWarper(options.top_p))
+    scores = warpers(torch.zeros((1, 0), dtype=torch.long), logits.float()[None])
+    probs = torch.softmax(scores, dim=-1)[0]
+    return int(torch.multinomial(probs, 1, generator=generator))
 
 
 def current_prompt(module) -> torch.Tensor:

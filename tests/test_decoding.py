@@ -10,8 +10,9 @@ import openai
 import pytest
 import torch
 
+from reference import reference_pick
 from softprompt.decoding.options import SamplingOptions
-from softprompt.decoding.sampler import RowSampler
+from softprompt.decoding.sampler import RowSampler, sample_rows
 from softprompt.decoding.text import RowText
 from softprompt.serving.server import Server
 from test_cli import invoke
@@ -113,3 +114,57 @@ def test_row_text_holds_back_a_possible_stop_and_cuts_at_it(tiny):
     assert stopped
     assert row.text == "it was good"
     assert "".join(pieces) == "it was good"
+
+
+# every knob alone and together, greedy rows among sampled ones
+MIXED_OPTIONS = [
+    SamplingOptions(greedy=True),
+    SamplingOptions(temperature=0.7, seed=None),
+    SamplingOptions(top_k=5),
+    SamplingOptions(top_p=0.8, temperature=1.3),
+    SamplingOptions(top_k=40, top_p=0.9, temperature=0.6),
+    SamplingOptions(presence_penalty=1.5, frequency_penalty=0.7),
+    SamplingOptions(temperature=0, frequency_penalty=2.0, logit_bias=((3, 4.0), (9, -100.0))),
+    SamplingOptions(top_p=0.5, presence_penalty=-0.5, logit_bias=((0, 2.5),)),
+    SamplingOptions(temperature=0.7),
+    SamplingOptions(top_k=1),
+]
+
+
+def test_batched_sampler_picks_what_each_row_picks_alone():
+    """Over 40 steps of 10 rows with every option, the one batched pass picks, row by row,
+    the token that transformers' warpers and torch.multinomial pick from that row's logits
+    with that row's generator (tests/reference.py): bit for bit, penalties following each
+    row's own tokens."""
+    vocab, steps = 300, 40
+    logits_source = torch.Generator().manual_seed(0)
+    seeds = [None if o.is_greedy else 1000 + i for i, o in enumerate(MIXED_OPTIONS)]
+    batched = [RowSampler(o, s, torch.device("cpu")) for o, s in zip(MIXED_OPTIONS, seeds)]
+    alone = [None if s is None else torch.Generator().manual_seed(s) for s in seeds]
+    generated: list[list[int]] = [[] for _ in MIXED_OPTIONS]
+    for _ in range(steps):
+        logits = torch.randn(len(MIXED_OPTIONS), vocab, generator=logits_source) * 3
+        expected = [
+            reference_pick(o, g, row, done)
+            for o, g, row, done in zip(MIXED_OPTIONS, alone, logits, generated)
+        ]
+        given = logits.clone()
+        assert sample_rows(batched, logits) == expected
+        assert torch.equal(logits, given), "the model's logits (read for logprobs) were changed"
+        for done, token in zip(generated, expected):
+            done.append(token)
+    penalised = generated[5]
+    assert len(set(penalised)) > steps // 2, "penalties did not spread the tokens: check is weak"
+    assert {token for row in generated[:1] for token in row} != {0}
+
+
+def test_batched_sampler_rows_do_not_depend_on_their_neighbours():
+    """A row's draws are its own: the same seed gives the same tokens alone and among others."""
+    options = SamplingOptions(temperature=1.2, top_p=0.95)
+    logits = torch.randn(6, 50, generator=torch.Generator().manual_seed(1))
+    alone = RowSampler(options, 42, torch.device("cpu"))
+    crowd = [RowSampler(options, seed, torch.device("cpu")) for seed in (1, 2, 42, 3, 4, 5)]
+    tokens_alone = [alone.pick(logits[2]) for _ in range(15)]
+    tokens_crowd = [sample_rows(crowd, logits)[2] for _ in range(15)]
+    assert tokens_alone == tokens_crowd
+    assert len(set(tokens_alone)) > 1

@@ -193,3 +193,30 @@ def test_a_soft_prompts_keys_are_computed_once_and_shared(tiny):
     texts = [got[-1].text for got in first + later]
     assert texts == [hf_generate(backbone, [t], soft, 5)[0] for t in TEXTS[:4]]
     assert [len(got[-1].prompt_logprobs) for got in later] == [len(i) for i in ids]
+
+
+def test_each_step_picks_every_sampled_row_in_one_pass(tiny, monkeypatch):
+    """decoding/update.py hands all of a step's generating rows to one `sample_rows` call (a
+    row asking for no tokens, only its prompt's log-probabilities, is left out of it); each
+    row's text stays what the model's own generate gives for it alone."""
+    from softprompt.decoding import update as update_module
+
+    backbone = tiny["llama"]
+    real, calls, sampled = update_module.sample_rows, [], []
+
+    def counting(samplers, logits):
+        assert logits.shape[0] == len(samplers)
+        calls.append(len(samplers))
+        return real(samplers, logits)
+
+    monkeypatch.setattr(update_module, "sample_rows", counting)
+    engine = Engine(backbone, max_batch=8)
+    engine.on_step = lambda rows, tokens: sampled.append(tokens)
+    requests = [(NoSteering(), t, 5, False) for t in TEXTS[:4]]
+    requests.append((NoSteering(), TEXTS[4], 0, True))
+    events = _serve(engine, requests)
+    assert sampled[0] == 5 and calls[0] == 4  # all joined at once; the 0-token row not picked
+    assert calls[1:] == sampled[1:] and len(calls) == len(sampled) > 1
+    texts = [got[-1].text for got in events[:4]]
+    assert texts == [hf_generate(backbone, [t], NoSteering(), 5)[0] for t in TEXTS[:4]]
+    assert events[4][-1].completion_tokens == 0 and events[4][-1].prompt_logprobs

@@ -52,11 +52,14 @@ def canned_backbone(monkeypatch, tiny, continuation: str, cut_bytes: int):
     new = tokenizer(continuation).input_ids[: -cut_bytes or None]
     end = tokenizer.pad_token_id
 
-    def replay(sampler, logits, generated=()):
-        count = sampler.replayed = getattr(sampler, "replayed", -1) + 1
-        return new[count] if count < len(new) else end
+    def replay(samplers, logits):
+        picked = []
+        for sampler in samplers:
+            count = sampler.replayed = getattr(sampler, "replayed", -1) + 1
+            picked.append(new[count] if count < len(new) else end)
+        return picked
 
-    monkeypatch.setattr("softprompt.decoding.sampler.RowSampler.pick", replay)
+    monkeypatch.setattr("softprompt.decoding.update.sample_rows", replay)
     monkeypatch.setattr("softprompt.decoding.engine._eos_ids", lambda backbone: {end})
     backbone = copy.copy(tiny["llama"])
     backbone.tokenizer = tokenizer

@@ -120,9 +120,16 @@ def peft_generate(backbone, peft_model, texts, new_tokens: int = 8) -> list[str]
         do_sample=False,
         pad_token_id=backbone.tokenizer.pad_token_id,
     )
-    return backbone.tokenizer.batch_decode(
-        output[:, enc.input_ids.shape[1] :], skip_special_tokens=True
-    )
+    # the continuation is the text after the prompt's in the whole text (as transformers'
+    # text-generation pipeline cuts it): a word-level token keeps its space before it
+    tokenizer, texts_out = backbone.tokenizer, []
+    for ids, mask, new in zip(
+        enc.input_ids, enc.attention_mask, output[:, enc.input_ids.shape[1] :]
+    ):
+        prompt = ids[mask.bool()].tolist()
+        start = len(tokenizer.decode(prompt, skip_special_tokens=True))
+        texts_out.append(tokenizer.decode(prompt + new.tolist(), skip_special_tokens=True)[start:])
+    return texts_out
 
 
 def assert_same_generation(backbone, artifact, peft_model, texts, *, batched: bool) -> None:

@@ -9,8 +9,10 @@ join and which chunk of their prompt they feed, positions and read indices) and 
 list of running rows; the executor (`decoding.executor`) runs the plan as one packed forward in
 which every row attends to its own KV blocks (`decoding.blocks`, `decoding.rows`), so its
 output is what it gives alone; the update (`decoding.update`) picks every sampled row's token
-(`RowSampler`) and sends typed events (`decoding.events`). All model work runs on the engine's
-one thread; callers talk to it through a bounded queue.
+in one batched pass, each row from its own seeded `RowSampler` (`decoding.sampler`), decodes
+only the new tokens of each row's `RowText` (`decoding.text`) and sends typed events
+(`decoding.events`). All model work runs on the engine's one thread; callers talk to it
+through a bounded queue; at most one `Call` (other model work) runs between two steps.
 """
 
 from __future__ import annotations
@@ -149,6 +151,8 @@ class Engine:
             except queue.Empty:
                 return
             self._take(work)
+            if isinstance(work, Call):
+                return  # one call between two steps: running rows wait for one call at most
 
     def _take(self, work: Job | Call) -> None:
         if isinstance(work, Call):

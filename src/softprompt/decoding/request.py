@@ -36,7 +36,8 @@ class Job:
 
 @dataclass(frozen=True, eq=False)
 class Call:
-    """Any other model work (classification): run on the engine thread between steps."""
+    """Any other model work (classification): run on the engine thread between steps, one
+    call between two steps (so a caller with much work sends it in bounded slices)."""
 
     run: Callable[[], object]
     done: Callable[[object, BaseException | None], None]

@@ -230,7 +230,7 @@ class Scheduler:
         row = Row(
             job, inputs, soft, cached, None, [], own,
             RowSampler(job.options, job.seed, device),
-            RowText(backbone.tokenizer, job.options.stop),
+            RowText(backbone.tokenizer, job.options.stop, job.prompt_ids),
         )  # fmt: skip
         if cached:
             self._write_prefix(row, parts.keys, parts.values, shared)

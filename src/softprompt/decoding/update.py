@@ -1,6 +1,7 @@
-"""After a step ran: the echoed prompts scored, every sampled row's next token picked (each
-row through its own `RowSampler`, so its draws never depend on its neighbours), text that
-became final sent as typed events (`decoding.events`); returns the rows that are done."""
+"""After a step ran: the echoed prompts scored, every sampled row's next token picked in one
+batched pass (`sample_rows`: each row still draws from its own seeded `RowSampler`, so its
+draws never depend on its neighbours), the new tokens decoded (`RowText`, O(new tokens)), text
+that became final sent as typed events (`decoding.events`); returns the rows that are done."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import torch
 
 from softprompt.decoding.events import Delta, Finished, Started
 from softprompt.decoding.logprobs import TokenLogprob, token_logprobs
+from softprompt.decoding.sampler import sample_rows
 from softprompt.decoding.scheduler import Row, StepPlan
 
 
@@ -18,13 +20,15 @@ def update(plan: StepPlan, logits: torch.Tensor, eos: set[int]) -> list[Row]:
         if row.job.echo and row.prompt_scores is None:
             row.prompt_scores = [TokenLogprob(row.job.prompt_ids[0], None)]
         row.job.emit(Started(row.prompt_scores))
+    logits = logits[: len(plan.sampled)]
+    picked = _pick(plan.sampled, logits)
     done = []
-    for row, row_logits in zip(plan.sampled, logits[: len(plan.sampled)]):
-        if row.job.options.max_new_tokens == 0:  # only the prompt's log-probabilities
+    for n, (row, row_logits) in enumerate(zip(plan.sampled, logits)):
+        if n not in picked:  # max_new_tokens 0: only the prompt's log-probabilities
             _finish(row, "length")
             done.append(row)
             continue
-        reason = _advance(row, row_logits, eos)
+        reason = _advance(row, picked[n], row_logits, eos)
         if reason is not None:
             _finish(row, reason)
         if reason is not None or row.job.cancelled.is_set():
@@ -44,9 +48,16 @@ def _score_prompts(plan: StepPlan, logits: torch.Tensor) -> None:
         row.prompt_scores += token_logprobs(rows, echo.targets, row.job.logprobs or 0)
 
 
-def _advance(row: Row, logits: torch.Tensor, eos: set[int]) -> str | None:
-    """Pick the row's next token and record it; its finish reason when it is done."""
-    token = row.sampler.pick(logits, row.text.tokens)
+def _pick(rows: list[Row], logits: torch.Tensor) -> dict[int, int]:
+    """{index in `rows`: its next token} for every row that generates, all in one pass."""
+    picking = [n for n, row in enumerate(rows) if row.job.options.max_new_tokens]
+    chosen = logits if len(picking) == len(rows) else logits[picking]
+    tokens = sample_rows([rows[n].sampler for n in picking], chosen)
+    return dict(zip(picking, tokens))
+
+
+def _advance(row: Row, token: int, logits: torch.Tensor, eos: set[int]) -> str | None:
+    """Record the row's picked token; its finish reason when it is done."""
     row.last = token
     if row.job.logprobs is not None and token not in eos:
         row.scored += token_logprobs(logits[None], [token], row.job.logprobs)

@@ -64,6 +64,7 @@ class Entry:
     stamp: tuple = ()
     adapter: Adapter | None = None
     error: str | None = None
+    loading: threading.Lock = field(default_factory=threading.Lock)  # one load at a time
 
 
 class RefusedAdapter(SoftpromptError):
@@ -102,13 +103,11 @@ class Adapters(Mapping):
     # --- the mapping ---------------------------------------------------------------------
 
     def __getitem__(self, name: str) -> Adapter:
-        entry = self._fixed.get(name) or self._entries.get(name)
-        if entry is None and "+" in name:
+        """The adapter, loaded now if it is not (this reads its file: call it off the event
+        loop and the engine thread; `loaded` answers from memory only). `a+b`: composed."""
+        if "+" in name and self._find(name) is None:
             return self._composed(name)
-        if entry is None:
-            raise KeyError(name)
-        if entry.error is not None:
-            raise RefusedAdapter(entry.error)
+        entry = self._known(name)
         if entry.adapter is None:
             self._load_on_use(name, entry)
         if name in self._entries:
@@ -127,6 +126,28 @@ class Adapters(Mapping):
             return Adapter(name, session.load(), source=name)
         except SoftpromptError as exc:
             raise RefusedAdapter(str(exc)) from None
+
+    def loaded(self, name: str) -> Adapter | None:
+        """The adapter if it is loaded now, else None (KeyError: not served; RefusedAdapter:
+        refused), from memory only. A composition (`a+b`) is built per request: None."""
+        if "+" in name and self._find(name) is None:
+            return None
+        entry = self._known(name)
+        adapter = entry.adapter
+        if adapter is not None and name in self._entries:
+            self._touch(name)
+        return adapter
+
+    def _find(self, name: str) -> Entry | None:
+        return self._fixed.get(name) or self._entries.get(name)
+
+    def _known(self, name: str) -> Entry:
+        entry = self._find(name)
+        if entry is None:
+            raise KeyError(name)
+        if entry.error is not None:
+            raise RefusedAdapter(entry.error)
+        return entry
 
     def __iter__(self) -> Iterator[str]:
         fixed, entries = dict(self._fixed), dict(self._entries)
@@ -155,15 +176,16 @@ class Adapters(Mapping):
         if self.folder is None:
             return
         found = folder_sources(self.folder)
+        changed = {  # files read here, outside the lock that the request path takes
+            name: self._entry(name, source, stamp)
+            for name, (source, stamp) in found.items()
+            if name not in self._entries or self._entries[name].stamp != stamp
+        }
         with self._lock:
             for name in [n for n in self._entries if n not in found]:
                 del self._entries[name]
                 self._used.pop(name, None)
-            for name, (source, stamp) in found.items():
-                old = self._entries.get(name)
-                if old is not None and old.stamp == stamp:
-                    continue
-                self._entries[name] = self._entry(name, source, stamp)
+            self._entries.update(changed)
 
     def watch(self, interval: float) -> None:
         """Refresh every `interval` seconds on a thread of its own, until `close`."""
@@ -221,7 +243,7 @@ class Adapters(Mapping):
             entry.error = str(exc)
 
     def _load_on_use(self, name: str, entry: Entry) -> None:
-        with self._lock:
+        with entry.loading:  # this entry's own lock: other names are served meanwhile
             if entry.adapter is None and entry.error is None:
                 self._try_load(name, entry)
         if entry.error is not None:

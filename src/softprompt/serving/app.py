@@ -22,6 +22,11 @@ from softprompt.serving.errors import APIError, busy
 from softprompt.serving.metrics import ServerMetrics
 from softprompt.serving.schemas import ClassifyRequest
 
+# texts scored per engine call of /v1/classify: the model runs on one thread, so a request's
+# texts are scored in slices between decoding steps, and a running stream waits for one
+# slice (not the whole request) before its next token
+CLASSIFY_SLICE = 16
+
 
 class Service:
     """What the routes need: the engine, the adapters, the limits, the metrics."""
@@ -43,9 +48,14 @@ class Service:
             config, "n_positions", 2048
         )
 
-    def adapter(self, name: str) -> Adapter:
+    async def adapter(self, name: str) -> Adapter:
+        """The adapter served as `name`; one not loaded now (`--max-loaded`) is loaded on a
+        worker thread, so neither the event loop nor the engine waits for its file."""
         try:
-            return self.adapters[name]
+            adapter = self.adapters.loaded(name)
+            if adapter is None:
+                adapter = await asyncio.to_thread(self.adapters.__getitem__, name)
+            return adapter
         except KeyError:
             raise APIError(
                 404,
@@ -153,7 +163,7 @@ def _model_routes(app: FastAPI, service: Service) -> None:
 def _classify_route(app: FastAPI, service: Service) -> None:
     @app.post("/v1/classify")
     async def classify(body: ClassifyRequest, request: Request):
-        adapter = service.adapter(body.model)
+        adapter = await service.adapter(body.model)
         request.state.adapter = adapter.name
         if adapter.artifact is None:
             raise APIError(
@@ -161,28 +171,32 @@ def _classify_route(app: FastAPI, service: Service) -> None:
                 "classify needs an adapter trained for a classification task, not the bare model",
                 "model",
             )
-        future = asyncio.get_running_loop().create_future()
-        loop = asyncio.get_running_loop()
-
-        def done(result, error):
-            loop.call_soon_threadsafe(_settle, future, result, error)
-
-        def run():
-            return adapter.session.predict(body.texts)
-
-        try:
-            service.engine.submit(Call(run, done))
-        except QueueFull:
-            raise busy() from None
-        try:
-            rows = await future
-        except SoftpromptError as exc:
-            raise APIError(400, str(exc), "model") from None
+        texts, rows = body.texts, []
+        for start in range(0, len(texts), CLASSIFY_SLICE):
+            rows += await _predict_slice(service, adapter, texts[start : start + CLASSIFY_SLICE])
         data = [
             {"index": i, "label": r["label"], "probabilities": r["probabilities"]}
             for i, r in enumerate(rows)
         ]
         return {"object": "list", "model": adapter.name, "data": data}
+
+
+async def _predict_slice(service: Service, adapter: Adapter, texts: list[str]) -> list[dict]:
+    """One slice of a classify request, scored on the engine thread between two steps."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def done(result, error):
+        loop.call_soon_threadsafe(_settle, future, result, error)
+
+    try:
+        service.engine.submit(Call(lambda: adapter.session.predict(texts), done))
+    except QueueFull:
+        raise busy() from None
+    try:
+        return await future
+    except SoftpromptError as exc:
+        raise APIError(400, str(exc), "model") from None
 
 
 def _settle(future: asyncio.Future, result, error) -> None:

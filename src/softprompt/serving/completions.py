@@ -15,6 +15,7 @@ from fastapi.responses import StreamingResponse
 
 from softprompt.decoding.engine import Delta, Failed, Finished, Job, QueueFull, Started
 from softprompt.decoding.options import SamplingOptions, row_seeds
+from softprompt.decoding.text import TokenOffsets
 from softprompt.serving.adapters import Adapter
 from softprompt.serving.errors import APIError, busy
 from softprompt.serving.replies import Reply
@@ -29,11 +30,16 @@ class Prompt:
     ids: list[int]
 
 
-def encode(service, given: str | list[int], adapter: Adapter, max_tokens: int) -> Prompt:
-    """A prompt's token ids, checked against the vocabulary and the model's context."""
+def encode(
+    service, given: str | list[int], adapter: Adapter, max_tokens: int, special: bool = True
+) -> Prompt:
+    """A prompt's token ids, checked against the vocabulary and the model's context. A text
+    gets the tokenizer's special tokens (its BOS) unless `special` is False: a chat template's
+    text, which writes its own where the model wants them (as transformers and vLLM tokenize
+    it), so that a template that writes a BOS does not get a second one."""
     tokenizer = service.backbone.tokenizer
     if isinstance(given, str):
-        prompt = Prompt(given, tokenizer(given).input_ids)
+        prompt = Prompt(given, tokenizer(given, add_special_tokens=special).input_ids)
     else:
         bad = [i for i in given if not 0 <= i < service.vocab_size]
         if bad:
@@ -161,7 +167,12 @@ async def stream(jobs, events, reply: Reply, prompts: list[Prompt], tokenizer, w
     with its finish reason, optionally the usage, then `data: [DONE]`. A client that goes
     away cancels."""
     per_prompt = len(jobs) // len(prompts)
-    started, written, results = set(), [0] * len(jobs), {}
+    started, results = set(), {}
+    offsets = [
+        TokenOffsets(tokenizer, p.ids, len(p.text) if reply.echo else 0)
+        for p in prompts
+        for _ in range(per_prompt)
+    ]
     try:
         while len(results) < len(jobs):
             index, event = await events.get()
@@ -173,12 +184,9 @@ async def stream(jobs, events, reply: Reply, prompts: list[Prompt], tokenizer, w
                 started.add(index)
                 scores = event.prompt_logprobs
                 yield sse(reply.echo_chunk(index, prompt.text, scores, tokenizer))
-                written[index] = len(prompt.text)
             if isinstance(event, Delta):
-                yield sse(
-                    reply.chunk(index, event.text, None, event.tokens, tokenizer, written[index])
-                )
-                written[index] += len(event.text)
+                tokens, at = event.tokens, offsets[index]
+                yield sse(reply.chunk(index, event.text, None, tokens, tokenizer, at))
             elif isinstance(event, Finished):
                 results[index] = event
                 yield sse(reply.chunk(index, "", event.finish_reason, (), tokenizer))
@@ -204,7 +212,7 @@ def _stream_error(payload) -> dict:
 def add_routes(app: FastAPI, service) -> None:
     @app.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request):
-        adapter = service.adapter(body.model)
+        adapter = await service.adapter(body.model)
         request.state.adapter = adapter.name
         max_tokens = 16 if body.max_tokens is None else body.max_tokens
         if max_tokens == 0 and not body.echo:
@@ -221,11 +229,11 @@ def add_routes(app: FastAPI, service) -> None:
 
     @app.post("/v1/chat/completions")
     async def chat(body: ChatRequest, request: Request):
-        adapter = service.adapter(body.model)
+        adapter = await service.adapter(body.model)
         request.state.adapter = adapter.name
         max_tokens = body.max_completion_tokens or body.max_tokens or 256
         text = _chat_text(service, [{"role": m.role, "content": m.text} for m in body.messages])
-        prompts = [encode(service, text, adapter, max_tokens)]
+        prompts = [encode(service, text, adapter, max_tokens, special=False)]
         options = sampling(service, body, max_tokens)
         top = (body.top_logprobs or 0) if body.logprobs else None
         reply = _reply("chat", adapter, body.logprobs, False)
@@ -246,9 +254,10 @@ async def _respond(service, submitted, prompts: list[Prompt], body, reply: Reply
         events_out = stream(jobs, events, reply, prompts, tokenizer, body.include_usage)
         return StreamingResponse(events_out, media_type="text/event-stream")
     results = await collect(jobs, events, request)
-    choices = [
-        reply.choice(i, r, tokenizer, prompts[i // body.n].text) for i, r in enumerate(results)
-    ]
+    choices = []
+    for i, result in enumerate(results):
+        prompt = prompts[i // body.n]
+        choices.append(reply.choice(i, result, tokenizer, prompt.text, prompt.ids))
     return reply.body(choices, usage(results, prompts))
 
 

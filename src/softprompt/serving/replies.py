@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from softprompt.decoding.events import Finished
 from softprompt.decoding.logprobs import TokenLogprob
+from softprompt.decoding.text import TokenOffsets, token_offsets
 
 
 @dataclass(frozen=True)
@@ -23,8 +24,10 @@ class Reply:
     logprobs: bool = False
     echo: bool = False
 
-    def choice(self, index: int, result: Finished, tokenizer, prompt_text: str) -> dict:
-        """One choice of a whole (not streamed) reply."""
+    def choice(
+        self, index: int, result: Finished, tokenizer, prompt_text: str, prompt_ids: list[int]
+    ) -> dict:
+        """One choice of a whole (not streamed) reply to a prompt (its text and ids)."""
         tokens = result.tokens or []
         if self.kind == "chat":
             logprobs = {"content": chat_logprobs(tokens, tokenizer), "refusal": None}
@@ -40,7 +43,9 @@ class Reply:
             text = prompt_text + text
         logprobs = None
         if self.logprobs:
-            logprobs = completion_logprobs(tokens, tokenizer, prompt_scores, prompt_text)
+            start = len(prompt_text) if self.echo else 0
+            offsets = TokenOffsets(tokenizer, prompt_ids, start)
+            logprobs = completion_logprobs(tokens, tokenizer, prompt_scores, offsets)
         return {
             "index": index,
             "text": text,
@@ -53,10 +58,17 @@ class Reply:
         return {**self._envelope(obj, choices), "usage": usage}
 
     def chunk(
-        self, index: int, text: str, reason: str | None, tokens=(), tokenizer=None, at: int = 0
+        self,
+        index: int,
+        text: str,
+        reason: str | None,
+        tokens=(),
+        tokenizer=None,
+        offsets: TokenOffsets | None = None,
     ) -> dict:
         """One streamed chunk: a choice's piece of text (and its tokens' log-probabilities,
-        `at` characters into the choice's text), or its last chunk with the finish reason."""
+        placed in the choice's text by the choice's `offsets`), or its last chunk with the
+        finish reason."""
         if self.kind == "chat":
             delta = {"role": "assistant", "content": text} if text else {}
             choice = {"index": index, "delta": delta, "finish_reason": reason}
@@ -65,7 +77,7 @@ class Reply:
             return self._envelope("chat.completion.chunk", [choice])
         logprobs = None
         if self.logprobs:
-            logprobs = completion_logprobs(tokens, tokenizer, None, "", at)
+            logprobs = completion_logprobs(tokens, tokenizer, None, offsets)
         choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}
         return self._envelope("text_completion", [choice])
 
@@ -73,7 +85,7 @@ class Reply:
         """The first chunk of an echoing stream: the prompt (with its log-probabilities)."""
         logprobs = None
         if self.logprobs:
-            logprobs = completion_logprobs([], tokenizer, scores, prompt_text)
+            logprobs = completion_logprobs([], tokenizer, scores, None)
         choice = {"index": index, "text": prompt_text, "logprobs": logprobs, "finish_reason": None}
         return self._envelope("text_completion", [choice])
 
@@ -95,29 +107,23 @@ def token_text(tokenizer, token: int) -> str:
     return tokenizer.decode([token])
 
 
-def offsets(tokenizer, ids: list[int], start: int = 0) -> list[int]:
-    """Where each token's text begins in the decoded text of `ids`, plus `start`."""
-    return [
-        start + len(tokenizer.decode(ids[:i], skip_special_tokens=True)) for i in range(len(ids))
-    ]
-
-
 def completion_logprobs(
     tokens: list[TokenLogprob],
     tokenizer,
     prompt_scores: list[TokenLogprob] | None,
-    prompt_text: str,
-    at: int = 0,
+    offsets: TokenOffsets | None,
 ) -> dict:
     """The completions shape for generated `tokens`, after the echoed prompt's tokens when
     `prompt_scores` is given (the first has no log-probability: null). Offsets count
-    characters into the choice's text, which begins with the prompt when it is echoed."""
+    characters into the choice's text, which begins with the prompt when it is echoed; the
+    generated tokens' come from `offsets` (the choice's, fed token after token)."""
     scores = [*(prompt_scores or []), *tokens]
     text_offset = []
     if prompt_scores is not None:
-        text_offset += offsets(tokenizer, [s.token for s in prompt_scores])
-        at = len(prompt_text)
-    text_offset += offsets(tokenizer, [t.token for t in tokens], at)
+        text_offset += token_offsets(tokenizer, [s.token for s in prompt_scores])
+    if tokens:
+        offsets = offsets or TokenOffsets(tokenizer)
+        text_offset += offsets.of([t.token for t in tokens])
     return {
         "tokens": [token_text(tokenizer, s.token) for s in scores],
         "token_logprobs": [s.logprob for s in scores],

@@ -184,8 +184,32 @@ class ChatRequest(SamplingFields):
         return self
 
 
+# /v1/classify's bounds: texts per request (OpenAI's embeddings route takes 2,048 inputs) and
+# characters per text (the task reads at most its max_length tokens of each; a longer text is
+# only tokenizer work, and a request this large is a mistake or an attack)
+MAX_CLASSIFY_INPUTS = 2048
+MAX_CLASSIFY_CHARACTERS = 100_000
+
+
 class ClassifyRequest(_Request):
     input: str | list[str] = Field(min_length=1)
+
+    @field_validator("input")
+    @classmethod
+    def _bounded(cls, value):
+        texts = [value] if isinstance(value, str) else value
+        if len(texts) > MAX_CLASSIFY_INPUTS:
+            raise ValueError(
+                f"input: at most {MAX_CLASSIFY_INPUTS} texts per request, got {len(texts)}; "
+                "split them over several requests"
+            )
+        for i, text in enumerate(texts):
+            if len(text) > MAX_CLASSIFY_CHARACTERS:
+                raise ValueError(
+                    f"input: text {i} is {len(text)} characters, over the bound of "
+                    f"{MAX_CLASSIFY_CHARACTERS}; send a shorter text"
+                )
+        return value
 
     @property
     def texts(self) -> list[str]:
