@@ -548,6 +548,7 @@ def decode_run(backbone: Backbone, steerings: list, prompts: list[list[int]], to
                 all_done.set()
 
     engine = Engine(backbone, max_batch=rows, queue_size=rows, on_step=on_step)
+    engine.eos = set()  # every row decodes all its tokens: a row ending early spoils the step
     holder.append(engine)
     for steering, ids in zip(steerings, prompts):
         engine.submit(Job(steering, ids, SamplingOptions(max_new_tokens=tokens, greedy=True), emit))
