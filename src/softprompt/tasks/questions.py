@@ -10,12 +10,12 @@ per token after that (means, so that long options are not penalised for their le
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from softprompt.data import jsonl_records
 from softprompt.errors import DataError
 from softprompt.models import Backbone
 from softprompt.steering.base import Steering
@@ -41,22 +41,14 @@ def read_questions(path: str | Path) -> list[Question]:
     source = Path(path)
     if not source.is_file():
         raise DataError(f"question file not found: {source} (a .jsonl file, one question a line)")
-    questions = []
-    for number, line in enumerate(source.read_text(encoding="utf-8").splitlines(), 1):
-        if line.strip():
-            questions.append(_question(line, f"{source}:{number}"))
+    lines = source.read_text(encoding="utf-8").splitlines()
+    questions = [_question(record, where) for record, where in jsonl_records(lines, source)]
     if not questions:
         raise DataError(f"{source} holds no questions")
     return questions
 
 
-def _question(line: str, where: str) -> Question:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{where}: not valid JSON ({exc.msg})") from exc
-    if not isinstance(record, dict):
-        raise DataError(f"{where}: a question is a JSON object")
+def _question(record: dict, where: str) -> Question:
     options = record.get("options")
     if (
         not isinstance(options, list)
