@@ -214,19 +214,37 @@ def planned_peak(backbone, args, world: int, overhead: int) -> int:
     return plan_memory(Shape.of(backbone.model.config), run, overhead)["peak"]
 
 
+def build_sharded(args, rank: int, world: int):
+    """Build the whole model and shard it one process at a time: `fully_shard` needs no
+    communication, and two whole copies at once would not fit this machine for the 3B model
+    (rank r builds while the others hold only their shards)."""
+    from softprompt.training.sharding import checkpoint_layers, shard_model
+
+    backbone = None
+    for turn in range(world):
+        if turn == rank:
+            backbone = build_backbone(args.model, DTYPES[args.dtype], args.device)
+            if args.checkpointing:
+                checkpoint_layers(backbone.model)
+            shard_model(backbone.model, world, torch.device(args.device))
+            release_freed_memory()
+        torch.distributed.barrier()
+    return backbone
+
+
 def measure(args, rank: int = 0, world: int = 1) -> dict:
     """One row: build, (shard,) warm up one step, time `--steps` steps with peak RSS."""
-    from softprompt.training.sharding import checkpoint_layers, shard_model
+    from softprompt.training.sharding import checkpoint_layers
 
     release_freed_memory()
     with PeakRSS() as before:
         pass
     overhead = before.peak  # the runtime before any model
-    backbone = build_backbone(args.model, DTYPES[args.dtype], args.device)
-    if args.checkpointing:
-        checkpoint_layers(backbone.model)
-    if args.shard == "fsdp":
-        shard_model(backbone.model, world, torch.device(args.device))
+    backbone = build_sharded(args, rank, world) if args.shard == "fsdp" else None
+    if backbone is None:
+        backbone = build_backbone(args.model, DTYPES[args.dtype], args.device)
+        if args.checkpointing:
+            checkpoint_layers(backbone.model)
     release_freed_memory()
     with PeakRSS() as held:  # what the process holds with its model (shards) in place
         pass
