@@ -17,9 +17,6 @@ classification step: the loss reads the last position's two label-word logits.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import ctypes
-import gc
 import json
 import os
 import subprocess
@@ -131,13 +128,6 @@ class PeakRSS:
         self.peak = max(self.peak, self._rss())
 
 
-def release_freed_memory() -> None:
-    """Give freed heap pages back to the system so that RSS shows what is held (glibc)."""
-    gc.collect()
-    with contextlib.suppress(OSError):
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-
-
 def random_batch(vocab: int, micro: int, device: str) -> dict:
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(10, vocab, (micro, TEXT), generator=generator)
@@ -215,26 +205,32 @@ def planned_peak(backbone, args, world: int, overhead: int) -> int:
 
 
 def build_sharded(args, rank: int, world: int):
-    """Build the whole model and shard it one process at a time: `fully_shard` needs no
-    communication, and two whole copies at once would not fit this machine for the 3B model
-    (rank r builds while the others hold only their shards)."""
-    from softprompt.training.sharding import checkpoint_layers, shard_model
+    """Build and wrap the model one process at a time (as `train.shard: fsdp` loads): two whole
+    3B copies at once would not fit this machine; then settle the root together."""
+    from softprompt.training.sharding import (
+        checkpoint_layers,
+        release_freed_memory,
+        settle_root,
+        wrap_model,
+    )
 
+    device = torch.device(args.device)
     backbone = None
     for turn in range(world):
         if turn == rank:
             backbone = build_backbone(args.model, DTYPES[args.dtype], args.device)
             if args.checkpointing:
                 checkpoint_layers(backbone.model)
-            shard_model(backbone.model, world, torch.device(args.device))
+            wrap_model(backbone.model, world, device)
             release_freed_memory()
         torch.distributed.barrier()
+    settle_root(backbone.model, device)
     return backbone
 
 
 def measure(args, rank: int = 0, world: int = 1) -> dict:
     """One row: build, (shard,) warm up one step, time `--steps` steps with peak RSS."""
-    from softprompt.training.sharding import checkpoint_layers
+    from softprompt.training.sharding import checkpoint_layers, release_freed_memory
 
     release_freed_memory()
     with PeakRSS() as before:

@@ -15,7 +15,11 @@ One forward through the root at setup lets FSDP pick its root as it expects.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import contextlib
+import ctypes
+import gc
+import os
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 
 import torch
@@ -40,9 +44,9 @@ def decoder_layers(model: nn.Module) -> list[nn.Module]:
     return layers
 
 
-def shard_model(model: nn.Module, world: int, device: torch.device) -> None:
-    """Shard `model` in place over the `world` processes: per decoder layer, then the root;
-    each process keeps its shards on `device` (FSDP moves them there, one layer at a time)."""
+def wrap_model(model: nn.Module, world: int, device: torch.device) -> None:
+    """FSDP2's wrapping alone (per decoder layer, then the root): local, no communication, so
+    processes may wrap one after another (see `Sharding.load`)."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 
@@ -50,12 +54,24 @@ def shard_model(model: nn.Module, world: int, device: torch.device) -> None:
     for layer in decoder_layers(model):
         fully_shard(layer, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    # the first forward through the root tells FSDP which module is the root (it would take
-    # the first layer to run otherwise); the root keeps its weights after a forward: free them
+
+
+def settle_root(model: nn.Module, device: torch.device) -> None:
+    """One forward through the wrapped model, by every process at once: it tells FSDP which
+    module is the root (it would take the first layer to run otherwise); the root keeps its
+    weights after a forward, so they are freed after it."""
     with torch.no_grad():
         token = torch.zeros((1, 1), dtype=torch.long, device=device)
         model(input_ids=token, attention_mask=torch.ones_like(token))
     model.reshard()
+
+
+def release_freed_memory() -> None:
+    """Give freed heap pages back to the system (glibc's malloc_trim), so that a whole model
+    dropped after sharding leaves room for the next process's turn."""
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def checkpoint_layers(model: nn.Module) -> None:
@@ -104,23 +120,41 @@ class Sharding:
     def active(self) -> bool:
         return self.mode == "fsdp"
 
-    def shard(self, backbones: list[Backbone], device: torch.device) -> None:
-        """Checkpoint (`train.gradient_checkpointing`), then shard (`train.shard: fsdp`) every
-        frozen model of the run, in that order (FSDP wraps the checkpointed layers). Each
-        process's shards go to `device` (a model loaded in CPU memory never lands whole on a
-        GPU)."""
-        for backbone in backbones if self.checkpointing else []:
-            checkpoint_layers(backbone.model)
+    def load(self, load: Callable[[], list[Backbone]], device: torch.device) -> list[Backbone]:
+        """The run's frozen models from `load`, checkpointed (`train.gradient_checkpointing`)
+        and sharded (`train.shard: fsdp`). Sharded, the processes of a machine load and wrap
+        in turns, each dropping the whole weights for its shards before the next loads, so a
+        machine's memory holds one whole copy of the models at a time, not one per process.
+        Each process's shards go to `device` (a model never lands whole on a GPU)."""
         if not self.active:
-            return
+            backbones = load()
+            for backbone in backbones if self.checkpointing else []:
+                checkpoint_layers(backbone.model)
+            return backbones
+        backbones: list[Backbone] = []
+        turns = int(os.environ.get("LOCAL_WORLD_SIZE", self.processes.world))
+        turn_of_this = int(os.environ.get("LOCAL_RANK", self.processes.rank))
+        for turn in range(turns):
+            if turn == turn_of_this:
+                backbones = load()
+                for backbone in backbones:
+                    if self.checkpointing:
+                        checkpoint_layers(backbone.model)
+                    wrap_model(backbone.model, self.processes.world, device)
+                release_freed_memory()
+            torch.distributed.barrier()
         for backbone in backbones:
-            shard_model(backbone.model, self.processes.world, device)
+            settle_root(backbone.model, device)
             self.models.append(backbone.model)
+        self._record_bytes(device)
+        return backbones
+
+    def _record_bytes(self, device: torch.device) -> None:
+        """The largest share any process holds, against the models whole (summary.json)."""
         local = sum(local_parameter_bytes(model) for model in self.models)
         most = torch.tensor([local], dtype=torch.float64, device=device)  # NCCL: on the GPU
         torch.distributed.all_reduce(most, op=torch.distributed.ReduceOp.MAX)
         whole = sum(p.numel() * p.element_size() for m in self.models for p in m.parameters())
-        # the largest share any process holds, against the models whole (summary.json)
         self.record |= {"local_bytes": int(most.item()), "model_bytes": int(whole)}
 
     def gathered(self, backbone: Backbone | None = None):

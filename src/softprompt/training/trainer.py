@@ -73,8 +73,10 @@ class Trainer:
         self.progress = progress and self.processes.is_main
         self.device = self.processes.training_device(self.settings)
         self.sharding = Sharding(self.settings, self.processes)
-        self.backbones = backbones or _load_backbones(config, self.device, self.sharding.active)
-        self.sharding.shard(self.backbones, self.device)
+        self.backbones = self.sharding.load(
+            lambda: backbones or _load_backbones(config, self.device, self.sharding.active),
+            self.device,
+        )
         self.slots = self._build_slots()
         self.schedule = BatchSchedule(
             self.slots[0].train,
