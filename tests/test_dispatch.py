@@ -89,3 +89,9 @@ def test_max_memory_without_device_map_is_refused(tiny_dirs, prompt_file, monkey
         monkeypatch, capsys, "predict", prompt_file, "--text", "x", "--max-memory", "1GiB"
     )
     assert code != 0 and "--max-memory goes with --device-map auto" in err
+
+
+def test_serve_with_a_device_map_says_why_not_yet(monkeypatch, capsys):
+    code, _, err = invoke(monkeypatch, capsys, "serve", "--device-map", "auto")
+    assert code == 2 and "serve --device-map: not yet" in err
+    assert "one block pool on one device" in err and "Traceback" not in err

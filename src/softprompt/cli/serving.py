@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from softprompt.cli.common import DeviceOpt, DtypeOpt, err
+from softprompt.errors import UsageError
 
 AdaptersOpt = Annotated[
     Path | None,
@@ -71,12 +72,20 @@ def serve(
     prefill_chunk: PrefillChunkOpt = 256,
     dtype: DtypeOpt = "float32",
     device: DeviceOpt = "auto",
+    device_map: Annotated[str | None, typer.Option(hidden=True)] = None,
 ) -> None:
     """Serve every prompt and prefix given (each under its file stem) and the bare model, mixed
     in one batch, with OpenAI's completions, chat completions and models endpoints, plus
     /v1/classify, /health and /metrics. SIGINT/SIGTERM finish the requests in flight."""
     from softprompt.serving.server import Server
 
+    if device_map is not None:
+        raise UsageError(
+            "serve --device-map: not yet; the engine keeps every row's keys and values in one "
+            "block pool on one device, and a model spread over devices needs a pool per layer's "
+            "device; serve on one device (--device cuda:0), or use evaluate, predict or generate "
+            "with --device-map auto"
+        )
     server = Server(
         artifacts or [],
         adapters_dir=adapters,
