@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from softprompt.config import describe_error, load_config
 from softprompt.errors import ConfigError, UsageError
-from softprompt.methods.base import Artifact
+from softprompt.methods.base import Artifact, trained_model
 from softprompt.models import DEFAULT_MODEL, Backbone
 from softprompt.steering.forward import SteeringLike, as_steering
 from softprompt.tasks import task_settings
@@ -71,11 +71,7 @@ def model_for(artifact: Artifact | None, model: str | Backbone | None = None) ->
     """The model to run: the one given, else the first model the prompt was trained on, else the
     default model. The CLI and the Python API pick alike, so that a prompt is not sent by default
     to a model it does not fit."""
-    if model is not None:
-        return model
-    if artifact is not None and artifact.models and artifact.models[0].get("name"):
-        return str(artifact.models[0]["name"])
-    return DEFAULT_MODEL
+    return model if model is not None else trained_model(artifact) or DEFAULT_MODEL
 
 
 def prediction_rows(task: Task, scores: torch.Tensor) -> list[dict]:

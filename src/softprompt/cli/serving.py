@@ -79,13 +79,7 @@ def serve(
     /v1/classify, /health and /metrics. SIGINT/SIGTERM finish the requests in flight."""
     from softprompt.serving.server import Server
 
-    if device_map is not None:
-        raise UsageError(
-            "serve --device-map: not yet; the engine keeps every row's keys and values in one "
-            "block pool on one device, and a model spread over devices needs a pool per layer's "
-            "device; serve on one device (--device cuda:0), or use evaluate, predict or generate "
-            "with --device-map auto"
-        )
+    _refuse_device_map(device_map)
     server = Server(
         artifacts or [],
         adapters_dir=adapters,
@@ -108,3 +102,13 @@ def serve(
     names = ", ".join(server.adapters)
     err.print(f"serving {names} on http://{host}:{port}", highlight=False, soft_wrap=True)
     server.serve_forever()
+
+
+def _refuse_device_map(device_map: str | None) -> None:
+    if device_map is not None:
+        raise UsageError(
+            "serve --device-map: not yet; the engine keeps every row's keys and values in one "
+            "block pool on one device, and a model spread over devices needs a pool per layer's "
+            "device; serve on one device (--device cuda:0), or use evaluate, predict or generate "
+            "with --device-map auto"
+        )

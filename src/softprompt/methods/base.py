@@ -94,3 +94,10 @@ class Method(ABC):
     @abstractmethod
     def load(self, path: str | os.PathLike) -> Artifact:
         """Read and validate an artifact file of this method."""
+
+
+def trained_model(artifact: Artifact | None) -> str | None:
+    """The model an artifact was trained on (the first it names), or None: the one rule by which
+    every command and the server pick a prompt's default base model."""
+    name = artifact.models[0].get("name") if artifact is not None and artifact.models else None
+    return str(name) if name else None

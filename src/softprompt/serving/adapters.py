@@ -21,7 +21,6 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from softprompt.artifacts import open_artifact
 from softprompt.errors import SoftpromptError
 from softprompt.interop.peft import CONFIG_FILE
 from softprompt.methods.base import Artifact
@@ -282,12 +281,6 @@ def artifact_sources(paths: list[str | Path], folder: str | Path | None) -> list
     if folder is not None and not Path(folder).is_dir():
         raise SoftpromptError(f"--adapters {folder}: not a folder")
     return [Path(p) for p in paths]
-
-
-def trained_on(source: Path) -> str | None:
-    """The first model an artifact file or PEFT folder names (the default base model)."""
-    models = open_artifact(source).models
-    return str(models[0].get("name")) if models and models[0].get("name") else None
 
 
 def _load(name: str, source: Path, backbone: Backbone) -> Adapter:

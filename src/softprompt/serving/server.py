@@ -15,10 +15,12 @@ from pathlib import Path
 
 import uvicorn
 
+from softprompt.artifacts import open_artifact
 from softprompt.decoding.engine import Engine
 from softprompt.errors import ModelError, UsageError
+from softprompt.methods.base import trained_model
 from softprompt.models import Backbone, load_backbone, resolve_device
-from softprompt.serving.adapters import Adapters, artifact_sources, folder_sources, trained_on
+from softprompt.serving.adapters import Adapters, artifact_sources, folder_sources
 from softprompt.serving.app import Service, create_app
 from softprompt.serving.metrics import ServerMetrics
 
@@ -156,7 +158,7 @@ def _base_model(model, sources: list[Path], device: str, dtype: str) -> tuple[Ba
     """The backbone and the name the bare model is served under."""
     if isinstance(model, Backbone):
         return model, Path(model.name).name
-    spec = model or next((name for s in sources if (name := trained_on(s))), None)
+    spec = model or next((name for s in sources if (name := trained_model(open_artifact(s)))), None)
     if spec is None:
         raise UsageError("no model to serve: pass --model, or artifacts that name their model")
     backbone = load_backbone(spec, dtype=dtype, device=resolve_device(device, "--device"))
