@@ -188,8 +188,9 @@ def _sync(device: str) -> None:
 
 def planned_peak(backbone, args, world: int, overhead: int) -> int:
     """`softprompt plan`'s prediction for this row (training/plan.py)."""
-    from softprompt.training.plan import GATHER_COPIES, Run, Shape, plan_memory
+    from softprompt.training.plan import GATHER_COPIES, SHARD_RUNTIME, Run, Shape, plan_memory
 
+    kind = "cpu" if args.device == "cpu" else "cuda"
     run = Run(
         micro_batch=BATCH // world,
         text_length=TEXT,
@@ -199,7 +200,8 @@ def planned_peak(backbone, args, world: int, overhead: int) -> int:
         world=world,
         shard=args.shard == "fsdp",
         checkpointing=args.checkpointing,
-        gather_copies=GATHER_COPIES["cpu" if args.device == "cpu" else "cuda"],
+        gather_copies=GATHER_COPIES[kind],
+        shard_runtime=SHARD_RUNTIME[kind],
     )
     return plan_memory(Shape.of(backbone.model.config), run, overhead)["peak"]
 

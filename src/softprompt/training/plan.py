@@ -6,8 +6,11 @@ The model of memory (bytes, per process; docs/scale.md derives each term):
   `train.shard: fsdp`;
 - gathered (sharded runs only): the root (embeddings, final norm, head) and one decoder
   layer whole, each `gather_copies` times: FSDP2 all-gathers a group into one buffer and copies
-  it out into the whole parameters (2 copies at once, NCCL); on gloo CPUs the all-gather holds
-  one more (3: measured, BENCHMARKS.md). The root is the largest group (its vocabulary rows);
+  it out into the whole parameters (2 copies at once, NCCL: by its design, not measured here).
+  On gloo CPUs the measured peaks fit one copy plus a fixed `shard_runtime` of about 1 GiB per
+  process that appears with the first sharded step (gloo's buffers and the heap it leaves;
+  fitted on Qwen2.5-0.5B's four sharded rows, checked on the other models' rows:
+  BENCHMARKS.md). The root is the largest group (its vocabulary rows);
 - activations: what autograd keeps for the prompt's gradient. The weights are frozen, so a
   linear layer keeps nothing of its input; per token and layer a Llama-style layer keeps its
   two norms' inputs (2d), the rotated queries and the attention output (2 x heads x head_dim),
@@ -27,7 +30,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 GIB = 1024**3
-GATHER_COPIES = {"cuda": 2, "cpu": 3}  # a gathered group's copies at once (see above)
+GATHER_COPIES = {"cuda": 2, "cpu": 1}  # a gathered group's copies at once (see above)
+SHARD_RUNTIME = {"cuda": 0, "cpu": int(1.07 * 1024**3)}  # bytes a sharded process adds (above)
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,7 @@ class Run:
     checkpointing: bool = False
     prefix_mlp_hidden: int | None = None  # a prefix's reparameterisation MLP (None: none)
     gather_copies: int = 2
+    shard_runtime: int = 0  # bytes a sharded process holds beyond its terms (SHARD_RUNTIME)
 
 
 def trainable_numbers(shape: Shape, run: Run) -> int:
@@ -118,7 +123,7 @@ def plan_memory(shape: Shape, run: Run, overhead_bytes: int = 0) -> dict:
     tokens = run.micro_batch * tokens_per_row
     terms = {"weights": shape.parameters * b // world}
     gathered = (shape.root_parameters + shape.layer_parameters) * run.gather_copies * b
-    terms["gathered"] = gathered if run.shard and world > 1 else 0
+    terms["gathered"] = gathered + run.shard_runtime if run.shard and world > 1 else 0
     kept = shape.layers * shape.saved_per_token(run.checkpointing) * tokens
     replay = shape.saved_per_token(False) * tokens if run.checkpointing else 0
     workspace = 2 * shape.intermediate * tokens
@@ -141,6 +146,7 @@ def plan_run(config, world: int = 1, device_memory_gb: float | None = None, over
 
     settings = config.train
     share = max(1, settings.batch_size // world)
+    kind = "cpu" if resolve_device(settings.device).type == "cpu" else "cuda"
     prompt = config.prompt
     run = Run(
         micro_batch=min(settings.micro_batch, share),
@@ -152,9 +158,8 @@ def plan_run(config, world: int = 1, device_memory_gb: float | None = None, over
         shard=settings.shard == "fsdp",
         checkpointing=settings.gradient_checkpointing,
         prefix_mlp_hidden=_prefix_mlp(prompt),
-        gather_copies=GATHER_COPIES[
-            "cpu" if resolve_device(settings.device).type == "cpu" else "cuda"
-        ],
+        gather_copies=GATHER_COPIES[kind],
+        shard_runtime=SHARD_RUNTIME[kind],
     )
     models = {}
     for spec in config.models:
