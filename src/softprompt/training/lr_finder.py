@@ -34,7 +34,7 @@ from softprompt.training.state import TrainState
 
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its lowest so far
 WINDOW = 5  # steps in the centred moving average
-DIVIDE = 10.0  # the rate picked is the lowest point's rate divided by this
+RULE = "lowest/10"  # which of RULES picks the run's rate
 MIN_FALL = 0.02  # a curve whose lowest point is not this much (relative) below its start
 CSV_FILE, PNG_FILE = "lr_find.csv", "lr_find.png"
 
@@ -51,6 +51,11 @@ class LRCurve:
     steepest: float  # the rate where the smoothed loss falls fastest (per log-rate)
     seconds: float = 0.0
 
+    @property
+    def picks(self) -> dict[str, float]:
+        """The rate each rule of RULES reads off this curve (summary.json keeps them all)."""
+        return {name: rule(self) for name, rule in RULES.items()}
+
     def shape(self) -> str:
         """One line on how the curve went: where it started, its lowest point, its end."""
         first, low = self.smoothed[0], min(self.smoothed)
@@ -64,10 +69,11 @@ class LRCurve:
     def record(self) -> dict:
         """What summary.json keeps of the test."""
         return {
-            "rule": f"lowest smoothed loss / {DIVIDE:g}",
+            "rule": RULE,
             "chosen": self.chosen,
             "lowest": self.lowest,
             "steepest": self.steepest,
+            "alternatives": self.picks,
             "steps": len(self.rates),
             "seconds": self.seconds,
             "curve": CSV_FILE,
@@ -108,14 +114,16 @@ def read_curve(rates: list[float], losses: list[float]) -> LRCurve:
     logs = [math.log(r) for r in rates]
     slopes = [(smoothed[i + 1] - smoothed[i]) / (logs[i + 1] - logs[i]) for i in range(low)]
     steep = min(range(len(slopes)), key=slopes.__getitem__)
-    return LRCurve(
+    curve = LRCurve(
         rates=rates,
         losses=losses,
         smoothed=smoothed,
-        chosen=rates[low] / DIVIDE,
+        chosen=0.0,
         lowest=rates[low],
         steepest=math.sqrt(rates[steep] * rates[steep + 1]),
     )
+    curve.chosen = RULES[RULE](curve)
+    return curve
 
 
 def range_test(step: Callable[[], float], set_rate: Callable[[float], None], rates) -> tuple:
@@ -140,11 +148,19 @@ def range_test(step: Callable[[], float], set_rate: Callable[[float], None], rat
 
 
 def find_lr(trainer) -> LRCurve:
-    """The range test for `trainer`'s run: its starting state (built as the run builds it, then
-    thrown away), its first batches, its parameter groups; the RNG is left as it was."""
+    """The range test for `trainer`'s run and the rate read off its curve."""
+    started = time.perf_counter()
+    curve = read_curve(*run_range_test(trainer))
+    curve.seconds = time.perf_counter() - started
+    return curve
+
+
+def run_range_test(trainer) -> tuple[list[float], list[float]]:
+    """The range test's rates and losses for `trainer`'s run: its starting state (built as the
+    run builds it, then thrown away), its first batches, its parameter groups; the RNG is left
+    as it was."""
     settings = trainer.settings
     low, high = settings.lr_search_range
-    started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         search = settings.model_copy(update={"lr": low, "lr_found": None, "warmup": 0})
@@ -160,14 +176,11 @@ def find_lr(trainer) -> LRCurve:
                 group["lr"] = base if name == "maps" else base * rate / low
 
         state.scheduler = _Fixed()
-        rates, losses = range_test(
+        return range_test(
             lambda: trainer.train_step(state),
             set_rate,
             exponential_rates(low, high, settings.lr_search_steps),
         )
-    curve = read_curve(rates, losses)
-    curve.seconds = time.perf_counter() - started
-    return curve
 
 
 def resolve_lr(trainer, resume: bool) -> dict | None:
@@ -192,6 +205,14 @@ def resolve_lr(trainer, resume: bool) -> dict | None:
     trainer.settings = settings.model_copy(update={"lr_found": found})
     trainer.config = trainer.config.model_copy(update={"train": trainer.settings})
     return record
+
+
+RULES: dict[str, Callable[[LRCurve], float]] = {
+    "lowest/10": lambda curve: curve.lowest / 10,  # fastai's `minimum` suggestion
+    "lowest/3": lambda curve: curve.lowest / 3,
+    "lowest": lambda curve: curve.lowest,
+    "steepest": lambda curve: curve.steepest,  # Lightning's suggestion
+}
 
 
 class _Fixed:
