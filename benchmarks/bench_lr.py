@@ -10,7 +10,7 @@ zero-shot; the search <= 30% of a run's time.
 The grid runs in phases, each appending one JSON line per result to --log, so a long grid can
 be split into commands of a few minutes and a report made from what finished:
 
-  sweep   per cell: the range test alone (its curve at each --search-steps, nothing trained),
+  sweep   per cell: the range test alone (its curve at each of --curves steps, nothing trained),
           then one run at each rate of --lrs; per model and task the zero-shot accuracy
   auto    per cell: one run with `lr: auto` (the search included, as a user runs it)
   report  the table from --log: auto against the sweep, and what each rule of
@@ -19,7 +19,7 @@ be split into commands of a few minutes and a report made from what finished:
 Run: .venv/bin/python benchmarks/bench_lr.py {sweep,auto,report} --log FILE
      [--models smollm2-135m gemma3-270m] [--tasks sentiment emotion]
      [--methods prompt p_tuning residual] [--seeds 0 1 2] [--steps 20]
-     [--search-steps 20 30] [--lrs 0.001 0.003 0.01 0.03 0.1]
+     [--search-steps 20] [--curves 20 30] [--lrs 0.001 0.003 0.01 0.03 0.1]
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ METHODS = {
     "p_tuning": ", encoder: mlp, encoder_hidden_size: 128",
     "residual": ", bottleneck: 128, layer_norm: true",
 }
+EXAMPLES = ["sentiment-p-tuning.yaml", "sentiment-residual.yaml", "sentiment.yaml", "emotion.yaml"]
 CELL = ("model", "task", "method", "seed")
 
 
@@ -66,7 +67,7 @@ def cell_config(cell: dict, lr, steps: int, search_steps: int):
 
 def train_run(backbone, cell: dict, lr, args) -> dict:
     """One training run of `cell` at rate `lr`: test accuracy, the rate used, seconds."""
-    config = cell_config(cell, lr, args.steps, args.search_steps[0])
+    config = cell_config(cell, lr, args.steps, args.search_steps)
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         summary = Trainer(config, f"{folder}/run", backbones=[backbone], progress=False).run()
@@ -81,6 +82,7 @@ def train_run(backbone, cell: dict, lr, args) -> dict:
         "seconds": seconds,
         "search_seconds": search.get("seconds", 0.0),
         "rule": search.get("rule"),
+        "alternatives": search.get("alternatives"),
     }
 
 
@@ -119,17 +121,19 @@ def key(row: dict) -> tuple:
         "auto": ("steps", "search_steps"),
         "search": ("search_steps",),
     }
+    if row["kind"] == "example":
+        return ("example", row["config"], row["model"], row["lr_mode"])
     return (row["kind"], *(row.get(name) for name in CELL + extra.get(row["kind"], ())))
 
 
 def phase_rows(args, backbone, cell: dict, have: set):
     """The results the phase still owes for `cell` (skipping those already in the log)."""
     if args.phase == "auto":
-        row = {"kind": "auto", **cell, "steps": args.steps, "search_steps": args.search_steps[0]}
+        row = {"kind": "auto", **cell, "steps": args.steps, "search_steps": args.search_steps}
         if key(row) not in have:
             yield {**row, **train_run(backbone, cell, "auto", args)}
         return
-    for steps in args.search_steps:
+    for steps in args.curves:
         row = {"kind": "search", **cell, "search_steps": steps}
         if key(row) not in have:
             yield {**row, **search_only(backbone, cell, steps, args)}
@@ -155,6 +159,50 @@ def run_phase(args) -> None:
                     cell = {"model": model, "task": task, "method": method, "seed": seed}
                     for row in phase_rows(args, backbone, cell, have):
                         append(log, row)
+
+
+def example_run(backbone, name: str, model: str, lr: str) -> dict:
+    """One example config (examples/configs/NAME) as documented, on `model`, at its own rate
+    (`lr` "config") or with `lr: auto`: test accuracy, rate used, seconds."""
+    overrides = [f"models={json.dumps([model])}"] + ([] if lr == "config" else [f"train.lr={lr}"])
+    config = load_config(ROOT / "examples/configs" / name, overrides)
+    data = str(ROOT / config.task.data)
+    config = config.model_copy(update={"task": config.task.model_copy(update={"data": data})})
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        summary = Trainer(config, f"{folder}/run", backbones=[backbone], progress=False).run()
+        seconds = time.perf_counter() - started
+        accuracy = Session(f"{folder}/run/last.safetensors", backbone).evaluate(data)["accuracy"]
+        bare = Session(None, backbone, config=str(ROOT / "examples/configs" / name))
+    search = summary["lr_search"] or {}
+    return {
+        "kind": "example",
+        "config": name,
+        "model": model,
+        "steps": config.train.steps,
+        "lr_mode": lr,
+        "lr": summary["lr"],
+        "accuracy": accuracy,
+        "zero_shot": bare.evaluate(data)["accuracy"],
+        "dev": summary.get("dev"),
+        "seconds": seconds,
+        "search_seconds": search.get("seconds", 0.0),
+        "alternatives": search.get("alternatives"),
+    }
+
+
+def run_examples(args) -> None:
+    """The example configs at their documented steps, at their own rate and with lr auto."""
+    log = Path(args.log)
+    have = {key(row) for row in read_log([log])} if log.exists() else set()
+    print(machine(), flush=True)
+    for model in args.models:
+        backbone = load_backbone(model)
+        for name in args.configs:
+            for lr in args.lr_modes:
+                row = {"kind": "example", "config": name, "model": model, "lr_mode": lr}
+                if key(row) not in have:
+                    append(log, example_run(backbone, name, model, lr))
 
 
 def nearest(rates, rate: float) -> float:
@@ -223,6 +271,16 @@ def auto_table(cells: dict) -> list[str]:
     return lines
 
 
+def sources(cell: dict) -> list[tuple[int, dict]]:
+    """(search steps, each rule's pick) from the cell's recorded curves, else from its auto
+    run's search (summary.json's alternatives)."""
+    found = [(steps, picks(curve)) for steps, curve in sorted(cell["curves"].items())]
+    auto = cell.get("auto") or {}
+    if auto.get("alternatives") and auto["search_steps"] not in cell["curves"]:
+        found.append((auto["search_steps"], auto["alternatives"]))
+    return found
+
+
 def rule_table(cells: dict) -> list[str]:
     """Each rule's pick from each recorded curve, scored by the sweep's accuracy at the sweep
     rate nearest the pick (an estimate: that rate, not the pick, was trained)."""
@@ -231,21 +289,22 @@ def rule_table(cells: dict) -> list[str]:
     lines.append("| --- | --- |" + " --- |" * len(lr_finder.RULES))
     for name, cell in sorted(cells.items()):
         best = max(r["accuracy"] for r in cell["sweep"].values())
-        for steps, curve in sorted(cell["curves"].items()):
-            found, texts = picks(curve), []
+        for steps, found in sources(cell):
+            texts = []
             for rule in lr_finder.RULES:
                 if rule not in found:
                     texts.append("none")
                     continue
                 at = cell["sweep"][nearest(cell["sweep"], found[rule])]["accuracy"]
                 scores.setdefault((rule, steps), []).append(at >= best - 0.02 - 1e-9)
-                texts.append(f"{found[rule]:.2g} -> {at:.2f}")
+                outside = not min(cell["sweep"]) / 2 <= found[rule] <= 2 * max(cell["sweep"])
+                texts.append(f"{found[rule]:.2g}{'*' if outside else ''} -> {at:.2f}")
             lines.append(
                 f"| {' '.join(map(str, name))} (best {best:.2f}) | {steps} | "
                 + " | ".join(texts)
                 + " |"
             )
-    lines.append("")
+    lines.append("\n(* more than 2x outside the sweep: scored at the sweep's end, not measured)")
     for (rule, steps), hits in sorted(scores.items()):
         lines.append(
             f"{rule} ({steps}-step search): nearest sweep rate within 2 points of the "
@@ -284,18 +343,23 @@ def report(args) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("phase", choices=["sweep", "auto", "report"])
+    parser.add_argument("phase", choices=["sweep", "auto", "examples", "report"])
     parser.add_argument("--log", required=True, help="JSON lines file (report: comma-separated)")
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
     parser.add_argument("--tasks", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--search-steps", type=int, nargs="+", default=[20, 30])
+    parser.add_argument("--search-steps", type=int, default=20, help="auto runs' search")
+    parser.add_argument(
+        "--curves", type=int, nargs="*", default=[20, 30], help="sweep: range tests alone"
+    )
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1])
+    parser.add_argument("--configs", nargs="+", default=EXAMPLES, help="examples phase")
+    parser.add_argument("--lr-modes", nargs="+", default=["config", "auto"], help="examples phase")
     args = parser.parse_args()
     started = time.perf_counter()
-    report(args) if args.phase == "report" else run_phase(args)
+    {"report": report, "examples": run_examples}.get(args.phase, run_phase)(args)
     print(f"{args.phase}: {time.perf_counter() - started:.0f} s")
 
 
