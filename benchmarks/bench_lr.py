@@ -86,15 +86,22 @@ def train_run(backbone, cell: dict, lr, args) -> dict:
     }
 
 
-def search_only(backbone, cell: dict, steps: int, args) -> dict:
-    """The range test of `cell` alone (what `lr: auto` runs before training): its curve."""
+def search_only(backbone, cell: dict, steps: int, batches: str, args) -> dict:
+    """The range test of `cell` alone (what `lr: auto` runs before training): its curve, on the
+    first few batches in turn ("cycled", what lr auto does) or a new batch a step ("fresh")."""
     config = cell_config(cell, "auto", max(args.steps, steps), steps)
+    cycle = lr_finder.WINDOW if batches == "cycled" else None
     with tempfile.TemporaryDirectory() as folder:
         trainer = Trainer(config, f"{folder}/run", backbones=[backbone], progress=False)
         started = time.perf_counter()
-        rates, losses = lr_finder.run_range_test(trainer)
+        rates, losses = lr_finder.run_range_test(trainer, cycle)
         seconds = time.perf_counter() - started
-    return {"search_steps": steps, "rates": rates, "losses": losses, "seconds": seconds}
+    return {
+        "range": list(config.train.lr_search_range),
+        "rates": rates,
+        "losses": losses,
+        "seconds": seconds,
+    }
 
 
 def zero_shot(backbone, task: str) -> float:
@@ -119,8 +126,10 @@ def key(row: dict) -> tuple:
     extra = {
         "fixed": ("steps", "lr"),
         "auto": ("steps", "search_steps"),
-        "search": ("search_steps",),
+        "search": ("search_steps", "batches"),
     }
+    if row["kind"] == "search":
+        row = {"batches": "fresh", **row}  # the first rows, before cycled batches, had none
     if row["kind"] == "example":
         return ("example", row["config"], row["model"], row["lr_mode"])
     return (row["kind"], *(row.get(name) for name in CELL + extra.get(row["kind"], ())))
@@ -134,9 +143,10 @@ def phase_rows(args, backbone, cell: dict, have: set):
             yield {**row, **train_run(backbone, cell, "auto", args)}
         return
     for steps in args.curves:
-        row = {"kind": "search", **cell, "search_steps": steps}
-        if key(row) not in have:
-            yield {**row, **search_only(backbone, cell, steps, args)}
+        for batches in args.curve_batches:
+            row = {"kind": "search", **cell, "search_steps": steps, "batches": batches}
+            if key(row) not in have:
+                yield {**row, **search_only(backbone, cell, steps, batches, args)}
     for lr in args.lrs:
         row = {"kind": "fixed", **cell, "steps": args.steps, "lr": lr}
         if key(row) not in have:
@@ -225,7 +235,7 @@ def gather(rows: list[dict], steps: int) -> dict:
         elif row["kind"] == "auto":
             cell["auto"] = row
         else:
-            cell["curves"][row["search_steps"]] = row
+            cell["curves"][f"{row['search_steps']} {row.get('batches', 'fresh')}"] = row
     for name, cell in cells.items():
         cell["zero_shot"] = bare.get(name[:2], math.nan)
     return {name: cell for name, cell in cells.items() if cell["sweep"]}
@@ -271,13 +281,13 @@ def auto_table(cells: dict) -> list[str]:
     return lines
 
 
-def sources(cell: dict) -> list[tuple[int, dict]]:
+def sources(cell: dict) -> list[tuple[str, dict]]:
     """(search steps, each rule's pick) from the cell's recorded curves, else from its auto
     run's search (summary.json's alternatives)."""
     found = [(steps, picks(curve)) for steps, curve in sorted(cell["curves"].items())]
     auto = cell.get("auto") or {}
-    if auto.get("alternatives") and auto["search_steps"] not in cell["curves"]:
-        found.append((auto["search_steps"], auto["alternatives"]))
+    if auto.get("alternatives") and f"{auto['search_steps']} cycled" not in cell["curves"]:
+        found.append((f"{auto['search_steps']} cycled", auto["alternatives"]))
     return found
 
 
@@ -307,7 +317,7 @@ def rule_table(cells: dict) -> list[str]:
     lines.append("\n(* more than 2x outside the sweep: scored at the sweep's end, not measured)")
     for (rule, steps), hits in sorted(scores.items()):
         lines.append(
-            f"{rule} ({steps}-step search): nearest sweep rate within 2 points of the "
+            f"{rule} (search: {steps}): nearest sweep rate within 2 points of the "
             f"best in {sum(hits)}/{len(hits)} cells"
         )
     return lines
@@ -320,7 +330,8 @@ def cost_lines(rows: list[dict]) -> list[str]:
         if row["kind"] == "fixed":
             runs.setdefault((row["model"], row["steps"]), []).append(row["seconds"])
         elif row["kind"] == "search":
-            searches.setdefault((row["model"], row["search_steps"]), []).append(row["seconds"])
+            name = (row["model"], row["search_steps"])
+            searches.setdefault(name, []).append(row["seconds"])
     lines = []
     for (model, steps), seconds in sorted(searches.items()):
         search = sum(seconds) / len(seconds)
@@ -355,6 +366,9 @@ def main() -> None:
         "--curves", type=int, nargs="*", default=[20, 30], help="sweep: range tests alone"
     )
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1])
+    parser.add_argument(
+        "--curve-batches", nargs="+", default=["cycled"], choices=["cycled", "fresh"]
+    )
     parser.add_argument("--configs", nargs="+", default=EXAMPLES, help="examples phase")
     parser.add_argument("--lr-modes", nargs="+", default=["config", "auto"], help="examples phase")
     args = parser.parse_args()

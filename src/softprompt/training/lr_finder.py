@@ -97,23 +97,24 @@ def smooth(losses: list[float], window: int = WINDOW) -> list[float]:
 def read_curve(rates: list[float], losses: list[float]) -> LRCurve:
     """The rate to train at from a range test's curve; a ConfigError when the loss never fell
     (no rate in the range trains this prompt: there is nothing to pick)."""
-    if len(losses) < 3:
+    if len(losses) <= WINDOW:
         raise ConfigError(
             f"train.lr auto: the loss diverged within {len(losses)} steps of the range test "
             f"(at lr {rates[-1]:.2g}); lower train.lr_search_range's start or give train.lr "
             "a number"
         )
-    smoothed = smooth(losses)
-    low = min(range(len(smoothed)), key=smoothed.__getitem__)
-    if smoothed[low] > smoothed[0] * (1 - MIN_FALL) or low == 0:
+    smoothed, half = smooth(losses), WINDOW // 2
+    full = range(half, max(half + 1, len(losses) - half))  # whole windows: every batch once
+    first, low = full[0], min(full, key=smoothed.__getitem__)
+    if smoothed[low] > smoothed[first] * (1 - MIN_FALL) or low == first:
         raise ConfigError(
-            f"train.lr auto: the loss never fell in the range test ({smoothed[0]:.3g} at lr "
-            f"{rates[0]:.2g}, at best {smoothed[low]:.3g} up to {rates[-1]:.2g}); give train.lr "
-            "a number, widen train.lr_search_range or lengthen train.lr_search_steps"
+            f"train.lr auto: the loss never fell in the range test ({smoothed[first]:.3g} at lr "
+            f"{rates[first]:.2g}, at best {smoothed[low]:.3g} up to {rates[full[-1]]:.2g}); give "
+            "train.lr a number, widen train.lr_search_range or lengthen train.lr_search_steps"
         )
     logs = [math.log(r) for r in rates]
-    slopes = [(smoothed[i + 1] - smoothed[i]) / (logs[i + 1] - logs[i]) for i in range(low)]
-    steep = min(range(len(slopes)), key=slopes.__getitem__)
+    slopes = {i: (smoothed[i + 1] - smoothed[i]) / (logs[i + 1] - logs[i]) for i in full[:-1]}
+    steep = min((i for i in slopes if i < low), key=slopes.__getitem__)
     curve = LRCurve(
         rates=rates,
         losses=losses,
@@ -155,10 +156,10 @@ def find_lr(trainer) -> LRCurve:
     return curve
 
 
-def run_range_test(trainer) -> tuple[list[float], list[float]]:
+def run_range_test(trainer, cycle: int | None = WINDOW) -> tuple[list[float], list[float]]:
     """The range test's rates and losses for `trainer`'s run: its starting state (built as the
-    run builds it, then thrown away), its first batches, its parameter groups; the RNG is left
-    as it was."""
+    run builds it, then thrown away), its parameter groups, its first `cycle` batches in turn
+    (None: a new batch each step, as the run takes them); the RNG is left as it was."""
     settings = trainer.settings
     low, high = settings.lr_search_range
     with torch.random.fork_rng(devices=[]):
@@ -176,8 +177,14 @@ def run_range_test(trainer) -> tuple[list[float], list[float]]:
                 group["lr"] = base if name == "maps" else base * rate / low
 
         state.scheduler = _Fixed()
+
+        def step() -> float:
+            if cycle:
+                state.step %= cycle  # the first `cycle` batches in turn
+            return trainer.train_step(state)
+
         return range_test(
-            lambda: trainer.train_step(state),
+            step,
             set_rate,
             exponential_rates(low, high, settings.lr_search_steps),
         )
