@@ -167,8 +167,12 @@ def run_phase(args) -> None:
             for seed in args.seeds:  # seed-major: every method of a seed before the next seed
                 for method in args.methods:
                     cell = {"model": model, "task": task, "method": method, "seed": seed}
-                    for row in phase_rows(args, backbone, cell, have):
-                        append(log, row)
+                    try:
+                        for row in phase_rows(args, backbone, cell, have):
+                            append(log, row)
+                    except ConfigError as error:  # lr auto's curve never fell: say so
+                        steps = {"steps": args.steps, "search_steps": args.search_steps}
+                        append(log, {"kind": "auto", **cell, **steps, "error": str(error)})
 
 
 def example_run(backbone, name: str, model: str, lr: str) -> dict:
@@ -212,7 +216,10 @@ def run_examples(args) -> None:
             for lr in args.lr_modes:
                 row = {"kind": "example", "config": name, "model": model, "lr_mode": lr}
                 if key(row) not in have:
-                    append(log, example_run(backbone, name, model, lr))
+                    try:
+                        append(log, example_run(backbone, name, model, lr))
+                    except ConfigError as error:  # lr auto's curve never fell: say so
+                        append(log, {**row, "error": str(error)})
 
 
 def nearest(rates, rate: float) -> float:
@@ -264,8 +271,9 @@ def auto_table(cells: dict) -> list[str]:
         row = f"| {model} | {task} | {method} | {seed} | {cell['zero_shot']:.3f} "
         row += f"| {worst['accuracy']:.3f} ({worst['lr']:g}) "
         row += f"| {best['accuracy']:.3f} ({best['lr']:g}) "
-        if auto is None:
-            lines.append(row + "| not run | | |")
+        if auto is None or "error" in auto:
+            lines.append(row + ("| not run | | |" if auto is None else "| no rate found | | |"))
+            count += auto is not None
             continue
         run_s = auto["seconds"] - auto["search_seconds"]
         row += f"| {auto['accuracy']:.3f} ({auto['lr']:.2g}) "

@@ -152,6 +152,18 @@ def test_resume_reads_the_recorded_rate_and_does_not_search_again(
     assert not (tmp_path / "run" / "config-changes.jsonl").exists()
 
 
+def test_the_range_test_trains_on_the_first_batches_in_turn(sentiment_dir, tiny, tmp_path):
+    config = make_config(sentiment_dir, "prompt")
+    trainer = trainer_for(config, [tiny["llama"]], tmp_path / "cycle")
+    steps, original = [], trainer.step_indices
+    trainer.step_indices = lambda step: steps.append(step) or original(step)
+    rates, _ = lr_finder.run_range_test(trainer)
+    assert steps == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1][: len(rates)] and len(rates) >= 6
+    steps.clear()
+    lr_finder.run_range_test(trainer, cycle=None)  # a new batch each step, as the run takes
+    assert steps[:7] == [0, 1, 2, 3, 4, 5, 6]
+
+
 def test_a_joint_run_searches_once_for_all_its_models(sentiment_dir, tiny, tmp_path):
     config = make_config(sentiment_dir, "prompt", models=("a", "b"))
     calls = []
