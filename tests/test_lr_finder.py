@@ -200,13 +200,13 @@ def test_each_kind_of_parameter_trains_at_its_own_rate(sentiment_dir, tiny, tmp_
 
 def test_lr_auto_with_a_run_shorter_than_the_search_is_one_line(monkeypatch, capsys, tmp_path):
     raw = {"task": {"data": "x", "verbalizer": {"a": " a", "b": " b"}}}
-    with pytest.raises(ConfigError, match="lr auto searches 30 steps"):
+    with pytest.raises(ConfigError, match="lr auto searches 20 steps"):
         load_config(raw, ["train.lr=auto", "train.steps=1"])
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({**raw, "train": {"steps": 1}}))
     code, _, err = invoke(monkeypatch, capsys, "train", path, "--lr", "auto")
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "lr auto searches 30 steps" in lines[0]
+    assert code == 2 and len(lines) == 1 and "lr auto searches 20 steps" in lines[0]
     assert "give lr a number" in lines[0]
 
 
