@@ -201,6 +201,7 @@ def example_run(backbone, name: str, model: str, lr: str) -> dict:
         "dev": summary.get("dev"),
         "seconds": seconds,
         "search_seconds": search.get("seconds", 0.0),
+        "rule": search.get("rule"),
         "alternatives": search.get("alternatives"),
     }
 
@@ -354,9 +355,25 @@ def cost_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def choose(cells: dict, source: str) -> str:
+    """The rule whose picks from the `source` curves ("20 cycled") land on a sweep rate within 2
+    points of the sweep's best in the most cells (ties: the first in lr_finder.RULES)."""
+    hits = dict.fromkeys(lr_finder.RULES, 0)
+    for cell in cells.values():
+        best = max(r["accuracy"] for r in cell["sweep"].values())
+        for steps, found in sources(cell):
+            for rule, rate in found.items() if steps == source else ():
+                at = cell["sweep"][nearest(cell["sweep"], rate)]["accuracy"]
+                hits[rule] += at >= best - 0.02 - 1e-9
+    return max(hits, key=lambda rule: (hits[rule], -list(lr_finder.RULES).index(rule)))
+
+
 def report(args) -> None:
     rows = read_log([Path(path) for path in args.log.split(",")])
     cells = gather(rows, args.steps)
+    if args.choose:
+        print(choose(cells, f"{args.search_steps} cycled"))
+        return
     print("\n".join([*auto_table(cells), "", *rule_table(cells), "", *cost_lines(rows)]))
 
 
@@ -379,10 +396,14 @@ def main() -> None:
     )
     parser.add_argument("--configs", nargs="+", default=EXAMPLES, help="examples phase")
     parser.add_argument("--lr-modes", nargs="+", default=["config", "auto"], help="examples phase")
+    parser.add_argument("--rule", choices=list(lr_finder.RULES), help="auto, examples: the rule")
+    parser.add_argument("--choose", action="store_true", help="report: print the best rule only")
     args = parser.parse_args()
+    lr_finder.RULE = args.rule or lr_finder.RULE
     started = time.perf_counter()
     {"report": report, "examples": run_examples}.get(args.phase, run_phase)(args)
-    print(f"{args.phase}: {time.perf_counter() - started:.0f} s")
+    if not args.choose:
+        print(f"{args.phase}: {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":
