@@ -34,7 +34,7 @@ from pathlib import Path
 from common import ROOT, machine
 
 from softprompt.config import load_config
-from softprompt.errors import ConfigError
+from softprompt.errors import ConfigError, SoftpromptError
 from softprompt.models import load_backbone
 from softprompt.session import Session
 from softprompt.training import lr_finder
@@ -170,7 +170,7 @@ def run_phase(args) -> None:
                     try:
                         for row in phase_rows(args, backbone, cell, have):
                             append(log, row)
-                    except ConfigError as error:  # lr auto's curve never fell: say so
+                    except SoftpromptError as error:  # no rate found, or the loss went non-finite
                         steps = {"steps": args.steps, "search_steps": args.search_steps}
                         append(log, {"kind": "auto", **cell, **steps, "error": str(error)})
 
@@ -219,7 +219,7 @@ def run_examples(args) -> None:
                 if key(row) not in have:
                     try:
                         append(log, example_run(backbone, name, model, lr))
-                    except ConfigError as error:  # lr auto's curve never fell: say so
+                    except SoftpromptError as error:  # no rate found, or the loss went non-finite
                         append(log, {**row, "error": str(error)})
 
 
