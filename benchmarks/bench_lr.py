@@ -135,12 +135,21 @@ def key(row: dict) -> tuple:
     return (row["kind"], *(row.get(name) for name in CELL + extra.get(row["kind"], ())))
 
 
+def attempt(row: dict, measure, *args) -> dict:
+    """`row` with what `measure(*args)` returns, or with the error of a run that failed (lr auto
+    found no rate, or the loss went non-finite): a result too."""
+    try:
+        return {**row, **measure(*args)}
+    except SoftpromptError as error:
+        return {**row, "error": str(error)}
+
+
 def phase_rows(args, backbone, cell: dict, have: set):
     """The results the phase still owes for `cell` (skipping those already in the log)."""
     if args.phase == "auto":
         row = {"kind": "auto", **cell, "steps": args.steps, "search_steps": args.search_steps}
         if key(row) not in have:
-            yield {**row, **train_run(backbone, cell, "auto", args)}
+            yield attempt(row, train_run, backbone, cell, "auto", args)
         return
     for steps in args.curves:
         for batches in args.curve_batches:
@@ -150,7 +159,7 @@ def phase_rows(args, backbone, cell: dict, have: set):
     for lr in args.lrs:
         row = {"kind": "fixed", **cell, "steps": args.steps, "lr": lr}
         if key(row) not in have:
-            yield {**row, **train_run(backbone, cell, lr, args)}
+            yield attempt(row, train_run, backbone, cell, lr, args)
 
 
 def run_phase(args) -> None:
@@ -167,12 +176,8 @@ def run_phase(args) -> None:
             for seed in args.seeds:  # seed-major: every method of a seed before the next seed
                 for method in args.methods:
                     cell = {"model": model, "task": task, "method": method, "seed": seed}
-                    try:
-                        for row in phase_rows(args, backbone, cell, have):
-                            append(log, row)
-                    except SoftpromptError as error:  # no rate found, or the loss went non-finite
-                        steps = {"steps": args.steps, "search_steps": args.search_steps}
-                        append(log, {"kind": "auto", **cell, **steps, "error": str(error)})
+                    for row in phase_rows(args, backbone, cell, have):
+                        append(log, row)
 
 
 def example_run(backbone, name: str, model: str, lr: str) -> dict:
@@ -217,10 +222,7 @@ def run_examples(args) -> None:
             for lr in args.lr_modes:
                 row = {"kind": "example", "config": name, "model": model, "lr_mode": lr}
                 if key(row) not in have:
-                    try:
-                        append(log, example_run(backbone, name, model, lr))
-                    except SoftpromptError as error:  # no rate found, or the loss went non-finite
-                        append(log, {**row, "error": str(error)})
+                    append(log, attempt(row, example_run, backbone, name, model, lr))
 
 
 def nearest(rates, rate: float) -> float:
