@@ -19,6 +19,7 @@ from softprompt.training.state import parameter_groups
 from softprompt.training.trainer import Trainer
 from test_cli import invoke
 
+CHOSEN = 1e-3  # the hand-made curve's pick under lr_finder.RULE (lowest/10): 1e-2 / 10
 METHODS = {
     "prompt": {"length": 4, "init": "random", "seed": 1},
     "p_tuning": {"length": 4, "init": "random", "seed": 1, "encoder_hidden_size": 8},
@@ -40,9 +41,14 @@ def test_the_rate_is_read_off_a_hand_made_curve_whose_minimum_is_known():
     done, losses = hand_made(rates, lambda r: 1 + (math.log10(r) + 2) ** 2)  # lowest at 1e-2
     curve = read_curve(done, losses)
     assert len(done) == 41
+    # A centred 5-point average of a parabola in log10(rate) is the same parabola raised by the
+    # mean squared offset (0.02): its lowest point stays at 1e-2. It falls fastest where the
+    # whole windows begin, between the 3rd and 4th rates: 10 ** -3.75.
     assert curve.lowest == pytest.approx(1e-2)
-    assert curve.chosen == pytest.approx(1e-3)  # the rule: the lowest point's rate / 10
-    assert curve.steepest < 1e-3  # a parabola in log-rate falls fastest at its start
+    assert curve.steepest == pytest.approx(10**-3.75)
+    expected = {"lowest/10": 1e-3, "lowest/3": 1e-2 / 3, "lowest": 1e-2, "steepest": 10**-3.75}
+    assert curve.picks == pytest.approx(expected)
+    assert curve.chosen == pytest.approx(CHOSEN)  # the rule lr auto uses
     assert "lowest" in curve.shape() and "\n" not in curve.shape()
 
 
