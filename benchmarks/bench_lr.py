@@ -302,6 +302,22 @@ def sources(cell: dict) -> list[tuple[str, dict]]:
     return found
 
 
+def sweep_table(cells: dict) -> list[str]:
+    """Every cell's test accuracy at each rate of the sweep."""
+    rates = sorted({lr for cell in cells.values() for lr in cell["sweep"]})
+    lines = ["| cell | zero-shot | " + " | ".join(f"lr {lr:g}" for lr in rates) + " |"]
+    lines.append("| --- | --- |" + " --- |" * len(rates))
+    for name, cell in sorted(cells.items()):
+        results = [cell["sweep"].get(lr, {}) for lr in rates]
+        texts = [
+            "-" if not r else "failed" if "error" in r else f"{r['accuracy']:.3f}" for r in results
+        ]
+        lines.append(
+            f"| {' '.join(map(str, name))} | {cell['zero_shot']:.3f} | " + " | ".join(texts) + " |"
+        )
+    return lines
+
+
 def rule_table(cells: dict) -> list[str]:
     """Each rule's pick from each recorded curve, scored by the sweep's accuracy at the sweep
     rate nearest the pick (an estimate: that rate, not the pick, was trained)."""
@@ -370,13 +386,34 @@ def choose(cells: dict, source: str) -> str:
     return max(hits, key=lambda rule: (hits[rule], -list(lr_finder.RULES).index(rule)))
 
 
+def example_table(rows: list[dict]) -> list[str]:
+    """The example configs at their documented steps, at their own rate and with lr auto."""
+    lines = [
+        "| config | model | steps | lr | zero-shot | test accuracy | dev accuracy | seconds "
+        "(search) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in (row for row in rows if row["kind"] == "example"):
+        if "error" in r:
+            lines.append(f"| {r['config']} | {r['model']} | | {r['lr_mode']} | | failed | | |")
+            continue
+        lr = f"{r['lr']:g}" if r["lr_mode"] == "config" else f"auto: {r['lr']:.2g} ({r['rule']})"
+        dev = (r.get("dev") or {}).get("mean", {}).get("accuracy", math.nan)
+        lines.append(
+            f"| {r['config']} | {r['model']} | {r['steps']} | {lr} | {r['zero_shot']:.3f} "
+            f"| {r['accuracy']:.3f} | {dev:.3f} | {r['seconds']:.0f} ({r['search_seconds']:.0f}) |"
+        )
+    return lines
+
+
 def report(args) -> None:
     rows = read_log([Path(path) for path in args.log.split(",")])
     cells = gather(rows, args.steps)
     if args.choose:
         print(choose(cells, f"{args.search_steps} cycled"))
         return
-    print("\n".join([*auto_table(cells), "", *rule_table(cells), "", *cost_lines(rows)]))
+    print("\n".join([*auto_table(cells), "", *sweep_table(cells), "", *rule_table(cells)]))
+    print("\n".join(["", *cost_lines(rows), "", *example_table(rows)]))
 
 
 def main() -> None:
