@@ -19,7 +19,7 @@ from softprompt.training.state import parameter_groups
 from softprompt.training.trainer import Trainer
 from test_cli import invoke
 
-CHOSEN = 1e-3  # the hand-made curve's pick under lr_finder.RULE (lowest/10): 1e-2 / 10
+CHOSEN = 10**-3.75  # the hand-made curve's pick under lr_finder.RULE (steepest): see below
 METHODS = {
     "prompt": {"length": 4, "init": "random", "seed": 1},
     "p_tuning": {"length": 4, "init": "random", "seed": 1, "encoder_hidden_size": 8},
@@ -120,7 +120,7 @@ def test_an_auto_run_is_the_run_given_its_found_rate(method, sentiment_dir, tiny
     config = make_config(sentiment_dir, method)
     summary = trainer_for(config, [tiny["llama"]], tmp_path / "auto").run()
     found = summary["lr"]
-    assert 1e-4 / 10 <= found <= 1.0 / 10 and summary["lr_search"]["chosen"] == found
+    assert 1e-4 <= found <= 3.0 and summary["lr_search"]["chosen"] == found  # within the range
     run = tmp_path / "auto"
     recorded = yaml.safe_load((run / "config.yaml").read_text())["train"]
     assert recorded["lr"] == "auto" and recorded["lr_found"] == found

@@ -2,18 +2,19 @@
 test Lightning's `lr_find` and fastai's `lr_find` run) that picks the run's rate before it trains.
 
 The test trains a copy of the run's starting state for `train.lr_search_steps` optimizer steps
-on the run's own first batches, the rate growing exponentially from the low to the high end of
-`train.lr_search_range`, and notes each step's loss; the copy is then thrown away and the RNG
-put back, so the run starts exactly as a run given the found rate as a number would. It stops
-early once the loss has clearly diverged (4x its lowest, or not finite).
+on the run's first 5 batches in turn, the rate growing exponentially from the low to the high
+end of `train.lr_search_range`, and notes each step's loss; the copy is then thrown away and the
+RNG put back, so the run starts exactly as a run given the found rate as a number would. It
+stops early once the loss has clearly diverged (4x its lowest, or not finite).
 
-The rule: the rate where the smoothed loss is lowest, divided by 10 (fastai's `minimum`
-suggestion). It is the steadiest choice on the short, noisy curves a few dozen batches of 8
-give; the steepest descent (Lightning's suggestion) is noted beside it in the CSV and the
-summary. The smoothing is a centred moving average over 5 steps (no lag, unlike an
-exponential average over a short curve). A method's other parameter groups (an encoder) move
-with the prompt's rate at their fixed scale, and learned cross-model maps keep their own rate,
-both during the test and after it.
+The curve is a centred moving average over 5 steps, read only where its window is whole: each
+point then averages the same 5 batches, so batch-to-batch noise (larger, with batches of 8,
+than what 20 steps of training change) cancels and only the rate moves the curve. The rule
+(RULE): the steepest descent of that curve below its lowest point (Lightning's suggestion),
+chosen over fastai's lowest / 10 and two others by bench_lr's sweep (BENCHMARKS.md); every
+rule's pick is kept in summary.json. A method's other parameter groups (an encoder) move with
+the prompt's rate at their fixed scale, and learned cross-model maps keep their own rate, both
+during the test and after it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from softprompt.training.state import TrainState
 
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its lowest so far
 WINDOW = 5  # steps in the centred moving average
-RULE = "lowest/10"  # which of RULES picks the run's rate
+RULE = "steepest"  # which of RULES picks the run's rate (BENCHMARKS.md, issue #39)
 MIN_FALL = 0.02  # a curve whose lowest point is not this much (relative) below its start
 CSV_FILE, PNG_FILE = "lr_find.csv", "lr_find.png"
 
