@@ -38,6 +38,7 @@ from softprompt.errors import ConfigError, SoftpromptError
 from softprompt.models import load_backbone
 from softprompt.session import Session
 from softprompt.training import lr_finder
+from softprompt.training.console import Interrupted
 from softprompt.training.trainer import Trainer
 
 CONFIGS = {"sentiment": "sentiment.yaml", "emotion": "emotion.yaml"}
@@ -140,6 +141,8 @@ def attempt(row: dict, measure, *args) -> dict:
     found no rate, or the loss went non-finite): a result too."""
     try:
         return {**row, **measure(*args)}
+    except Interrupted:  # the command's time ran out: not a result, the next command redoes it
+        raise
     except SoftpromptError as error:
         return {**row, "error": str(error)}
 
