@@ -58,11 +58,13 @@ class LRCurve:
         return {name: rule(self) for name, rule in RULES.items()}
 
     def shape(self) -> str:
-        """One line on how the curve went: where it started, its lowest point, its end."""
-        first, low = self.smoothed[0], min(self.smoothed)
-        end = "diverged" if len(self.rates) and self.smoothed[-1] > 2 * low else "ended"
+        """One line on how the curve went: where it started, its lowest point, its end (the
+        smoothed loss where its window is whole, as the rule reads it)."""
+        half = min(WINDOW // 2, len(self.rates) - 1)
+        first, low = self.smoothed[half], self.smoothed[self.rates.index(self.lowest)]
+        end = "diverged" if self.smoothed[-1] > 2 * low else "ended"
         return (
-            f"loss {first:.3g} at {self.rates[0]:.2g}, lowest {low:.3g} at {self.lowest:.2g}, "
+            f"loss {first:.3g} at {self.rates[half]:.2g}, lowest {low:.3g} at {self.lowest:.2g}, "
             f"{end} at {self.smoothed[-1]:.3g} at {self.rates[-1]:.2g}; steepest fall at "
             f"{self.steepest:.2g}"
         )
