@@ -2,28 +2,43 @@
 task (the sample sentiment and emotion sets), method (plain, P-tuning, residual) and seed, the
 test accuracy of a run with `lr: auto` and of runs at each rate of the sweep (same steps, same
 batches: a function of the seed and the step alone), the bare model's zero-shot accuracy, and
-the search's wall time against the auto run's training time.
+the search's wall time against a run's.
 
 Targets (issue #39): auto within 2 points of the sweep's best in >= 90% of cells, never below
 zero-shot; the search <= 30% of a run's time.
 
-Run: .venv/bin/python benchmarks/bench_lr.py [--models smollm2-135m gemma3-270m]
-     [--tasks sentiment emotion] [--methods prompt p_tuning residual] [--seeds 0 1 2]
-     [--steps 40] [--search-steps 20] [--lrs 0.001 0.003 0.01 0.03 0.1] [--json]
+The grid runs in phases, each appending one JSON line per result to --log, so a long grid can
+be split into commands of a few minutes and a report made from what finished:
+
+  sweep   per cell: the range test alone (its curve at each of --curves steps, nothing trained),
+          then one run at each rate of --lrs; per model and task the zero-shot accuracy
+  auto    per cell: one run with `lr: auto` (the search included, as a user runs it)
+  report  the table from --log: auto against the sweep, and what each rule of
+          lr_finder.RULES would pick from the recorded curves
+
+Run: .venv/bin/python benchmarks/bench_lr.py {sweep,auto,report} --log FILE
+     [--models smollm2-135m gemma3-270m] [--tasks sentiment emotion]
+     [--methods prompt p_tuning residual] [--seeds 0 1 2] [--steps 20]
+     [--search-steps 20] [--curves 20 30] [--lrs 0.001 0.003 0.01 0.03 0.1]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import tempfile
 import time
+from pathlib import Path
 
 from common import ROOT, machine
 
 from softprompt.config import load_config
+from softprompt.errors import ConfigError, SoftpromptError
 from softprompt.models import load_backbone
 from softprompt.session import Session
+from softprompt.training import lr_finder
+from softprompt.training.console import Interrupted
 from softprompt.training.trainer import Trainer
 
 CONFIGS = {"sentiment": "sentiment.yaml", "emotion": "emotion.yaml"}
@@ -32,27 +47,34 @@ METHODS = {
     "p_tuning": ", encoder: mlp, encoder_hidden_size: 128",
     "residual": ", bottleneck: 128, layer_norm: true",
 }
+EXAMPLES = ["sentiment-p-tuning.yaml", "sentiment-residual.yaml", "sentiment.yaml", "emotion.yaml"]
+CELL = ("model", "task", "method", "seed")
 
 
-def run(backbone, cell: dict, lr, args) -> dict:
-    """One training run of `cell` at rate `lr` (a number or "auto"): test accuracy, seconds."""
+def cell_config(cell: dict, lr, steps: int, search_steps: int):
+    """The config of one run of `cell` at rate `lr` (a number or "auto")."""
     method, seed, task = cell["method"], cell["seed"], cell["task"]
     overrides = [
         f"method={method}",
         f"models={json.dumps([cell['model']])}",
         f"task.data={ROOT / 'examples/data' / task}",
         f"prompt={{length: 16, init: vocab, seed: {seed}{METHODS[method]}}}",
-        f"train={{steps: {args.steps}, batch_size: 8, lr: {lr}, schedule: cosine, "
-        f"warmup: 0.1, eval_every: {args.steps}, checkpoint_every: {args.steps}, seed: {seed}, "
-        f"precision: auto, lr_search_steps: {args.search_steps}}}",
+        f"train={{steps: {steps}, batch_size: 8, lr: {lr}, schedule: cosine, "
+        f"warmup: 0.1, eval_every: {steps}, checkpoint_every: {steps}, seed: {seed}, "
+        f"precision: auto, lr_search_steps: {search_steps}}}",
     ]
-    config = load_config(ROOT / "examples/configs" / CONFIGS[task], overrides)
+    return load_config(ROOT / "examples/configs" / CONFIGS[cell["task"]], overrides)
+
+
+def train_run(backbone, cell: dict, lr, args) -> dict:
+    """One training run of `cell` at rate `lr`: test accuracy, the rate used, seconds."""
+    config = cell_config(cell, lr, args.steps, args.search_steps)
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         summary = Trainer(config, f"{folder}/run", backbones=[backbone], progress=False).run()
         seconds = time.perf_counter() - started
         session = Session(f"{folder}/run/last.safetensors", backbone)
-        data = str(ROOT / "examples/data" / task)
+        data = str(ROOT / "examples/data" / cell["task"])
         accuracy = session.evaluate(data, split="test")["accuracy"]
     search = summary["lr_search"] or {}
     return {
@@ -60,6 +82,26 @@ def run(backbone, cell: dict, lr, args) -> dict:
         "lr": summary["lr"],
         "seconds": seconds,
         "search_seconds": search.get("seconds", 0.0),
+        "rule": search.get("rule"),
+        "alternatives": search.get("alternatives"),
+    }
+
+
+def search_only(backbone, cell: dict, steps: int, batches: str, args) -> dict:
+    """The range test of `cell` alone (what `lr: auto` runs before training): its curve, on the
+    first few batches in turn ("cycled", what lr auto does) or a new batch a step ("fresh")."""
+    config = cell_config(cell, "auto", max(args.steps, steps), steps)
+    cycle = lr_finder.WINDOW if batches == "cycled" else None
+    with tempfile.TemporaryDirectory() as folder:
+        trainer = Trainer(config, f"{folder}/run", backbones=[backbone], progress=False)
+        started = time.perf_counter()
+        rates, losses = lr_finder.run_range_test(trainer, cycle)
+        seconds = time.perf_counter() - started
+    return {
+        "range": list(config.train.lr_search_range),
+        "rates": rates,
+        "losses": losses,
+        "seconds": seconds,
     }
 
 
@@ -70,80 +112,340 @@ def zero_shot(backbone, task: str) -> float:
     return session.evaluate(str(ROOT / "examples/data" / task), split="test")["accuracy"]
 
 
-def measure_cell(backbone, cell: dict, args) -> dict:
-    """The sweep and the auto run of one cell, the auto run first."""
-    auto = run(backbone, cell, "auto", args)
-    print(f"    auto: {auto['accuracy']:.3f} at {auto['lr']:.2g} ({auto['seconds']:.0f} s)")
-    sweep = {}
+def append(log: Path, row: dict) -> None:
+    with log.open("a") as handle:
+        handle.write(json.dumps(row) + "\n")
+    print(json.dumps({k: v for k, v in row.items() if k not in ("rates", "losses")}), flush=True)
+
+
+def read_log(paths: list[Path]) -> list[dict]:
+    return [json.loads(line) for path in paths for line in path.read_text().splitlines() if line]
+
+
+def key(row: dict) -> tuple:
+    """What makes a result: its kind, cell, and steps, rate or search length."""
+    extra = {
+        "fixed": ("steps", "lr"),
+        "auto": ("steps", "search_steps"),
+        "search": ("search_steps", "batches"),
+    }
+    if row["kind"] == "search":
+        row = {"batches": "fresh", **row}  # the first rows, before cycled batches, had none
+    if row["kind"] == "example":
+        return ("example", row["config"], row["model"], row["lr_mode"])
+    return (row["kind"], *(row.get(name) for name in CELL + extra.get(row["kind"], ())))
+
+
+def attempt(row: dict, measure, *args) -> dict:
+    """`row` with what `measure(*args)` returns, or with the error of a run that failed (lr auto
+    found no rate, or the loss went non-finite): a result too."""
+    try:
+        return {**row, **measure(*args)}
+    except Interrupted:  # the command's time ran out: not a result, the next command redoes it
+        raise
+    except SoftpromptError as error:
+        return {**row, "error": str(error)}
+
+
+def phase_rows(args, backbone, cell: dict, have: set):
+    """The results the phase still owes for `cell` (skipping those already in the log)."""
+    if args.phase == "auto":
+        row = {"kind": "auto", **cell, "steps": args.steps, "search_steps": args.search_steps}
+        if key(row) not in have:
+            yield attempt(row, train_run, backbone, cell, "auto", args)
+        return
+    for steps in args.curves:
+        for batches in args.curve_batches:
+            row = {"kind": "search", **cell, "search_steps": steps, "batches": batches}
+            if key(row) not in have:
+                yield {**row, **search_only(backbone, cell, steps, batches, args)}
     for lr in args.lrs:
-        sweep[lr] = result = run(backbone, cell, lr, args)
-        print(f"    lr {lr}: {result['accuracy']:.3f} ({result['seconds']:.0f} s)", flush=True)
-    best = max(sweep, key=lambda lr: sweep[lr]["accuracy"])
-    worst = min(sweep, key=lambda lr: sweep[lr]["accuracy"])
-    run_seconds = auto["seconds"] - auto["search_seconds"]
+        row = {"kind": "fixed", **cell, "steps": args.steps, "lr": lr}
+        if key(row) not in have:
+            yield attempt(row, train_run, backbone, cell, lr, args)
+
+
+def run_phase(args) -> None:
+    """The sweep or auto phase over the grid, appending to --log, skipping what it holds."""
+    log = Path(args.log)
+    have = {key(row) for row in read_log([log])} if log.exists() else set()
+    print(machine(), flush=True)
+    for model in args.models:
+        backbone = load_backbone(model)
+        for task in args.tasks:
+            bare = {"kind": "zero_shot", "model": model, "task": task}
+            if args.phase == "sweep" and key(bare) not in have:
+                append(log, {**bare, "accuracy": zero_shot(backbone, task)})
+            for seed in args.seeds:  # seed-major: every method of a seed before the next seed
+                for method in args.methods:
+                    cell = {"model": model, "task": task, "method": method, "seed": seed}
+                    for row in phase_rows(args, backbone, cell, have):
+                        append(log, row)
+
+
+def example_run(backbone, name: str, model: str, lr: str) -> dict:
+    """One example config (examples/configs/NAME) as documented, on `model`, at its own rate
+    (`lr` "config") or with `lr: auto`: test accuracy, rate used, seconds."""
+    overrides = [f"models={json.dumps([model])}"] + ([] if lr == "config" else [f"train.lr={lr}"])
+    config = load_config(ROOT / "examples/configs" / name, overrides)
+    data = str(ROOT / config.task.data)
+    config = config.model_copy(update={"task": config.task.model_copy(update={"data": data})})
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        summary = Trainer(config, f"{folder}/run", backbones=[backbone], progress=False).run()
+        seconds = time.perf_counter() - started
+        accuracy = Session(f"{folder}/run/last.safetensors", backbone).evaluate(data)["accuracy"]
+        bare = Session(None, backbone, config=str(ROOT / "examples/configs" / name))
+    search = summary["lr_search"] or {}
     return {
-        **cell,
-        "auto": auto["accuracy"],
-        "auto_lr": auto["lr"],
-        "best": sweep[best]["accuracy"],
-        "best_lr": best,
-        "worst": sweep[worst]["accuracy"],
-        "worst_lr": worst,
-        "search_share": auto["search_seconds"] / run_seconds if run_seconds else 0.0,
-        "search_seconds": auto["search_seconds"],
-        "run_seconds": run_seconds,
+        "kind": "example",
+        "config": name,
+        "model": model,
+        "steps": config.train.steps,
+        "lr_mode": lr,
+        "lr": summary["lr"],
+        "accuracy": accuracy,
+        "zero_shot": bare.evaluate(data)["accuracy"],
+        "dev": summary.get("dev"),
+        "seconds": seconds,
+        "search_seconds": search.get("seconds", 0.0),
+        "rule": search.get("rule"),
+        "alternatives": search.get("alternatives"),
     }
 
 
-def table(rows: list[dict]) -> str:
+def run_examples(args) -> None:
+    """The example configs at their documented steps, at their own rate and with lr auto."""
+    log = Path(args.log)
+    have = {key(row) for row in read_log([log])} if log.exists() else set()
+    print(machine(), flush=True)
+    for model in args.models:
+        backbone = load_backbone(model)
+        for name in args.configs:
+            for lr in args.lr_modes:
+                row = {"kind": "example", "config": name, "model": model, "lr_mode": lr}
+                if key(row) not in have:
+                    append(log, attempt(row, example_run, backbone, name, model, lr))
+
+
+def nearest(rates, rate: float) -> float:
+    """The sweep's rate nearest `rate` on a log scale."""
+    return min(rates, key=lambda r: abs(math.log(r / rate)))
+
+
+def gather(rows: list[dict], steps: int) -> dict:
+    """Per cell: zero-shot, the sweep {lr: result}, the auto run and the curves."""
+    cells, bare = {}, {}
+    for row in rows:
+        if row["kind"] == "zero_shot":
+            bare[row["model"], row["task"]] = row["accuracy"]
+            continue
+        if row.get("steps", steps) != steps:
+            continue
+        cell = cells.setdefault(tuple(row[name] for name in CELL), {"sweep": {}, "curves": {}})
+        if row["kind"] == "fixed":
+            cell["sweep"][row["lr"]] = row
+        elif row["kind"] == "auto":
+            cell["auto"] = row
+        else:
+            cell["curves"][f"{row['search_steps']} {row.get('batches', 'fresh')}"] = row
+    for name, cell in cells.items():
+        cell["zero_shot"] = bare.get(name[:2], math.nan)
+    return {name: cell for name, cell in cells.items() if cell["sweep"]}
+
+
+def picks(curve: dict) -> dict[str, float]:
+    """What each rule reads off a recorded curve (empty when no rate can be read)."""
+    try:
+        return lr_finder.read_curve(curve["rates"], curve["losses"]).picks
+    except ConfigError:  # the loss never fell or diverged at once: nothing to pick
+        return {}
+
+
+def auto_table(cells: dict) -> list[str]:
+    """auto against the sweep, one line per cell that has both."""
     lines = [
         "| model | task | method | seed | zero-shot | sweep worst (lr) | sweep best (lr) "
-        "| auto (lr found) | auto - best | search / run |",
+        "| auto (lr found) | auto - best | search s / run s |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['model']} | {r['task']} | {r['method']} | {r['seed']} | {r['zero_shot']:.3f} "
-            f"| {r['worst']:.3f} ({r['worst_lr']:g}) | {r['best']:.3f} ({r['best_lr']:g}) "
-            f"| {r['auto']:.3f} ({r['auto_lr']:.2g}) | {r['auto'] - r['best']:+.3f} "
-            f"| {r['search_share']:.0%} |"
-        )
-    near = sum(r["auto"] >= r["best"] - 0.02 for r in rows)
-    above = sum(r["auto"] >= r["zero_shot"] for r in rows)
+    near = above = count = 0
+    for (model, task, method, seed), cell in sorted(cells.items()):
+        sweep, auto = cell["sweep"], cell.get("auto")
+        best = max(sweep.values(), key=lambda r: r["accuracy"])
+        worst = min(sweep.values(), key=lambda r: r["accuracy"])
+        row = f"| {model} | {task} | {method} | {seed} | {cell['zero_shot']:.3f} "
+        row += f"| {worst['accuracy']:.3f} ({worst['lr']:g}) "
+        row += f"| {best['accuracy']:.3f} ({best['lr']:g}) "
+        if auto is None or "error" in auto:
+            lines.append(row + ("| not run | | |" if auto is None else "| no rate found | | |"))
+            count += auto is not None
+            continue
+        run_s = auto["seconds"] - auto["search_seconds"]
+        row += f"| {auto['accuracy']:.3f} ({auto['lr']:.2g}) "
+        row += f"| {auto['accuracy'] - best['accuracy']:+.3f} "
+        lines.append(row + f"| {auto['search_seconds']:.0f} / {run_s:.0f} |")
+        count += 1
+        near += auto["accuracy"] >= best["accuracy"] - 0.02 - 1e-9
+        above += auto["accuracy"] >= cell["zero_shot"] - 1e-9
     lines.append(
-        f"\nauto within 2 points of the sweep's best: {near}/{len(rows)} cells; "
-        f"not below zero-shot: {above}/{len(rows)}"
+        f"\nauto within 2 points of the sweep's best: {near}/{count} cells; "
+        f"not below zero-shot: {above}/{count}"
     )
-    return "\n".join(lines)
+    return lines
+
+
+def sources(cell: dict) -> list[tuple[str, dict]]:
+    """(search steps, each rule's pick) from the cell's recorded curves, else from its auto
+    run's search (summary.json's alternatives)."""
+    found = [(steps, picks(curve)) for steps, curve in sorted(cell["curves"].items())]
+    auto = cell.get("auto") or {}
+    if auto.get("alternatives") and f"{auto['search_steps']} cycled" not in cell["curves"]:
+        found.append((f"{auto['search_steps']} cycled", auto["alternatives"]))
+    return found
+
+
+def sweep_table(cells: dict) -> list[str]:
+    """Every cell's test accuracy at each rate of the sweep."""
+    rates = sorted({lr for cell in cells.values() for lr in cell["sweep"]})
+    lines = ["| cell | zero-shot | " + " | ".join(f"lr {lr:g}" for lr in rates) + " |"]
+    lines.append("| --- | --- |" + " --- |" * len(rates))
+    for name, cell in sorted(cells.items()):
+        results = [cell["sweep"].get(lr, {}) for lr in rates]
+        texts = [
+            "-" if not r else "failed" if "error" in r else f"{r['accuracy']:.3f}" for r in results
+        ]
+        lines.append(
+            f"| {' '.join(map(str, name))} | {cell['zero_shot']:.3f} | " + " | ".join(texts) + " |"
+        )
+    return lines
+
+
+def rule_table(cells: dict) -> list[str]:
+    """Each rule's pick from each recorded curve, scored by the sweep's accuracy at the sweep
+    rate nearest the pick (an estimate: that rate, not the pick, was trained)."""
+    scores: dict[tuple, list[int]] = {}
+    lines = ["| cell | search steps | " + " | ".join(lr_finder.RULES) + " |"]
+    lines.append("| --- | --- |" + " --- |" * len(lr_finder.RULES))
+    for name, cell in sorted(cells.items()):
+        best = max(r["accuracy"] for r in cell["sweep"].values())
+        for steps, found in sources(cell):
+            texts = []
+            for rule in lr_finder.RULES:
+                if rule not in found:
+                    texts.append("none")
+                    continue
+                at = cell["sweep"][nearest(cell["sweep"], found[rule])]["accuracy"]
+                scores.setdefault((rule, steps), []).append(at >= best - 0.02 - 1e-9)
+                outside = not min(cell["sweep"]) / 2 <= found[rule] <= 2 * max(cell["sweep"])
+                texts.append(f"{found[rule]:.2g}{'*' if outside else ''} -> {at:.2f}")
+            lines.append(
+                f"| {' '.join(map(str, name))} (best {best:.2f}) | {steps} | "
+                + " | ".join(texts)
+                + " |"
+            )
+    lines.append("\n(* more than 2x outside the sweep: scored at the sweep's end, not measured)")
+    for (rule, steps), hits in sorted(scores.items()):
+        lines.append(
+            f"{rule} (search: {steps}): nearest sweep rate within 2 points of the "
+            f"best in {sum(hits)}/{len(hits)} cells"
+        )
+    return lines
+
+
+def cost_lines(rows: list[dict]) -> list[str]:
+    """The search's seconds against a run's, per model, search length and run length."""
+    runs, searches = {}, {}
+    for row in rows:
+        if row["kind"] == "fixed":
+            runs.setdefault((row["model"], row["steps"]), []).append(row["seconds"])
+        elif row["kind"] == "search":
+            name = (row["model"], row["search_steps"])
+            searches.setdefault(name, []).append(row["seconds"])
+    lines = []
+    for (model, steps), seconds in sorted(searches.items()):
+        search = sum(seconds) / len(seconds)
+        for (run_model, run_steps), run in sorted(runs.items()):
+            if run_model == model:
+                mean = sum(run) / len(run)
+                lines.append(
+                    f"{model}: {steps}-step search {search:.1f} s (mean of {len(seconds)}) "
+                    f"against a {run_steps}-step run {mean:.1f} s (mean of {len(run)}, "
+                    f"its dev evaluation included): {search / mean:.0%}"
+                )
+    return lines
+
+
+def choose(cells: dict, source: str) -> str:
+    """The rule whose picks from the `source` curves ("20 cycled") land on a sweep rate within 2
+    points of the sweep's best in the most cells (ties: the first in lr_finder.RULES)."""
+    hits = dict.fromkeys(lr_finder.RULES, 0)
+    for cell in cells.values():
+        best = max(r["accuracy"] for r in cell["sweep"].values())
+        for steps, found in sources(cell):
+            for rule, rate in found.items() if steps == source else ():
+                at = cell["sweep"][nearest(cell["sweep"], rate)]["accuracy"]
+                hits[rule] += at >= best - 0.02 - 1e-9
+    return max(hits, key=lambda rule: (hits[rule], -list(lr_finder.RULES).index(rule)))
+
+
+def example_table(rows: list[dict]) -> list[str]:
+    """The example configs at their documented steps, at their own rate and with lr auto."""
+    lines = [
+        "| config | model | steps | lr | zero-shot | test accuracy | dev accuracy | seconds "
+        "(search) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in (row for row in rows if row["kind"] == "example"):
+        if "error" in r:
+            lines.append(f"| {r['config']} | {r['model']} | | {r['lr_mode']} | | failed | | |")
+            continue
+        lr = f"{r['lr']:g}" if r["lr_mode"] == "config" else f"auto: {r['lr']:.2g} ({r['rule']})"
+        dev = (r.get("dev") or {}).get("mean", {}).get("accuracy", math.nan)
+        lines.append(
+            f"| {r['config']} | {r['model']} | {r['steps']} | {lr} | {r['zero_shot']:.3f} "
+            f"| {r['accuracy']:.3f} | {dev:.3f} | {r['seconds']:.0f} ({r['search_seconds']:.0f}) |"
+        )
+    return lines
+
+
+def report(args) -> None:
+    rows = read_log([Path(path) for path in args.log.split(",")])
+    cells = gather(rows, args.steps)
+    if args.choose:
+        print(choose(cells, f"{args.search_steps} cycled"))
+        return
+    print("\n".join([*auto_table(cells), "", *sweep_table(cells), "", *rule_table(cells)]))
+    print("\n".join(["", *cost_lines(rows), "", *example_table(rows)]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
+    parser.add_argument("phase", choices=["sweep", "auto", "examples", "report"])
+    parser.add_argument("--log", required=True, help="JSON lines file (report: comma-separated)")
     parser.add_argument("--models", nargs="+", default=["smollm2-135m", "gemma3-270m"])
     parser.add_argument("--tasks", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--search-steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--search-steps", type=int, default=20, help="auto runs' search")
+    parser.add_argument(
+        "--curves", type=int, nargs="*", default=[20, 30], help="sweep: range tests alone"
+    )
     parser.add_argument("--lrs", type=float, nargs="+", default=[0.001, 0.003, 0.01, 0.03, 0.1])
-    parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--curve-batches", nargs="+", default=["cycled"], choices=["cycled", "fresh"]
+    )
+    parser.add_argument("--configs", nargs="+", default=EXAMPLES, help="examples phase")
+    parser.add_argument("--lr-modes", nargs="+", default=["config", "auto"], help="examples phase")
+    parser.add_argument("--rule", choices=list(lr_finder.RULES), help="auto, examples: the rule")
+    parser.add_argument("--choose", action="store_true", help="report: print the best rule only")
     args = parser.parse_args()
-    print(machine())
-    rows, started = [], time.perf_counter()
-    for model in args.models:
-        backbone = load_backbone(model)
-        for task in args.tasks:
-            bare = zero_shot(backbone, task)
-            for method in args.methods:
-                for seed in args.seeds:
-                    cell = {"model": model, "task": task, "method": method, "seed": seed}
-                    print(f"  {cell} (zero-shot {bare:.3f})", flush=True)
-                    rows.append({**measure_cell(backbone, cell, args), "zero_shot": bare})
-                    print(table(rows[-1:]).splitlines()[2], flush=True)
-    print(f"{len(rows)} cells, {time.perf_counter() - started:.0f} s; {args.steps} steps each")
-    print(table(rows))
-    if args.json:
-        print(json.dumps(rows))
+    lr_finder.RULE = args.rule or lr_finder.RULE
+    started = time.perf_counter()
+    {"report": report, "examples": run_examples}.get(args.phase, run_phase)(args)
+    if not args.choose:
+        print(f"{args.phase}: {time.perf_counter() - started:.0f} s")
 
 
 if __name__ == "__main__":

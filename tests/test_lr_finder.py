@@ -19,6 +19,7 @@ from softprompt.training.state import parameter_groups
 from softprompt.training.trainer import Trainer
 from test_cli import invoke
 
+CHOSEN = 10**-3.75  # the hand-made curve's pick under lr_finder.RULE (steepest): see below
 METHODS = {
     "prompt": {"length": 4, "init": "random", "seed": 1},
     "p_tuning": {"length": 4, "init": "random", "seed": 1, "encoder_hidden_size": 8},
@@ -40,9 +41,14 @@ def test_the_rate_is_read_off_a_hand_made_curve_whose_minimum_is_known():
     done, losses = hand_made(rates, lambda r: 1 + (math.log10(r) + 2) ** 2)  # lowest at 1e-2
     curve = read_curve(done, losses)
     assert len(done) == 41
+    # A centred 5-point average of a parabola in log10(rate) is the same parabola raised by the
+    # mean squared offset (0.02): its lowest point stays at 1e-2. It falls fastest where the
+    # whole windows begin, between the 3rd and 4th rates: 10 ** -3.75.
     assert curve.lowest == pytest.approx(1e-2)
-    assert curve.chosen == pytest.approx(1e-3)  # the rule: the lowest point's rate / 10
-    assert curve.steepest < 1e-3  # a parabola in log-rate falls fastest at its start
+    assert curve.steepest == pytest.approx(10**-3.75)
+    expected = {"lowest/10": 1e-3, "lowest/3": 1e-2 / 3, "lowest": 1e-2, "steepest": 10**-3.75}
+    assert curve.picks == pytest.approx(expected)
+    assert curve.chosen == pytest.approx(CHOSEN)  # the rule lr auto uses
     assert "lowest" in curve.shape() and "\n" not in curve.shape()
 
 
@@ -114,7 +120,7 @@ def test_an_auto_run_is_the_run_given_its_found_rate(method, sentiment_dir, tiny
     config = make_config(sentiment_dir, method)
     summary = trainer_for(config, [tiny["llama"]], tmp_path / "auto").run()
     found = summary["lr"]
-    assert 1e-4 / 10 <= found <= 1.0 / 10 and summary["lr_search"]["chosen"] == found
+    assert 1e-4 <= found <= 3.0 and summary["lr_search"]["chosen"] == found  # within the range
     run = tmp_path / "auto"
     recorded = yaml.safe_load((run / "config.yaml").read_text())["train"]
     assert recorded["lr"] == "auto" and recorded["lr_found"] == found
@@ -150,6 +156,18 @@ def test_resume_reads_the_recorded_rate_and_does_not_search_again(
     )
     assert all(torch.equal(whole[k], again[k]) for k in whole)
     assert not (tmp_path / "run" / "config-changes.jsonl").exists()
+
+
+def test_the_range_test_trains_on_the_first_batches_in_turn(sentiment_dir, tiny, tmp_path):
+    config = make_config(sentiment_dir, "prompt")
+    trainer = trainer_for(config, [tiny["llama"]], tmp_path / "cycle")
+    steps, original = [], trainer.step_indices
+    trainer.step_indices = lambda step: steps.append(step) or original(step)
+    rates, _ = lr_finder.run_range_test(trainer)
+    assert steps == [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1][: len(rates)] and len(rates) >= 6
+    steps.clear()
+    lr_finder.run_range_test(trainer, cycle=None)  # a new batch each step, as the run takes
+    assert steps[:7] == [0, 1, 2, 3, 4, 5, 6]
 
 
 def test_a_joint_run_searches_once_for_all_its_models(sentiment_dir, tiny, tmp_path):
@@ -188,13 +206,13 @@ def test_each_kind_of_parameter_trains_at_its_own_rate(sentiment_dir, tiny, tmp_
 
 def test_lr_auto_with_a_run_shorter_than_the_search_is_one_line(monkeypatch, capsys, tmp_path):
     raw = {"task": {"data": "x", "verbalizer": {"a": " a", "b": " b"}}}
-    with pytest.raises(ConfigError, match="lr auto searches 30 steps"):
+    with pytest.raises(ConfigError, match="lr auto searches 20 steps"):
         load_config(raw, ["train.lr=auto", "train.steps=1"])
     path = tmp_path / "c.yaml"
     path.write_text(yaml.safe_dump({**raw, "train": {"steps": 1}}))
     code, _, err = invoke(monkeypatch, capsys, "train", path, "--lr", "auto")
     lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and "lr auto searches 30 steps" in lines[0]
+    assert code == 2 and len(lines) == 1 and "lr auto searches 20 steps" in lines[0]
     assert "give lr a number" in lines[0]
 
 

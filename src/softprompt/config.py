@@ -39,8 +39,8 @@ class TrainSettings(_Strict):
     eval_batch_size: int = Field(32, ge=1)
     lr: float | Literal["auto"] = 0.3  # "auto": a range test picks it (training/lr_finder.py)
     lr_found: float | None = Field(None, gt=0)  # what `lr: auto` found; the run records it
-    lr_search_steps: int = Field(30, ge=10)
-    lr_search_range: tuple[float, float] = (1e-4, 1.0)
+    lr_search_steps: int = Field(20, ge=10)
+    lr_search_range: tuple[float, float] = (1e-4, 3.0)
     weight_decay: float = Field(0.0, ge=0)
     schedule: Literal["constant", "linear", "cosine"] = "cosine"
     warmup: int | float = Field(0, ge=0)

@@ -2,18 +2,19 @@
 test Lightning's `lr_find` and fastai's `lr_find` run) that picks the run's rate before it trains.
 
 The test trains a copy of the run's starting state for `train.lr_search_steps` optimizer steps
-on the run's own first batches, the rate growing exponentially from the low to the high end of
-`train.lr_search_range`, and notes each step's loss; the copy is then thrown away and the RNG
-put back, so the run starts exactly as a run given the found rate as a number would. It stops
-early once the loss has clearly diverged (4x its lowest, or not finite).
+on the run's first 5 batches in turn, the rate growing exponentially from the low to the high
+end of `train.lr_search_range`, and notes each step's loss; the copy is then thrown away and the
+RNG put back, so the run starts exactly as a run given the found rate as a number would. It
+stops early once the loss has clearly diverged (4x its lowest, or not finite).
 
-The rule: the rate where the smoothed loss is lowest, divided by 10 (fastai's `minimum`
-suggestion). It is the steadiest choice on the short, noisy curves a few dozen batches of 8
-give; the steepest descent (Lightning's suggestion) is noted beside it in the CSV and the
-summary. The smoothing is a centred moving average over 5 steps (no lag, unlike an
-exponential average over a short curve). A method's other parameter groups (an encoder) move
-with the prompt's rate at their fixed scale, and learned cross-model maps keep their own rate,
-both during the test and after it.
+The curve is a centred moving average over 5 steps, read only where its window is whole: each
+point then averages the same 5 batches, so batch-to-batch noise (larger, with batches of 8,
+than what 20 steps of training change) cancels and only the rate moves the curve. The rule
+(RULE): the steepest descent of that curve below its lowest point (Lightning's suggestion),
+chosen over fastai's lowest / 10 and two others by bench_lr's sweep (BENCHMARKS.md); every
+rule's pick is kept in summary.json. A method's other parameter groups (an encoder) move with
+the prompt's rate at their fixed scale, and learned cross-model maps keep their own rate, both
+during the test and after it.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from softprompt.training.state import TrainState
 
 DIVERGED = 4.0  # stop once the smoothed loss is this many times its lowest so far
 WINDOW = 5  # steps in the centred moving average
-DIVIDE = 10.0  # the rate picked is the lowest point's rate divided by this
+RULE = "steepest"  # which of RULES picks the run's rate (BENCHMARKS.md, issue #39)
 MIN_FALL = 0.02  # a curve whose lowest point is not this much (relative) below its start
 CSV_FILE, PNG_FILE = "lr_find.csv", "lr_find.png"
 
@@ -51,12 +52,19 @@ class LRCurve:
     steepest: float  # the rate where the smoothed loss falls fastest (per log-rate)
     seconds: float = 0.0
 
+    @property
+    def picks(self) -> dict[str, float]:
+        """The rate each rule of RULES reads off this curve (summary.json keeps them all)."""
+        return {name: rule(self) for name, rule in RULES.items()}
+
     def shape(self) -> str:
-        """One line on how the curve went: where it started, its lowest point, its end."""
-        first, low = self.smoothed[0], min(self.smoothed)
-        end = "diverged" if len(self.rates) and self.smoothed[-1] > 2 * low else "ended"
+        """One line on how the curve went: where it started, its lowest point, its end (the
+        smoothed loss where its window is whole, as the rule reads it)."""
+        half = min(WINDOW // 2, len(self.rates) - 1)
+        first, low = self.smoothed[half], self.smoothed[self.rates.index(self.lowest)]
+        end = "diverged" if self.smoothed[-1] > 2 * low else "ended"
         return (
-            f"loss {first:.3g} at {self.rates[0]:.2g}, lowest {low:.3g} at {self.lowest:.2g}, "
+            f"loss {first:.3g} at {self.rates[half]:.2g}, lowest {low:.3g} at {self.lowest:.2g}, "
             f"{end} at {self.smoothed[-1]:.3g} at {self.rates[-1]:.2g}; steepest fall at "
             f"{self.steepest:.2g}"
         )
@@ -64,10 +72,11 @@ class LRCurve:
     def record(self) -> dict:
         """What summary.json keeps of the test."""
         return {
-            "rule": f"lowest smoothed loss / {DIVIDE:g}",
+            "rule": RULE,
             "chosen": self.chosen,
             "lowest": self.lowest,
             "steepest": self.steepest,
+            "alternatives": self.picks,
             "steps": len(self.rates),
             "seconds": self.seconds,
             "curve": CSV_FILE,
@@ -91,31 +100,34 @@ def smooth(losses: list[float], window: int = WINDOW) -> list[float]:
 def read_curve(rates: list[float], losses: list[float]) -> LRCurve:
     """The rate to train at from a range test's curve; a ConfigError when the loss never fell
     (no rate in the range trains this prompt: there is nothing to pick)."""
-    if len(losses) < 3:
+    if len(losses) <= WINDOW:
         raise ConfigError(
             f"train.lr auto: the loss diverged within {len(losses)} steps of the range test "
             f"(at lr {rates[-1]:.2g}); lower train.lr_search_range's start or give train.lr "
             "a number"
         )
-    smoothed = smooth(losses)
-    low = min(range(len(smoothed)), key=smoothed.__getitem__)
-    if smoothed[low] > smoothed[0] * (1 - MIN_FALL) or low == 0:
+    smoothed, half = smooth(losses), WINDOW // 2
+    full = range(half, max(half + 1, len(losses) - half))  # whole windows: every batch once
+    first, low = full[0], min(full, key=smoothed.__getitem__)
+    if smoothed[low] > smoothed[first] * (1 - MIN_FALL) or low == first:
         raise ConfigError(
-            f"train.lr auto: the loss never fell in the range test ({smoothed[0]:.3g} at lr "
-            f"{rates[0]:.2g}, at best {smoothed[low]:.3g} up to {rates[-1]:.2g}); give train.lr "
-            "a number, widen train.lr_search_range or lengthen train.lr_search_steps"
+            f"train.lr auto: the loss never fell in the range test ({smoothed[first]:.3g} at lr "
+            f"{rates[first]:.2g}, at best {smoothed[low]:.3g} up to {rates[full[-1]]:.2g}); give "
+            "train.lr a number, widen train.lr_search_range or lengthen train.lr_search_steps"
         )
     logs = [math.log(r) for r in rates]
-    slopes = [(smoothed[i + 1] - smoothed[i]) / (logs[i + 1] - logs[i]) for i in range(low)]
-    steep = min(range(len(slopes)), key=slopes.__getitem__)
-    return LRCurve(
+    slopes = {i: (smoothed[i + 1] - smoothed[i]) / (logs[i + 1] - logs[i]) for i in full[:-1]}
+    steep = min((i for i in slopes if i < low), key=slopes.__getitem__)
+    curve = LRCurve(
         rates=rates,
         losses=losses,
         smoothed=smoothed,
-        chosen=rates[low] / DIVIDE,
+        chosen=0.0,
         lowest=rates[low],
         steepest=math.sqrt(rates[steep] * rates[steep + 1]),
     )
+    curve.chosen = RULES[RULE](curve)
+    return curve
 
 
 def range_test(step: Callable[[], float], set_rate: Callable[[float], None], rates) -> tuple:
@@ -140,11 +152,19 @@ def range_test(step: Callable[[], float], set_rate: Callable[[float], None], rat
 
 
 def find_lr(trainer) -> LRCurve:
-    """The range test for `trainer`'s run: its starting state (built as the run builds it, then
-    thrown away), its first batches, its parameter groups; the RNG is left as it was."""
+    """The range test for `trainer`'s run and the rate read off its curve."""
+    started = time.perf_counter()
+    curve = read_curve(*run_range_test(trainer))
+    curve.seconds = time.perf_counter() - started
+    return curve
+
+
+def run_range_test(trainer, cycle: int | None = WINDOW) -> tuple[list[float], list[float]]:
+    """The range test's rates and losses for `trainer`'s run: its starting state (built as the
+    run builds it, then thrown away), its parameter groups, its first `cycle` batches in turn
+    (None: a new batch each step, as the run takes them); the RNG is left as it was."""
     settings = trainer.settings
     low, high = settings.lr_search_range
-    started = time.perf_counter()
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         search = settings.model_copy(update={"lr": low, "lr_found": None, "warmup": 0})
@@ -160,14 +180,17 @@ def find_lr(trainer) -> LRCurve:
                 group["lr"] = base if name == "maps" else base * rate / low
 
         state.scheduler = _Fixed()
-        rates, losses = range_test(
-            lambda: trainer.train_step(state),
+
+        def step() -> float:
+            if cycle:
+                state.step %= cycle  # the first `cycle` batches in turn
+            return trainer.train_step(state)
+
+        return range_test(
+            step,
             set_rate,
             exponential_rates(low, high, settings.lr_search_steps),
         )
-    curve = read_curve(rates, losses)
-    curve.seconds = time.perf_counter() - started
-    return curve
 
 
 def resolve_lr(trainer, resume: bool) -> dict | None:
@@ -192,6 +215,14 @@ def resolve_lr(trainer, resume: bool) -> dict | None:
     trainer.settings = settings.model_copy(update={"lr_found": found})
     trainer.config = trainer.config.model_copy(update={"train": trainer.settings})
     return record
+
+
+RULES: dict[str, Callable[[LRCurve], float]] = {
+    "lowest/10": lambda curve: curve.lowest / 10,  # fastai's `minimum` suggestion
+    "lowest/3": lambda curve: curve.lowest / 3,
+    "lowest": lambda curve: curve.lowest,
+    "steepest": lambda curve: curve.steepest,  # Lightning's suggestion
+}
 
 
 class _Fixed:
