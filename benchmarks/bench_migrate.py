@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 import yaml
 from common import ROOT, machine
+from safetensors.torch import save_file
 
 from softprompt.config import config_to_dict, load_config
 from softprompt.crossmodel.transfer import transfer_prompt
@@ -125,6 +126,8 @@ def run(args, emit) -> None:
     labels = load_config(config).task.verbalizer
     gold = torch.tensor([list(labels).index(e.label) for e in test])
     dists = {n: distributions(prompts[n][0], backbones[n], config, test) for n in names}
+    if args.dump:
+        dump(args, config, names, backbones, prompts, labels, cache)
     for source, target in directions:
         row = _rows(emit, args, f"{source}->{target}")
         log_p, log_p0 = dists[source]
@@ -156,6 +159,21 @@ def run(args, emit) -> None:
                 )
 
 
+def dump(args, config, names, backbones, prompts, labels, cache) -> None:
+    """Each model's label distributions with its supervised prompt and bare, on every split,
+    with the gold labels, to `cache` (to study distillation targets without the models)."""
+    tensors = {}
+    for split_name in ("train", "dev", "test"):
+        examples = split(args.task, split_name)
+        tensors[f"{split_name}/gold"] = torch.tensor(
+            [list(labels).index(e.label) for e in examples]
+        )
+        for name in names:
+            log_p, log_p0 = distributions(prompts[name][0], backbones[name], config, examples)
+            tensors[f"{name}/{split_name}/p"], tensors[f"{name}/{split_name}/p0"] = log_p, log_p0
+    save_file(tensors, str(cache / f"{config.stem}-distributions.safetensors"))
+
+
 def _rows(emit, args, direction: str):
     def row(name: str, value: float, seconds: float = 0.0, **extra) -> None:
         emit(
@@ -181,7 +199,7 @@ def _migrate(args, backbones, prompts, source, target, recipe, count, config, wo
         prompts[source][0],
         backbones[target],
         inputs_file(args.task, count, work),
-        out=work / f"{source}-{target}-{recipe}-{count}.safetensors",
+        out=work / f"{Path(source).name}-{Path(target).name}-{recipe}-{count}.safetensors",
         source=backbones[source],
         config=config,
         steps=args.steps,
@@ -195,13 +213,14 @@ def _migrate(args, backbones, prompts, source, target, recipe, count, config, wo
 
 
 def table(log: Path) -> None:
-    """Mean ± standard deviation over seeds, per task, direction and row."""
-    groups: dict[tuple, list[float]] = {}
+    """Mean ± standard deviation over seeds, per task, steps, direction and row."""
+    latest = {}  # a row measured again (same seed) counts once: its last value
     for line in log.read_text().splitlines():
         r = json.loads(line)
-        groups.setdefault((r["task"], r["steps"], r["direction"], r["row"]), []).append(
-            r["accuracy"]
-        )
+        latest[(r["task"], r["steps"], r["direction"], r["row"], r["seed"])] = r["accuracy"]
+    groups: dict[tuple, list[float]] = {}
+    for (*key, _seed), value in latest.items():
+        groups.setdefault(tuple(key), []).append(value)
     print("| task | steps | direction | row | test accuracy | seeds |")
     print("| --- | --- | --- | --- | --- | --- |")
     for (task, steps, direction, name), values in groups.items():
@@ -219,6 +238,7 @@ def main() -> None:
     parser.add_argument("--recipes", default="plain,post,ensemble")
     parser.add_argument("--inputs", default="all", help="counts of unlabelled inputs: 25,100,all")
     parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "bench-migrate"))
+    parser.add_argument("--dump", action="store_true", help="save the distributions (cache)")
     parser.add_argument("--log", help="append the JSON rows to this file")
     parser.add_argument("--table", help="print the table of a log and stop")
     args = parser.parse_args()
