@@ -213,7 +213,8 @@ def _migrate(args, backbones, prompts, source, target, recipe, count, config, wo
 
 
 def table(log: Path) -> None:
-    """Mean ± standard deviation over seeds, per task, steps, direction and row."""
+    """Mean ± standard deviation over seeds, per task, steps, direction and row, with the
+    share of the supervised ceiling and of the zero-shot-to-ceiling gap that the mean reaches."""
     latest = {}  # a row measured again (same seed) counts once: its last value
     for line in log.read_text().splitlines():
         r = json.loads(line)
@@ -221,12 +222,20 @@ def table(log: Path) -> None:
     groups: dict[tuple, list[float]] = {}
     for (*key, _seed), value in latest.items():
         groups.setdefault(tuple(key), []).append(value)
-    print("| task | steps | direction | row | test accuracy | seeds |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    means = {key: statistics.mean(values) for key, values in groups.items()}
+    print("| task | direction | row | test accuracy | of the ceiling | of the gap | seeds |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     for (task, steps, direction, name), values in groups.items():
         sd = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
-        mean = statistics.mean(values)
-        print(f"| {task} | {steps} | {direction} | {name} | {mean:.3f}{sd} | {len(values)} |")
+        mean = means[(task, steps, direction, name)]
+        ceiling = means.get((task, steps, direction, "supervised on target (ceiling)"))
+        zero = means.get((task, steps, direction, "target zero-shot"))
+        share = gap = ""
+        if ceiling and zero is not None and ceiling > zero:
+            share, gap = f"{mean / ceiling:.0%}", f"{(mean - zero) / (ceiling - zero):.0%}"
+        print(
+            f"| {task} | {direction} | {name} | {mean:.3f}{sd} | {share} | {gap} | {len(values)} |"
+        )
 
 
 def main() -> None:
