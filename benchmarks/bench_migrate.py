@@ -1,129 +1,268 @@
-"""`softprompt migrate` on the bundled models: a sentiment prompt trained on one model, moved to
-the other with the train split's texts only (labels unused), scored on the test split.
+"""`softprompt migrate` on the bundled models: a classification prompt trained with labels on
+one model, moved to the other with the train split's texts only (no labels in the inputs
+file), scored on the test split.
 
-Rows: the target's zero-shot, the `transfer` map, the teacher on its own model, a prompt
-trained WITH labels on the target for the same steps (the ceiling), and the migrated prompt
-by recipe (plain KL, KL + shift = POST, KL toward the shifted own zero-shot) and by the
-number of unlabelled inputs. Prints one JSON line per row and a Markdown table.
+Per task and seed, each model gets a prompt trained WITH labels for `--steps` steps (the
+task's example config, fp32): it is the teacher in one direction and the ceiling in the other
+(cached in `--cache`, so the directions and recipes of later commands reuse it). Rows, per
+direction: the teacher on its own model, the target's zero-shot, the `transfer` map, the
+ceiling, the accuracy of each distillation target itself (the teacher, the shifted own
+zero-shot, the ensemble: what a student that matched it exactly would score), and the
+migrated prompt by recipe and by number of unlabelled inputs. One JSON line per row goes to
+stdout and is appended to `--log`; `--table LOG` prints the Markdown table over seeds.
 
-    python benchmarks/bench_migrate.py --source smollm2-135m --target gemma3-270m \
-        --steps 40 --inputs 25,100,400
+    python benchmarks/bench_migrate.py --task sentiment --seed 0 --steps 50 \
+        --directions smollm2-135m:gemma3-270m --recipes plain,post,ensemble --inputs all \
+        --log /tmp/migrate.jsonl
+    python benchmarks/bench_migrate.py --table /tmp/migrate.jsonl
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import torch
+import yaml
 from common import ROOT, machine
+from safetensors.torch import save_file
 
-from softprompt.config import load_config
+from softprompt.config import config_to_dict, load_config
 from softprompt.crossmodel.transfer import transfer_prompt
+from softprompt.data import DataSpec, load_split
 from softprompt.migration import migrate
+from softprompt.migration.classify import teacher_distributions
 from softprompt.models import load_backbone
-from softprompt.session import evaluate
+from softprompt.session import Session
+from softprompt.tasks.distill import distill_target
 from softprompt.training.trainer import train
 
-DATA = ROOT / "examples" / "data" / "sentiment"
-CONFIG = ROOT / "examples" / "configs" / "sentiment.yaml"
-RECIPES = {"plain KL": (0.0, "teacher"), "KL + shift (POST)": (0.5, "teacher")}
-RECIPES["KL to shifted own + shift"] = (0.5, "shifted")
+TASKS = {"sentiment": "sentiment.yaml", "emotion": "emotion.yaml"}
+# recipe: (shift_weight, reference, own_weight)
+RECIPES = {
+    "plain": (0.0, "teacher", 0.5),
+    "post": (0.5, "teacher", 0.5),
+    "shifted": (0.5, "shifted", 0.5),
+    "ensemble": (0.0, "ensemble", 0.5),
+    "ensemble+shift": (0.5, "ensemble", 0.5),
+}
+TARGET_WEIGHTS = (0.25, 0.5, 0.75)  # own_weight values whose ensemble target is scored
 
 
-def supervised(backbone, spec: str, steps: int, folder: Path) -> Path:
-    """A prompt trained with labels on `backbone` for `steps` steps (the example config)."""
-    config = load_config(
-        CONFIG,
-        [
-            f"models=[{spec}]",
-            f"train.steps={steps}",
-            "train.precision=fp32",
-            f"train.eval_every={steps}",
-            f"train.checkpoint_every={steps}",
-        ],
-    )
-    train(config, folder, progress=False, backbones=[backbone])
-    return folder / "prompt.safetensors"
-
-
-def accuracy(prompt, backbone) -> float:
-    task = load_config(CONFIG).task
-    result = evaluate(
-        prompt, backbone, str(DATA), template=task.template, verbalizer=task.verbalizer
-    )
-    return result["accuracy"]
-
-
-def inputs_file(count: int, folder: Path) -> Path:
-    lines = (DATA / "train.jsonl").read_text().splitlines()[:count]
-    path = folder / f"inputs-{count}.jsonl"
-    path.write_text("\n".join(lines) + "\n")
+def task_config(task: str, folder: Path, steps: int, seed: int) -> Path:
+    """The task's example config with the benchmark's steps, seed and fp32, as a YAML file
+    that both the supervised runs and the migrations (`migrate --config`) read."""
+    every = max(1, steps // 2)
+    overrides = [
+        f"train.steps={steps}",
+        "train.precision=fp32",
+        f"train.eval_every={every}",
+        f"train.checkpoint_every={every}",
+        f"train.seed={seed}",
+        f"prompt.seed={seed}",
+    ]
+    raw = config_to_dict(load_config(ROOT / "examples" / "configs" / TASKS[task], overrides))
+    path = folder / f"{task}-{steps}-s{seed}.yaml"
+    path.write_text(yaml.safe_dump(raw))
     return path
 
 
-def run(args) -> list[dict]:
-    source = load_backbone(args.source)
-    target = load_backbone(args.target)
+def supervised(backbone, spec: str, config: Path, cache: Path) -> tuple[Path, float]:
+    """A prompt trained with labels on `backbone` (cached by task, model, steps and seed)."""
+    done = cache / f"{config.stem}-{Path(spec).name}.safetensors"
+    seconds_file = done.with_suffix(".seconds")
+    if not done.is_file():
+        started = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            train(
+                load_config(config, [f"models=[{spec}]"]), tmp, progress=False, backbones=[backbone]
+            )
+            (Path(tmp) / "prompt.safetensors").replace(done)
+        seconds_file.write_text(f"{time.perf_counter() - started:.1f}")
+    return done, float(seconds_file.read_text())
+
+
+def split(task: str, name: str):
+    config = load_config(ROOT / "examples" / "configs" / TASKS[task]).task
+    spec = DataSpec(
+        source=str(ROOT / config.data), label_field=config.label_field, text_field="text"
+    )
+    return load_split(spec, name)
+
+
+def distributions(prompt, backbone, config: Path, examples) -> tuple[torch.Tensor, torch.Tensor]:
+    """log p (with the prompt; the bare model's when `prompt` is None) and log p0 (bare)."""
+    session = Session(prompt, backbone, config=config)
+    return teacher_distributions(session, examples)
+
+
+def accuracy(log_probs: torch.Tensor, gold: torch.Tensor) -> float:
+    return float((log_probs.argmax(-1) == gold).float().mean())
+
+
+def inputs_file(task: str, count: str, folder: Path) -> Path:
+    """The first `count` (or all) train texts, without their labels."""
+    examples = split(task, "train")
+    examples = examples if count == "all" else examples[: int(count)]
+    path = folder / f"{task}-inputs-{count}.jsonl"
+    path.write_text("".join(json.dumps({"text": e.text}) + "\n" for e in examples))
+    return path
+
+
+def run(args, emit) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-migrate-"))
-    rows = []
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    config = task_config(args.task, work, args.steps, args.seed)
+    directions = [tuple(d.split(":")) for d in args.directions.split(",")]
+    names = sorted({m for d in directions for m in d})
+    backbones = {name: load_backbone(name) for name in names}
+    prompts = {name: supervised(backbones[name], name, config, cache) for name in names}
+    test = split(args.task, "test")
+    labels = load_config(config).task.verbalizer
+    gold = torch.tensor([list(labels).index(e.label) for e in test])
+    dists = {n: distributions(prompts[n][0], backbones[n], config, test) for n in names}
+    if args.dump:
+        dump(args, config, names, backbones, prompts, labels, cache)
+    for source, target in directions:
+        row = _rows(emit, args, f"{source}->{target}")
+        log_p, log_p0 = dists[source]
+        log_q, log_q0 = dists[target]
+        row("teacher on its own model", accuracy(log_p, gold), prompts[source][1])
+        row("target zero-shot", accuracy(log_q0, gold))
+        row("supervised on target (ceiling)", accuracy(log_q, gold), prompts[target][1])
+        mapped = transfer_prompt(prompts[source][0], backbones[target], source=backbones[source])
+        row(
+            "transfer map",
+            accuracy(distributions(mapped, backbones[target], config, test)[0], gold),
+        )
+        for reference in ("shifted", "ensemble"):
+            for weight in TARGET_WEIGHTS if reference == "ensemble" else (0.5,):
+                target_logp = distill_target(reference, log_p, log_p0, log_q0, weight)
+                row(f"target itself: {reference} b={weight}", accuracy(target_logp, gold))
+        for recipe in filter(None, args.recipes.split(",")):
+            for count in args.inputs.split(","):
+                migrated, seconds = _migrate(
+                    args, backbones, prompts, source, target, recipe, count, config, work
+                )
+                scored = distributions(migrated["path"], backbones[target], config, test)[0]
+                row(
+                    f"migrate: {recipe}, {count} inputs",
+                    accuracy(scored, gold),
+                    seconds,
+                    agreement=migrated["teacher_agreement"],
+                    best_step=migrated["best_step"],
+                )
 
+
+def dump(args, config, names, backbones, prompts, labels, cache) -> None:
+    """Each model's label distributions with its supervised prompt and bare, on every split,
+    with the gold labels, to `cache` (to study distillation targets without the models)."""
+    tensors = {}
+    for split_name in ("train", "dev", "test"):
+        examples = split(args.task, split_name)
+        tensors[f"{split_name}/gold"] = torch.tensor(
+            [list(labels).index(e.label) for e in examples]
+        )
+        for name in names:
+            log_p, log_p0 = distributions(prompts[name][0], backbones[name], config, examples)
+            tensors[f"{name}/{split_name}/p"], tensors[f"{name}/{split_name}/p0"] = log_p, log_p0
+    save_file(tensors, str(cache / f"{config.stem}-distributions.safetensors"))
+
+
+def _rows(emit, args, direction: str):
     def row(name: str, value: float, seconds: float = 0.0, **extra) -> None:
-        rows.append({"row": name, "accuracy": value, "seconds": round(seconds, 1), **extra})
-        print(json.dumps(rows[-1]), flush=True)
+        emit(
+            {
+                "task": args.task,
+                "seed": args.seed,
+                "steps": args.steps,
+                "direction": direction,
+                "row": name,
+                "accuracy": round(value, 4),
+                "seconds": round(seconds, 1),
+                **extra,
+            }
+        )
 
+    return row
+
+
+def _migrate(args, backbones, prompts, source, target, recipe, count, config, work):
+    weight, reference, own = RECIPES[recipe]
     started = time.perf_counter()
-    teacher = supervised(source, args.source, args.steps, work / "source")
-    teacher_seconds = time.perf_counter() - started
-    row("teacher on its own model", accuracy(teacher, source), teacher_seconds)
-    row("target zero-shot", accuracy(None, target))
-    mapped = transfer_prompt(teacher, target, source=source)
-    row("transfer map", accuracy(mapped, target))
-    started = time.perf_counter()
-    ceiling = supervised(target, args.target, args.steps, work / "ceiling")
-    row("supervised on target (ceiling)", accuracy(ceiling, target), time.perf_counter() - started)
-    counts = [int(c) for c in args.inputs.split(",")]
-    for name, (weight, reference) in RECIPES.items():
-        for count in counts if name == args.sweep_recipe else counts[-1:]:
-            started = time.perf_counter()
-            result = migrate(
-                teacher,
-                target,
-                inputs_file(count, work),
-                out=work / f"m-{weight}-{reference}-{count}.safetensors",
-                source=source,
-                steps=args.steps,
-                batch_size=8,
-                shift_weight=weight,
-                reference=reference,
-                progress=False,
-            )
-            seconds = time.perf_counter() - started
-            row(
-                f"migrate: {name}, {count} inputs",
-                accuracy(result["path"], target),
-                seconds,
-                agreement=result["teacher_agreement"],
-            )
-    return rows
+    result = migrate(
+        prompts[source][0],
+        backbones[target],
+        inputs_file(args.task, count, work),
+        out=work / f"{Path(source).name}-{Path(target).name}-{recipe}-{count}.safetensors",
+        source=backbones[source],
+        config=config,
+        steps=args.steps,
+        seed=args.seed,
+        shift_weight=weight,
+        reference=reference,
+        own_weight=own,
+        progress=False,
+    )
+    return result, time.perf_counter() - started
+
+
+def table(log: Path) -> None:
+    """Mean ± standard deviation over seeds, per task, steps, direction and row, with the
+    share of the supervised ceiling and of the zero-shot-to-ceiling gap that the mean reaches."""
+    latest = {}  # a row measured again (same seed) counts once: its last value
+    for line in log.read_text().splitlines():
+        r = json.loads(line)
+        latest[(r["task"], r["steps"], r["direction"], r["row"], r["seed"])] = r["accuracy"]
+    groups: dict[tuple, list[float]] = {}
+    for (*key, _seed), value in latest.items():
+        groups.setdefault(tuple(key), []).append(value)
+    means = {key: statistics.mean(values) for key, values in groups.items()}
+    print("| task | direction | row | test accuracy | of the ceiling | of the gap | seeds |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for (task, steps, direction, name), values in groups.items():
+        sd = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
+        mean = means[(task, steps, direction, name)]
+        ceiling = means.get((task, steps, direction, "supervised on target (ceiling)"))
+        zero = means.get((task, steps, direction, "target zero-shot"))
+        share = gap = ""
+        if ceiling and zero is not None and ceiling > zero:
+            share, gap = f"{mean / ceiling:.0%}", f"{(mean - zero) / (ceiling - zero):.0%}"
+        print(
+            f"| {task} | {direction} | {name} | {mean:.3f}{sd} | {share} | {gap} | {len(values)} |"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--source", default="smollm2-135m")
-    parser.add_argument("--target", default="gemma3-270m")
-    parser.add_argument("--steps", type=int, default=40)
-    parser.add_argument("--inputs", default="25,100,400")
-    parser.add_argument("--sweep-recipe", default="KL + shift (POST)")
+    parser.add_argument("--task", choices=sorted(TASKS), default="sentiment")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--directions", default="smollm2-135m:gemma3-270m")
+    parser.add_argument("--recipes", default="plain,post,ensemble")
+    parser.add_argument("--inputs", default="all", help="counts of unlabelled inputs: 25,100,all")
+    parser.add_argument("--cache", default=str(Path(tempfile.gettempdir()) / "bench-migrate"))
+    parser.add_argument("--dump", action="store_true", help="save the distributions (cache)")
+    parser.add_argument("--log", help="append the JSON rows to this file")
+    parser.add_argument("--table", help="print the table of a log and stop")
     args = parser.parse_args()
+    if args.table:
+        table(Path(args.table))
+        return
     print(machine(), flush=True)
-    rows = run(args)
-    print(f"\n{args.source} -> {args.target}, sentiment test (100), {args.steps} steps\n")
-    print("| row | test accuracy | seconds |\n| --- | --- | --- |")
-    for r in rows:
-        print(f"| {r['row']} | {r['accuracy']:.3f} | {r['seconds']} |")
+
+    def emit(record: dict) -> None:
+        print(json.dumps(record), flush=True)
+        if args.log:
+            with open(args.log, "a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    run(args, emit)
 
 
 if __name__ == "__main__":

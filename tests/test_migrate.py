@@ -21,7 +21,7 @@ from softprompt.migration import migrate
 from softprompt.models import load_backbone
 from softprompt.models.tiny import save_tiny
 from softprompt.session import Session
-from softprompt.tasks.distill import DistillTask, Teacher, input_key
+from softprompt.tasks.distill import DistillTask, Teacher, distill_target, input_key
 from softprompt.training.trainer import Trainer, train
 
 TASK = {
@@ -143,6 +143,71 @@ def test_the_distill_loss_is_zero_for_the_teacher_itself_and_not_for_another_pro
     assert float(task.loss(session.steering, items)) == pytest.approx(0.0, abs=1e-5)
 
 
+def test_the_ensemble_target_is_the_normalised_geometric_mean():
+    """Hand-computed: p = (0.9, 0.1), q0 = (0.2, 0.8); with b = 1/2 the geometric means are
+    0.3·√2 and 0.2·√2, so the target is (0.6, 0.4); b = 0 is the teacher, b = 1 the own
+    zero-shot; the teacher's bare distribution p0 plays no part."""
+    log_p = torch.tensor([[0.9, 0.1]]).log()
+    log_p0 = torch.tensor([[0.5, 0.5]]).log()
+    log_q0 = torch.tensor([[0.2, 0.8]]).log()
+    half = distill_target("ensemble", log_p, log_p0, log_q0, 0.5).exp()
+    assert torch.allclose(half, torch.tensor([[0.6, 0.4]]), atol=1e-6)
+    assert torch.allclose(distill_target("ensemble", log_p, log_p0, log_q0, 0.0), log_p)
+    assert torch.allclose(distill_target("ensemble", log_p, log_p0, log_q0, 1.0), log_q0)
+    other_p0 = torch.tensor([[0.1, 0.9]]).log()
+    assert torch.allclose(distill_target("ensemble", log_p, other_p0, log_q0, 0.5).exp(), half)
+    # `shifted`: q0 · p / p0 renormalised = (0.2·0.9/0.5, 0.8·0.1/0.5) ∝ (0.36, 0.16)
+    shifted = distill_target("shifted", log_p, log_p0, log_q0).exp()
+    assert torch.allclose(shifted, torch.tensor([[0.36, 0.16]]) / 0.52, atol=1e-6)
+
+
+def test_the_ensemble_objective_pulls_toward_the_own_zero_shot(models, source_prompt, tmp_path):
+    """With own_weight = 1 the ensemble target is the student model's bare distribution: the
+    bare model has zero loss and the trained prompt does not; own_weight = 0 is the teacher."""
+    from softprompt.data import Example
+    from softprompt.migration.classify import teacher_distributions
+    from softprompt.steering.base import NoSteering
+
+    session = Session(source_prompt, str(models["source"]))
+    examples = [Example(text=t) for t in ("the food was great", "awful service", "it was ok")]
+    log_p, log_p0 = teacher_distributions(session, examples)
+    keys = [input_key(e.text) for e in examples]
+    Teacher(keys, ["negative", "positive"], log_p, log_p0, {}).save(tmp_path / "t.safetensors")
+    losses = {}
+    for own in (0.0, 1.0):
+        task_keys = {"type": "distill", "data": "x", "teacher": str(tmp_path / "t.safetensors")}
+        task_keys |= {"reference": "ensemble", "own_weight": own, "shift_weight": 0.0, **TASK}
+        settings = load_config({"task": task_keys}).task
+        task = DistillTask.from_config(settings, session.backbone, 3)
+        items = task.encode_split(examples)
+        losses[own] = (task.loss(NoSteering(), items), task.loss(session.steering, items))
+    assert float(losses[1.0][0]) == pytest.approx(0.0, abs=1e-5)
+    assert float(losses[1.0][1]) > 1e-4
+    assert float(losses[0.0][1]) == pytest.approx(0.0, abs=1e-5)
+    assert float(losses[0.0][0]) > 1e-4
+
+
+def test_an_ensemble_migration_records_its_objective(models, source_prompt, inputs, tmp_path):
+    out = tmp_path / "ens.safetensors"
+    result = migrate(
+        source_prompt,
+        str(models["target"]),
+        inputs,
+        out=out,
+        steps=2,
+        batch_size=4,
+        reference="ensemble",
+        own_weight=0.3,
+        shift_weight=0.0,
+        progress=False,
+    )
+    objective = load_artifact(out).training["migration"]["objective"]
+    assert objective["reference"] == "ensemble" and objective["own_weight"] == 0.3
+    assert "ensemble" in result["objective"]["what"]
+    config = load_config(Path(result["run_dir"]) / "config.yaml")
+    assert config.task.reference == "ensemble" and config.task.own_weight == 0.3
+
+
 def test_a_prefix_migrates_to_a_model_of_other_geometry(models, inputs, sentiment_data, tmp_path):
     source = _source(tmp_path / "src", models["source"], sentiment_data, method="prefix")
     out = tmp_path / "new.safetensors"
@@ -194,6 +259,8 @@ def test_resume_is_exact_and_train_runs_the_run_config(
         ({"to": "SOURCE"}, UsageError, "already runs on"),
         ({"data": "blank"}, DataError, "no texts"),
         ({"verbalizer": {"negative": " zzqx", "positive": " good"}}, ConfigError, "zzqx"),
+        ({"reference": "ensemble", "own_weight": 1.5}, UsageError, "own-weight"),
+        ({"reference": "mean"}, UsageError, "ensemble"),
     ],
 )
 def test_bad_inputs_fail_in_one_line_and_write_nothing(

@@ -42,7 +42,14 @@ ShiftOpt = Annotated[
     float, typer.Option(min=0.0, max=1.0, help="Weight a of the shift term (0: plain KL).")
 ]
 ReferenceOpt = Annotated[
-    str, typer.Option(help="KL toward: teacher (POST) or shifted (own zero-shot + shift).")
+    str,
+    typer.Option(
+        help="KL toward: teacher (POST), shifted (own zero-shot + shift) or ensemble "
+        "(teacher x own zero-shot)."
+    ),
+]
+OwnOpt = Annotated[
+    float, typer.Option(min=0.0, max=1.0, help="With --reference ensemble: own zero-shot's weight.")
 ]
 RunDirOpt = Annotated[Path | None, typer.Option(help="Run folder (default: beside --out, .run).")]
 
@@ -60,6 +67,7 @@ def migrate(
     verbalizer: VerbalizerOpt = None,
     shift_weight: ShiftOpt = 0.5,
     reference: ReferenceOpt = "teacher",
+    own_weight: OwnOpt = 0.5,
     run_dir: RunDirOpt = None,
     resume: Annotated[bool, typer.Option(help="Continue the run in the run folder.")] = False,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Training batch size.")] = None,
@@ -91,6 +99,7 @@ def migrate(
         verbalizer=parse_verbalizer(verbalizer),
         shift_weight=shift_weight,
         reference=reference,
+        own_weight=own_weight,
         batch_size=batch_size,
         lr=lr,
         seed=seed,

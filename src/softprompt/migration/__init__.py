@@ -41,6 +41,7 @@ from softprompt.migration.generate import TOPK, write_text_inputs
 from softprompt.models import Backbone
 from softprompt.session import Session
 from softprompt.tasks.classification import ClassificationTask
+from softprompt.tasks.distill import REFERENCES
 from softprompt.training.resume import run_config
 from softprompt.training.run_dir import RunDir
 
@@ -66,6 +67,7 @@ def migrate(
     verbalizer: dict[str, str] | None = None,
     shift_weight: float = 0.5,
     reference: str = "teacher",
+    own_weight: float = 0.5,
     dev_fraction: float = 0.2,
     batch_size: int | None = None,
     lr: float | None = None,
@@ -83,20 +85,11 @@ def migrate(
     targets = list(to) if isinstance(to, (list, tuple)) else [to]
     if not targets:
         raise UsageError("give the model to migrate to with --to MODEL")
-    _check_objective(shift_weight, reference)
-    options = {
-        "method": method,
-        "config": config,
-        "steps": steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "seed": seed,
-        "shift_weight": shift_weight,
-        "reference": reference,
-        "dev_fraction": dev_fraction,
-        "max_new_tokens": max_new_tokens,
-        "temperature": temperature,
-    }
+    _check_objective(shift_weight, reference, own_weight)
+    options = dict(method=method, config=config, steps=steps, batch_size=batch_size, lr=lr)
+    options |= dict(seed=seed, shift_weight=shift_weight, reference=reference)
+    options |= dict(own_weight=own_weight, dev_fraction=dev_fraction)
+    options |= dict(max_new_tokens=max_new_tokens, temperature=temperature)
     common = dict(source=source, template=template, verbalizer=verbalizer, resume=resume)
     common |= dict(text_field=text_field, dtype=dtype, progress=progress, dev_fraction=dev_fraction)
     if len(targets) == 1:
@@ -112,11 +105,12 @@ def migrate(
     }
 
 
-def _check_objective(shift_weight: float, reference: str) -> None:
-    if reference not in ("teacher", "shifted") or not 0.0 <= shift_weight <= 1.0:
+def _check_objective(shift_weight: float, reference: str, own_weight: float) -> None:
+    weights = (shift_weight, own_weight)
+    if reference not in REFERENCES or not all(0.0 <= w <= 1.0 for w in weights):
         raise UsageError(
-            f"--reference {reference!r} / --shift-weight {shift_weight}: use teacher or shifted, "
-            "and a weight from 0 to 1"
+            f"--reference {reference!r} / --shift-weight {shift_weight} / --own-weight "
+            f"{own_weight}: use teacher, shifted or ensemble, and weights from 0 to 1"
         )
 
 
@@ -231,7 +225,11 @@ def _objective(task: dict) -> dict:
         level = "token-level top-k KL" if task.get("teacher") else "sequence-level"
         return {"what": f"{level} distillation of the teacher's continuations"}
     what = "plain KL" if task["shift_weight"] == 0 else "KL + shift"
-    return {"shift_weight": task["shift_weight"], "reference": task["reference"], "what": what}
+    keys = {"shift_weight": task["shift_weight"], "reference": task["reference"]}
+    if task["reference"] == "ensemble":
+        keys["own_weight"] = task["own_weight"]
+        what = f"{what}, toward the ensemble of the teacher and the own zero-shot"
+    return {**keys, "what": what}
 
 
 def _out_in(folder: Path | None, artifact, to: Target) -> Path:

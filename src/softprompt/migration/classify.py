@@ -100,6 +100,7 @@ def distill_task(run_dir: Path, options: dict, task: dict) -> dict:
         "teacher": str((run_dir / TEACHER).absolute()),
         "shift_weight": options["shift_weight"],
         "reference": options["reference"],
+        "own_weight": options["own_weight"],
         "dev_fraction": options["dev_fraction"],
         "test_fraction": 0.0,
         "split_seed": options["seed"],

@@ -15,7 +15,10 @@ with a = `shift_weight` (POST, Wang et al. 2025: a plain KL copies the teacher, 
 included; the shift term asks the new prompt to move its model the way the old prompt moved
 the old one) and t = p (`reference: teacher`, POST's recipe) or t = softmax(log q0 + shift_T)
 (`reference: shifted`: the student's own zero-shot moved by the teacher's shift, so that what the
-new model already knows better than the old one is kept).
+new model already knows better than the old one is kept) or t = softmax((1 - b) log p + b log q0)
+(`reference: ensemble`, b = `own_weight`: the normalised weighted geometric mean, a product of
+experts, of the teacher pair and the student model's own zero-shot; two models whose errors
+differ, combined without labels, so the student can end above the teacher).
 
 p and p0 are computed once per input by the caller (`softprompt.migration`) and read from the
 teacher file (`task.teacher`); q0 is computed once per input here, when the split is encoded.
@@ -49,7 +52,8 @@ from softprompt.tasks.classification import (
 )
 
 TEACHER_FORMAT = "softprompt-teacher"
-DISTILL_KEYS = ("teacher", "shift_weight", "reference", "temperature")
+DISTILL_KEYS = ("teacher", "shift_weight", "reference", "own_weight", "temperature")
+REFERENCES = ("teacher", "shifted", "ensemble")
 
 
 class DistillSettings(ClassificationSettings):
@@ -59,7 +63,8 @@ class DistillSettings(ClassificationSettings):
     type: str = "distill"
     teacher: str
     shift_weight: float = Field(0.5, ge=0.0, le=1.0)
-    reference: Literal["teacher", "shifted"] = "teacher"
+    reference: Literal["teacher", "shifted", "ensemble"] = "teacher"
+    own_weight: float = Field(0.5, ge=0.0, le=1.0)
     temperature: float = Field(1.0, gt=0.0)
 
     def recorded(self) -> dict:
@@ -154,6 +159,7 @@ class DistillTask(ClassificationTask):
                 f"{task.teacher.labels}; give every teacher label a word, in the same order"
             )
         task.shift_weight, task.reference = task_config.shift_weight, task_config.reference
+        task.own_weight = task_config.own_weight
         task.temperature = task_config.temperature
         return task
 
@@ -188,7 +194,7 @@ class DistillTask(ClassificationTask):
         log_p0 = torch.stack([i.teacher_bare for i in items]).to(device)
         log_q0 = torch.stack([i.student_bare for i in items]).to(device)
         shift_t = log_p - log_p0
-        target = log_p if self.reference == "teacher" else torch.log_softmax(log_q0 + shift_t, -1)
+        target = distill_target(self.reference, log_p, log_p0, log_q0, self.own_weight)
         kl = _kl(target / t, log_q / t)
         shift_kl = _kl(shift_t / t, (log_q - log_q0) / t)
         loss = (1 - self.shift_weight) * kl + self.shift_weight * shift_kl
@@ -221,6 +227,26 @@ class DistillTask(ClassificationTask):
         """The held-out distillation loss picks the best prompt: agreement on a few held-out
         inputs moves in steps of 1/N and ties often; the loss is continuous."""
         return "loss"
+
+
+def distill_target(
+    reference: str,
+    log_p: torch.Tensor,
+    log_p0: torch.Tensor,
+    log_q0: torch.Tensor,
+    own_weight: float = 0.5,
+) -> torch.Tensor:
+    """log t [N, C], the KL term's target (module docstring): the teacher's distribution
+    (`teacher`), the student model's zero-shot moved by the teacher's shift (`shifted`), or
+    the weighted geometric mean of the teacher's and the student model's own zero-shot
+    (`ensemble`, weight `own_weight` on the latter), each normalised over the labels."""
+    if reference == "teacher":
+        return log_p
+    if reference == "shifted":
+        return torch.log_softmax(log_q0 + log_p - log_p0, dim=-1)
+    if reference == "ensemble":
+        return torch.log_softmax((1 - own_weight) * log_p + own_weight * log_q0, dim=-1)
+    raise UsageError(f"reference {reference!r}: use one of {', '.join(REFERENCES)}")
 
 
 def _kl(log_target: torch.Tensor, log_model: torch.Tensor) -> torch.Tensor:
