@@ -1,28 +1,38 @@
-"""Cartridges on a bundled model and the sample handbook (examples/data/cartridge/):
+"""Cartridges on a bundled model and the sample documents (examples/data/cartridge/):
 
-1. train: cartridges of each --lengths by self-study (`train_cartridge`), timed (the teacher's
-   turns and the training steps together), with the settings printed;
+1. train: each --cartridges entry (`document:length[:steps]`, document handbook or ferry) by
+   self-study (`train_cartridge`), timed (the teacher's turns and the training steps), its dev
+   KL curve and number of teacher turns kept; a document's teacher turns are made once;
 2. eval: question accuracy and reference-answer log-likelihood per token for nothing, the
-   document truncated to each cartridge's length, the whole document in context (its own
-   keys/values in front), and each cartridge; the closed share of the gap; sizes of the
-   cartridge's keys/values against the document's;
-3. serve: --clients clients at once, one question each, streamed, against the in-process
-   server: the cartridge by name against the whole document in each request's text; tokens/s,
-   time to first token, peak resident memory sampled during each phase;
-4. compose: a second cartridge on ferry.txt; each question set with its cartridge alone and with
-   the composition handbook+ferry.
+   handbook truncated to each of --lengths, the whole handbook in context (its own keys/values
+   in front), and each handbook cartridge; the closed share of the gap; sizes of the
+   cartridges' keys/values against the document's;
+3. serve: a real `softprompt serve` process per condition on 127.0.0.1, --clients loopback
+   clients at once, one sample question each, streamed, greedy: each handbook cartridge by name
+   against the bare model with the whole handbook in each request's text; requests/s, tokens/s,
+   time to first token, the server process's peak resident memory (VmHWM);
+4. compose: the cartridges of --compose concatenated (`a+b`): each document's questions with
+   the composition, with its own cartridge alone, with nothing and with the document.
 
-    python benchmarks/bench_cartridge.py --model smollm2-135m --steps 40 --out /tmp/cart.json
+    python benchmarks/bench_cartridge.py --cartridges handbook:256 handbook:64 ferry:64:40 \
+        --phases train --work /tmp/cart --out /tmp/cart/results.json
+    python benchmarks/bench_cartridge.py --phases eval,compose,serve --work /tmp/cart \
+        --out /tmp/cart/results.json
 
-Every phase writes into --out (JSON, merged), so phases can run separately (--phases).
+Every phase writes into --out (JSON, merged), so phases can run as separate commands.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
+import contextlib
 import json
 import shutil
-import threading
+import signal
+import socket
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +49,8 @@ from softprompt.training.cartridge import train_cartridge
 DATA = common.ROOT / "examples" / "data" / "cartridge"
 DOC, QUESTIONS = DATA / "handbook.txt", DATA / "questions.jsonl"
 FERRY, FERRY_QUESTIONS = DATA / "ferry.txt", DATA / "ferry_questions.jsonl"
+DOCUMENTS = {"handbook": DOC, "ferry": FERRY}
+QUESTION_FILES = {"handbook": QUESTIONS, "ferry": FERRY_QUESTIONS}
 
 
 def settings(args) -> list[str]:
@@ -46,46 +58,67 @@ def settings(args) -> list[str]:
     return [
         f"task.chunk_tokens={args.chunk_tokens}",
         f"task.conversations={args.conversations}",
-        "task.dev_conversations=4",
+        f"task.dev_conversations={args.dev_conversations}",
         f"task.max_new_tokens={args.max_new_tokens}",
         "task.top_k=20",
-        "task.generation_batch=8",
+        f"task.generation_batch={args.generation_batch}",
         f"train.lr={args.lr}",
         f"train.batch_size={args.batch_size}",
+        f"train.eval_every={args.eval_every}",
+        f"train.checkpoint_every={args.eval_every}",
     ]
 
 
 def phase_train(args, backbone, results: dict) -> None:
-    """Each length on the handbook, the shortest on the ferry rules; the teacher's turns of a
-    document are made once and copied into the next run (the run reuses them: same settings)."""
-    for length in args.lengths:
-        for name, doc in (("handbook", DOC), ("ferry", FERRY)):
-            if name == "ferry" and length != min(args.lengths):
-                continue
-            out = Path(args.work) / f"{name}{length}.safetensors"
-            shared = Path(args.work) / f"{name}-turns"  # one set of teacher turns per document
-            if shared.is_dir():
-                shutil.copytree(shared, out.with_suffix(".run") / "self_study", dirs_exist_ok=True)
-            started = time.perf_counter()
-            summary = train_cartridge(
-                [doc],
-                out,
-                model=args.model,
-                length=length,
-                steps=args.steps,
-                overrides=settings(args),
-                backbones=[backbone],
-                progress=False,
-            )
-            seconds = time.perf_counter() - started
-            shutil.copytree(out.with_suffix(".run") / "self_study", shared, dirs_exist_ok=True)
-            results.setdefault("train", {})[f"{name}{length}"] = {
-                "seconds_total": seconds,
-                "seconds_steps": summary["train_seconds"],
-                "best_dev_kl_per_token": summary["best_value"],
-                "steps": summary["steps"],
-            }
-            common_log(f"trained {out.name}: {seconds:.0f} s, dev KL {summary['best_value']:.4f}")
+    """Each --cartridges entry (`document:length[:steps]`); the teacher's turns of a document
+    are made once and copied into the next run of that document (the run reuses them: same
+    settings, same fingerprint)."""
+    for spec in args.cartridges:
+        name, length, *rest = spec.split(":")
+        length, steps = int(length), int(rest[0]) if rest else args.steps
+        out = Path(args.work) / f"{name}{length}.safetensors"
+        shared = Path(args.work) / f"{name}-turns"  # one set of teacher turns per document
+        if shared.is_dir():
+            shutil.copytree(shared, out.with_suffix(".run") / "self_study", dirs_exist_ok=True)
+        started = time.perf_counter()
+        summary = train_cartridge(
+            [DOCUMENTS[name]],
+            out,
+            model=args.model,
+            length=length,
+            steps=steps,
+            overrides=settings(args),
+            backbones=[backbone],
+            progress=False,
+        )
+        seconds = time.perf_counter() - started
+        shutil.copytree(out.with_suffix(".run") / "self_study", shared, dirs_exist_ok=True)
+        turns = {s: len(read_turn_lengths(shared / f"{s}.safetensors")) for s in ("train", "dev")}
+        results.setdefault("train", {})[f"{name}{length}"] = {
+            "seconds_total": seconds,
+            "seconds_steps": summary["train_seconds"],
+            "best_dev_kl_per_token": summary["best_value"],
+            "steps": summary["steps"],
+            "turns": turns,
+            "dev_curve": dev_curve(out.with_suffix(".run")),
+        }
+        common_log(f"trained {out.name}: {seconds:.0f} s, dev KL {summary['best_value']:.4f}")
+
+
+def read_turn_lengths(path: Path) -> list:
+    """[prompt, reply] lengths of the teacher turns kept at `path`."""
+    from softprompt.files import read_safetensors
+
+    return read_safetensors(path)[0]["lengths"].tolist()
+
+
+def dev_curve(run: Path) -> list:
+    """(step, dev KL per token) of every dev check of a run, from its metrics file."""
+    path = run / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [[r["step"], r["dev"]["mean"]["loss"]] for r in rows if r.get("event") == "eval"]
 
 
 def phase_eval(args, backbone, results: dict) -> None:
@@ -128,22 +161,26 @@ def score(backbone, steering, questions, length: int) -> dict:
 
 
 def phase_serve(args, backbone, results: dict) -> None:
-    from softprompt.serving.server import Server
-
+    """A real `softprompt serve` process per condition (fresh, so its peak resident memory is
+    that condition's), --clients loopback clients at once, one sample question each: the
+    cartridges by name against the bare model with the document in each request's text."""
     questions = read_questions(QUESTIONS)[: args.clients]
     text = DOC.read_text(encoding="utf-8")
     if args.serve_doc_tokens:  # the document's first N tokens (a slow machine's budget)
         ids = backbone.tokenizer(text, add_special_tokens=False).input_ids[: args.serve_doc_tokens]
         text = backbone.tokenizer.decode(ids)
-    length = min(args.lengths)
-    source = Path(args.work) / f"handbook{length}.safetensors"
+    asks = [f"Question: {q.question}\nAnswer:" for q in questions]
     served = {}
-    with Server(model=backbone, artifacts=[source], port=0, max_batch=args.clients) as server:
-        asks = [f"Question: {q.question}\nAnswer:" for q in questions]
-        served["cartridge"] = clients(server, source.stem, asks, args.max_tokens)
-        served["document in context"] = clients(
-            server, server.base_name, [text + "\n\n" + a for a in asks], args.max_tokens
-        )
+    for length in args.lengths:
+        source = Path(args.work) / f"handbook{length}.safetensors"
+        with serve_process(args, [source]) as server:
+            row = clients(server["url"], source.stem, asks, args.max_tokens)
+        served[f"cartridge {length}"] = {**row, "peak_rss_mib": server["peak_rss_mib"]}
+    with serve_process(args, []) as server:
+        prompts = [text + "\n\n" + a for a in asks]
+        base = Path(args.model).name if Path(args.model).exists() else args.model
+        row = clients(server["url"], base, prompts, args.max_tokens)
+    served["document in context"] = {**row, "peak_rss_mib": server["peak_rss_mib"]}
     results["serve"] = {
         "clients": args.clients,
         "max_tokens": args.max_tokens,
@@ -152,14 +189,56 @@ def phase_serve(args, backbone, results: dict) -> None:
     }
 
 
-def clients(server, model: str, prompts: list[str], max_tokens: int) -> dict:
-    """Every prompt from its own thread at once, streamed; tokens/s over the whole phase,
-    each request's time to its first token, peak resident memory sampled every 20 ms."""
-    first, tokens, peak, done = [], [], [common_rss()], threading.Event()
+@contextlib.contextmanager
+def serve_process(args, artifacts: list[Path]):
+    """`softprompt serve` on 127.0.0.1 (a free port) in a child process until /health answers;
+    yields {"url"}, to which the child's peak resident memory (VmHWM) is added at the end."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [str(Path(sys.executable).parent / "softprompt"), "serve", *map(str, artifacts)]
+    command += ["--model", args.model, "--port", str(port), "--max-batch", str(args.clients)]
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = {"url": f"http://127.0.0.1:{port}"}
+    try:
+        wait_healthy(child, server["url"])
+        yield server
+        server["peak_rss_mib"] = peak_rss(child.pid) / 2**20
+    finally:
+        child.send_signal(signal.SIGTERM)
+        try:
+            child.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
 
-    def sample() -> None:
-        while not done.wait(0.02):
-            peak.append(common_rss())
+
+def wait_healthy(child: subprocess.Popen, url: str, limit: float = 300.0) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            raise SystemExit(f"softprompt serve ended: {child.stderr.read().decode()[-2000:]}")
+        try:
+            if httpx2.get(url + "/health", timeout=5).status_code == 200:
+                return
+        except httpx2.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise SystemExit(f"softprompt serve did not answer /health within {limit:.0f} s")
+
+
+def peak_rss(pid: int) -> int:
+    """The process's peak resident memory (VmHWM) in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def clients(url: str, model: str, prompts: list[str], max_tokens: int) -> dict:
+    """Every prompt from its own thread at once, streamed; tokens/s and requests/s over the
+    whole phase, each request's time to its first token."""
+    first, tokens = [], []
 
     def ask(prompt: str) -> None:
         body = {
@@ -171,7 +250,8 @@ def clients(server, model: str, prompts: list[str], max_tokens: int) -> dict:
             "stream_options": {"include_usage": True},
         }
         sent, seen = time.perf_counter(), False
-        with httpx2.stream("POST", server.url + "/v1/completions", json=body, timeout=3600) as r:
+        with httpx2.stream("POST", url + "/v1/completions", json=body, timeout=3600) as r:
+            r.raise_for_status()
             for line in r.iter_lines():
                 if not line.startswith("data: {"):
                     continue
@@ -182,57 +262,50 @@ def clients(server, model: str, prompts: list[str], max_tokens: int) -> dict:
                 if chunk.get("usage"):
                     tokens.append(chunk["usage"]["completion_tokens"])
 
-    watcher = threading.Thread(target=sample)
-    watcher.start()
+    ask("Question: Who are you?\nAnswer:")  # warm-up, untimed: a fresh server's first call
+    first.clear(), tokens.clear()
     started = time.perf_counter()
-    threads = [threading.Thread(target=ask, args=(p,)) for p in prompts]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    with concurrent.futures.ThreadPoolExecutor(len(prompts)) as pool:
+        list(pool.map(ask, prompts))  # re-raises a client's error
     wall = time.perf_counter() - started
-    done.set()
-    watcher.join()
     row = {
         "wall_s": wall,
+        "requests": len(prompts),
         "completion_tokens": sum(tokens),
         "tokens_per_s": sum(tokens) / wall,
         "requests_per_s": len(prompts) / wall,
         "ttft_mean_s": sum(first) / max(len(first), 1),
         "ttft_max_s": max(first, default=0),
-        "peak_rss_mib": max(peak) / 2**20,
     }
     common_log(
-        f"  {model}: {row['tokens_per_s']:.2f} tokens/s, first token "
-        f"{row['ttft_mean_s']:.1f} s mean, peak RSS {row['peak_rss_mib']:.0f} MiB"
+        f"  {model}: {row['requests_per_s']:.2f} requests/s, {row['tokens_per_s']:.2f} tokens/s, "
+        f"first token {row['ttft_mean_s']:.2f} s mean"
     )
     return row
 
 
 def phase_compose(args, backbone, results: dict) -> None:
-    """Each question set with the composition handbook+ferry, the ferry set with its cartridge
-    alone and with nothing (the handbook set alone is the eval phase's cartridge row)."""
-    length = min(args.lengths)
+    """Each document's questions with the composition of --compose (in that order) against
+    its own cartridge alone, nothing, and the document itself in context."""
     work = Path(args.work)
-    a, b = work / f"handbook{length}.safetensors", work / f"ferry{length}.safetensors"
-    handbook = read_questions(QUESTIONS)[: args.questions]
-    ferry = read_questions(FERRY_QUESTIONS)
-    both = open_artifact(f"{a}+{b}").steering_for(backbone, "handbook+ferry")
-    alone = open_artifact(b).steering_for(backbone, "ferry")
-    results["compose"] = {
-        "handbook+ferry / handbook questions": score(backbone, both, handbook, both.length),
-        "handbook+ferry / ferry questions": score(backbone, both, ferry, both.length),
-        "ferry alone / ferry questions": score(backbone, alone, ferry, alone.length),
-        "nothing / ferry questions": score(backbone, NoSteering(), ferry, 0),
-    }
+    names = args.compose
+    paths = [work / f"{n}.safetensors" for n in names]
+    both = open_artifact("+".join(map(str, paths))).steering_for(backbone, "+".join(names))
+    rows = {}
+    for name, path in zip(names, paths):
+        document = name.rstrip("0123456789")
+        questions = read_questions(QUESTION_FILES[document])[: args.questions]
+        alone = open_artifact(path).steering_for(backbone, name)
+        whole = document_steering(backbone, DOCUMENTS[document].read_text(encoding="utf-8"))
+        rows[f"{name} alone / {document}"] = score(backbone, alone, questions, alone.length)
+        rows[f"{'+'.join(names)} / {document}"] = score(backbone, both, questions, both.length)
+        rows[f"nothing / {document}"] = score(backbone, NoSteering(), questions, 0)
+        rows[f"whole {document} / {document}"] = score(backbone, whole, questions, whole.length)
+    results["compose"] = rows
 
 
 def common_log(line: str) -> None:
     print(line, flush=True)
-
-
-def common_rss() -> int:
-    return int(Path("/proc/self/statm").read_text().split()[1]) * 4096
 
 
 PHASES = {"train": phase_train, "eval": phase_eval, "serve": phase_serve, "compose": phase_compose}
@@ -241,17 +314,22 @@ PHASES = {"train": phase_train, "eval": phase_eval, "serve": phase_serve, "compo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--cartridges", nargs="+", default=["handbook:256", "handbook:64"])
     parser.add_argument("--lengths", type=int, nargs="+", default=[64, 256])
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--lr", type=float, default=0.02)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--chunk-tokens", type=int, default=512)
-    parser.add_argument("--conversations", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--eval-every", type=int, default=20)
+    parser.add_argument("--chunk-tokens", type=int, default=256)
+    parser.add_argument("--conversations", type=int, default=8)
+    parser.add_argument("--dev-conversations", type=int, default=8)
+    parser.add_argument("--max-new-tokens", type=int, default=64)
+    parser.add_argument("--generation-batch", type=int, default=16)
     parser.add_argument("--clients", type=int, default=16)
-    parser.add_argument("--max-tokens", type=int, default=8)
+    parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--questions", type=int, default=None, help="Only the first N.")
     parser.add_argument("--serve-doc-tokens", type=int, default=None)
+    parser.add_argument("--compose", nargs="+", default=["handbook64", "ferry64"])
     parser.add_argument("--phases", default="train,eval,serve,compose")
     parser.add_argument("--work", default="/tmp/bench-cartridge")
     parser.add_argument("--out", default="/tmp/bench-cartridge/results.json")
@@ -261,7 +339,7 @@ def main() -> None:
     results = json.loads(out.read_text()) if out.is_file() else {}
     results["machine"] = common.machine()
     results["load_average"] = " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    results["args"] = vars(args)
+    results.setdefault("runs", []).append({"args": vars(args), "load": results["load_average"]})
     print(results["machine"], "| load", results["load_average"], flush=True)
     backbone = load_backbone(args.model)
     for phase in args.phases.split(","):

@@ -111,7 +111,7 @@ def test_topk_kl_against_a_hand_computed_divergence():
 
 
 def test_training_moves_only_the_unfrozen_positions_and_keeps_the_teacher_turns(
-    tiny, document, tmp_path
+    tiny, document, tmp_path, capsys
 ):
     backbone = tiny["llama"]
     config = cartridge_config(document)
@@ -124,6 +124,7 @@ def test_training_moves_only_the_unfrozen_positions_and_keeps_the_teacher_turns(
     assert not torch.allclose(trained.kv.keys[:, :, 2:], start.keys[:, :, 2:])
     assert (tmp_path / "self_study" / "train.safetensors").is_file()
     assert summary["dev"]["mean"]["loss"] >= 0.0
+    assert "self-study" not in capsys.readouterr().err  # progress=False: no progress lines
 
 
 def test_teacher_turns_are_reused_and_resume_is_bitwise(tiny, document, tmp_path, monkeypatch):

@@ -79,10 +79,11 @@ class Task(ABC):
     def evaluate(self, steering: Steering, encoded: list, batch_size: int = 32) -> dict:
         """Metrics over encoded items (dev during training, test in `evaluate`)."""
 
-    def run_items(self, split: str, examples, run_dir) -> list:
+    def run_items(self, split: str, examples, run_dir, progress: bool = True) -> list:
         """A training run's encoded `split`: by default `encode_split` of `examples()` (the
         split's examples, read on demand); a task that makes its own items (self-study) reads
-        its data itself and may keep what it made in `run_dir` (None: keep nothing)."""
+        its data itself and may keep what it made in `run_dir` (None: keep nothing), showing
+        its progress only when `progress`."""
         return self.encode_split(examples())
 
     def selection_metric(self, best_metric: str) -> str:

@@ -99,6 +99,7 @@ class SelfStudyTask(Task):
         self.context = int(getattr(model_config, "max_position_embeddings", 2048))
         self.prompt_ids = [self.tokenizer(p + "\n").input_ids for p in self.prompts]
         self.separator = self.tokenizer("\n\n", add_special_tokens=False).input_ids
+        self.progress = True  # progress lines while turns are decoded (run_items sets it)
 
     @classmethod
     def from_config(cls, task_config, backbone: Backbone, prompt_length: int) -> Task:
@@ -172,7 +173,9 @@ class SelfStudyTask(Task):
         )
         replies: list[list[int]] = []
         size = config.generation_batch
-        with Progress(f"self-study {split} turns", len(contexts), unit="turns") as progress:
+        with Progress(
+            f"self-study {split} turns", len(contexts), unit="turns", enabled=self.progress
+        ) as progress:
             for start in range(0, len(contexts), size):
                 batch = zip(contexts[start : start + size], seeds[start : start + size])
                 replies += _decode(self.backbone, batch, options)
@@ -201,7 +204,14 @@ class SelfStudyTask(Task):
 
     # --- the run's items, kept in the run folder ----------------------------------------
 
-    def run_items(self, split: str, examples: Callable[[], list], run_dir: Path | None) -> list:
+    def run_items(
+        self,
+        split: str,
+        examples: Callable[[], list],
+        run_dir: Path | None,
+        progress: bool = True,
+    ) -> list:
+        self.progress = progress
         documents = read_corpus(self.config.data, self.config.text_field)
         key = self.fingerprint(documents, split)
         path = run_dir / CACHE_DIR / f"{split}.safetensors" if run_dir is not None else None

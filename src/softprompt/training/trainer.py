@@ -103,8 +103,8 @@ class Trainer:
                 ModelSlot(
                     backbone=backbone,
                     task=task,
-                    train=task.run_items("train", examples["train"], keep),
-                    dev=task.run_items("dev", examples["dev"], keep),
+                    train=task.run_items("train", examples["train"], keep, self.progress),
+                    dev=task.run_items("dev", examples["dev"], keep, self.progress),
                     weight=weight / total,
                 )
             )
