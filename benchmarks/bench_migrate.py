@@ -42,6 +42,7 @@ from softprompt.tasks.distill import distill_target
 from softprompt.training.trainer import train
 
 TASKS = {"sentiment": "sentiment.yaml", "emotion": "emotion.yaml"}
+SUFFIX_TASKS = {"smiley": "smiley.yaml", "smiley-ja": "smiley-ja.yaml"}
 # recipe: (shift_weight, reference, own_weight)
 RECIPES = {
     "plain": (0.0, "teacher", 0.5),
@@ -53,9 +54,12 @@ RECIPES = {
 TARGET_WEIGHTS = (0.25, 0.5, 0.75)  # own_weight values whose ensemble target is scored
 
 
-def task_config(task: str, folder: Path, steps: int, seed: int) -> Path:
-    """The task's example config with the benchmark's steps, seed and fp32, as a YAML file
-    that both the supervised runs and the migrations (`migrate --config`) read."""
+def task_config(task: str, folder: Path, steps: int | None, seed: int) -> Path:
+    """The task's example config with the benchmark's steps (None: the config's own), seed and
+    fp32, as a YAML file that both the supervised runs and the migrations (`migrate --config`)
+    read."""
+    source = ROOT / "examples" / "configs" / {**TASKS, **SUFFIX_TASKS}[task]
+    steps = steps or load_config(source).train.steps
     every = max(1, steps // 2)
     overrides = [
         f"train.steps={steps}",
@@ -65,7 +69,7 @@ def task_config(task: str, folder: Path, steps: int, seed: int) -> Path:
         f"train.seed={seed}",
         f"prompt.seed={seed}",
     ]
-    raw = config_to_dict(load_config(ROOT / "examples" / "configs" / TASKS[task], overrides))
+    raw = config_to_dict(load_config(source, overrides))
     path = folder / f"{task}-{steps}-s{seed}.yaml"
     path.write_text(yaml.safe_dump(raw))
     return path
@@ -159,6 +163,57 @@ def run(args, emit) -> None:
                 )
 
 
+def run_suffix(args, emit) -> None:
+    """The smiley prefix (the task's example config, its documented steps, trained on the
+    source model) migrated to the target from the train documents' texts alone (they carry
+    no smileys); the suffix rate on the test documents' sentence starts, with and without."""
+    work = Path(tempfile.mkdtemp(prefix="bench-migrate-"))
+    cache = Path(args.cache)
+    cache.mkdir(parents=True, exist_ok=True)
+    config = task_config(args.task, work, args.teacher_steps, args.seed)
+    data = ROOT / load_config(config).task.data
+    (source, target), *_ = [tuple(d.split(":")) for d in args.directions.split(",")]
+    backbones = {name: load_backbone(name) for name in (source, target)}
+    teacher, teacher_seconds = supervised(backbones[source], source, config, cache)
+    row = _rows(emit, args, f"{source}->{target}")
+
+    def rates(prompt, name: str) -> dict:
+        report = Session(prompt, backbones[name], config=config).evaluate(str(data))
+        return report["suffix_rate"]
+
+    on_source = rates(teacher, source)
+    row("teacher on its own model, with", on_source["with_prefix"], teacher_seconds)
+    row("source model without", on_source["without_prefix"])
+    for count in args.inputs.split(","):
+        texts = [e.text for e in load_split(DataSpec(source=str(data), label_field=None), "train")]
+        texts = texts if count == "all" else texts[: int(count)]
+        inputs = work / f"documents-{count}.jsonl"
+        inputs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+        started = time.perf_counter()
+        result = migrate(
+            teacher,
+            backbones[target],
+            inputs,
+            out=work / f"migrated-{count}.safetensors",
+            source=backbones[source],
+            config=config,
+            steps=args.steps,
+            seed=args.seed,
+            progress=False,
+        )
+        seconds = time.perf_counter() - started
+        on_target = rates(result["path"], target)
+        distillation = result["student_start"]["distillation"]
+        row(
+            f"migrate, {count} documents: with",
+            on_target["with_prefix"],
+            seconds,
+            distillation=distillation,
+            documents=len(texts),
+        )
+        row("target model without", on_target["without_prefix"])
+
+
 def dump(args, config, names, backbones, prompts, labels, cache) -> None:
     """Each model's label distributions with its supervised prompt and bare, on every split,
     with the gold labels, to `cache` (to study distillation targets without the models)."""
@@ -183,7 +238,7 @@ def _rows(emit, args, direction: str):
                 "steps": args.steps,
                 "direction": direction,
                 "row": name,
-                "accuracy": round(value, 4),
+                "suffix_rate" if args.task in SUFFIX_TASKS else "accuracy": round(value, 4),
                 "seconds": round(seconds, 1),
                 **extra,
             }
@@ -218,12 +273,16 @@ def table(log: Path) -> None:
     latest = {}  # a row measured again (same seed) counts once: its last value
     for line in log.read_text().splitlines():
         r = json.loads(line)
-        latest[(r["task"], r["steps"], r["direction"], r["row"], r["seed"])] = r["accuracy"]
+        value = r["suffix_rate"] if "suffix_rate" in r else r["accuracy"]
+        latest[(r["task"], r["steps"], r["direction"], r["row"], r["seed"])] = value
     groups: dict[tuple, list[float]] = {}
     for (*key, _seed), value in latest.items():
         groups.setdefault(tuple(key), []).append(value)
     means = {key: statistics.mean(values) for key, values in groups.items()}
-    print("| task | direction | row | test accuracy | of the ceiling | of the gap | seeds |")
+    print(
+        "| task | direction | row | test accuracy (smiley: suffix rate) | of the ceiling "
+        "| of the gap | seeds |"
+    )
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for (task, steps, direction, name), values in groups.items():
         sd = f" ± {statistics.stdev(values):.3f}" if len(values) > 1 else ""
@@ -240,7 +299,10 @@ def table(log: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--task", choices=sorted(TASKS), default="sentiment")
+    parser.add_argument("--task", choices=sorted(TASKS) + sorted(SUFFIX_TASKS), default="sentiment")
+    parser.add_argument(
+        "--teacher-steps", type=int, help="smiley tasks: the teacher prefix's steps (the config's)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--directions", default="smollm2-135m:gemma3-270m")
@@ -262,7 +324,7 @@ def main() -> None:
             with open(args.log, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
 
-    run(args, emit)
+    (run_suffix if args.task in SUFFIX_TASKS else run)(args, emit)
 
 
 if __name__ == "__main__":
