@@ -297,6 +297,42 @@ def table(log: Path) -> None:
         )
 
 
+def verdicts(log: Path) -> None:
+    """The issue's targets per cell and recipe, seed by seed: the migrated prompt's share of
+    that seed's supervised ceiling (>= 95%) and whether it is below that seed's zero-shot."""
+    rows: dict[tuple, float] = {}
+    for line in log.read_text().splitlines():
+        r = json.loads(line)
+        if "accuracy" in r:
+            rows[(r["task"], r["steps"], r["direction"], r["seed"], r["row"])] = r["accuracy"]
+    print(
+        "| task | direction | recipe, inputs | share of the ceiling per seed | >= 95% | "
+        ">= zero-shot |"
+    )
+    print("| --- | --- | --- | --- | --- | --- |")
+    recipes = sorted({k[4] for k in rows if k[4].startswith("migrate: ")})
+    cells = sorted({k[:3] for k in rows})
+    for task, steps, direction in cells:
+        for recipe in recipes:
+            seeds = sorted(
+                k[3] for k in rows if k[:3] == (task, steps, direction) and k[4] == recipe
+            )
+            if not seeds:
+                continue
+            shares, met, above = [], 0, 0
+            for seed in seeds:
+                key = (task, steps, direction, seed)
+                value = rows[(*key, recipe)]
+                share = value / rows[(*key, "supervised on target (ceiling)")]
+                shares.append(f"{share:.1%}")
+                met += share >= 0.95
+                above += value >= rows[(*key, "target zero-shot")]
+            print(
+                f"| {task} | {direction} | {recipe.removeprefix('migrate: ')} | "
+                f"{' / '.join(shares)} | {met} of {len(seeds)} | {above} of {len(seeds)} |"
+            )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--task", choices=sorted(TASKS) + sorted(SUFFIX_TASKS), default="sentiment")
@@ -312,9 +348,10 @@ def main() -> None:
     parser.add_argument("--dump", action="store_true", help="save the distributions (cache)")
     parser.add_argument("--log", help="append the JSON rows to this file")
     parser.add_argument("--table", help="print the table of a log and stop")
+    parser.add_argument("--verdicts", help="print the targets met, per seed, of a log and stop")
     args = parser.parse_args()
-    if args.table:
-        table(Path(args.table))
+    if args.table or args.verdicts:
+        table(Path(args.table)) if args.table else verdicts(Path(args.verdicts))
         return
     print(machine(), flush=True)
 
