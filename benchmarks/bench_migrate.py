@@ -297,6 +297,43 @@ def table(log: Path) -> None:
         )
 
 
+COMPACT = {
+    "teacher": "teacher on its own model",
+    "zero-shot": "target zero-shot",
+    "transfer map": "transfer map",
+    "ceiling": "supervised on target (ceiling)",
+    "plain KL": "migrate: plain, all inputs",
+    "KL + shift (POST)": "migrate: post, all inputs",
+    "plain, 25 inputs": "migrate: plain, 25 inputs",
+    "plain, 100 inputs": "migrate: plain, 100 inputs",
+}
+
+
+def compact(log: Path) -> None:
+    """One line per task and direction: the main rows' mean ± sd over seeds (classification)."""
+    values: dict[tuple, list[float]] = {}
+    latest = {}
+    for line in log.read_text().splitlines():
+        r = json.loads(line)
+        if "accuracy" in r:
+            latest[(r["task"], r["steps"], r["direction"], r["row"], r["seed"])] = r["accuracy"]
+    for (task, steps, direction, row, _seed), value in latest.items():
+        values.setdefault((task, steps, direction, row), []).append(value)
+    cells = sorted({k[:3] for k in values}, key=lambda k: (k[0] != "sentiment", k[1], k[2]))
+    print("| task | direction | " + " | ".join(COMPACT) + " | seeds |")
+    print("| --- | --- |" + " --- |" * (len(COMPACT) + 1))
+    for cell in cells:
+        shown = []
+        for row in COMPACT.values():
+            got = values.get((*cell, row), [])
+            sd = f" ± {statistics.stdev(got):.3f}" if len(got) > 1 else ""
+            shown.append(f"{statistics.mean(got):.3f}{sd}" if got else "-")
+        seeds = len(values.get((*cell, COMPACT["ceiling"]), []))
+        print(
+            f"| {cell[0]} | {cell[2].replace('->', ' → ')} | " + " | ".join(shown) + f" | {seeds} |"
+        )
+
+
 def verdicts(log: Path) -> None:
     """The issue's targets per cell and recipe, seed by seed: the migrated prompt's share of
     that seed's supervised ceiling (>= 95%) and whether it is below that seed's zero-shot."""
@@ -349,10 +386,12 @@ def main() -> None:
     parser.add_argument("--log", help="append the JSON rows to this file")
     parser.add_argument("--table", help="print the table of a log and stop")
     parser.add_argument("--verdicts", help="print the targets met, per seed, of a log and stop")
+    parser.add_argument("--compact", help="print one line per task and direction of a log")
     args = parser.parse_args()
-    if args.table or args.verdicts:
-        table(Path(args.table)) if args.table else verdicts(Path(args.verdicts))
-        return
+    for report, log in ((table, args.table), (verdicts, args.verdicts), (compact, args.compact)):
+        if log:
+            report(Path(log))
+            return
     print(machine(), flush=True)
 
     def emit(record: dict) -> None:
