@@ -336,37 +336,40 @@ def compact(log: Path) -> None:
 
 def verdicts(log: Path) -> None:
     """The issue's targets per cell and recipe, seed by seed: the migrated prompt's share of
-    that seed's supervised ceiling (>= 95%) and whether it is below that seed's zero-shot."""
-    rows: dict[tuple, float] = {}
+    that seed's supervised ceiling (>= 95%), whether it is below that seed's zero-shot, and its
+    wall time against the teacher's own training (same steps)."""
+    rows: dict[tuple, dict] = {}
     for line in log.read_text().splitlines():
         r = json.loads(line)
         if "accuracy" in r:
-            rows[(r["task"], r["steps"], r["direction"], r["seed"], r["row"])] = r["accuracy"]
+            rows[(r["task"], r["steps"], r["direction"], r["seed"], r["row"])] = r
     print(
-        "| task | direction | recipe, inputs | share of the ceiling per seed | >= 95% | "
-        ">= zero-shot |"
+        "| task | direction | recipe, inputs | share of the ceiling per seed | >= 95% "
+        "| >= zero-shot | seconds: migration / teacher's training |"
     )
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
     recipes = sorted({k[4] for k in rows if k[4].startswith("migrate: ")})
-    cells = sorted({k[:3] for k in rows})
-    for task, steps, direction in cells:
+    for task, steps, direction in sorted({k[:3] for k in rows}):
         for recipe in recipes:
             seeds = sorted(
                 k[3] for k in rows if k[:3] == (task, steps, direction) and k[4] == recipe
             )
             if not seeds:
                 continue
-            shares, met, above = [], 0, 0
+            shares, times, met, above = [], [], 0, 0
             for seed in seeds:
                 key = (task, steps, direction, seed)
-                value = rows[(*key, recipe)]
-                share = value / rows[(*key, "supervised on target (ceiling)")]
+                got = rows[(*key, recipe)]
+                share = got["accuracy"] / rows[(*key, "supervised on target (ceiling)")]["accuracy"]
                 shares.append(f"{share:.1%}")
+                teacher = rows[(*key, "teacher on its own model")]["seconds"]
+                times.append(f"{got['seconds']:.0f}/{teacher:.0f}")
                 met += share >= 0.95
-                above += value >= rows[(*key, "target zero-shot")]
+                above += got["accuracy"] >= rows[(*key, "target zero-shot")]["accuracy"]
             print(
                 f"| {task} | {direction} | {recipe.removeprefix('migrate: ')} | "
-                f"{' / '.join(shares)} | {met} of {len(seeds)} | {above} of {len(seeds)} |"
+                f"{' / '.join(shares)} | {met} of {len(seeds)} | {above} of {len(seeds)} "
+                f"| {' '.join(times)} |"
             )
 
 
