@@ -36,6 +36,24 @@ def test_text_prefix_reproduces_the_full_forward(tiny, family):
     torch.testing.assert_close(via_prefix[0], full[0, first.shape[1] :], atol=1e-5, rtol=1e-4)
 
 
+def test_text_prefix_keeps_a_text_longer_than_the_sliding_window(tiny):
+    """Gemma 3's sliding layers keep only their window in a generation cache; a document in
+    front (`evaluate --document`, a cartridge's text init) needs every position of every
+    layer, and continuing from it must still equal the full forward."""
+    backbone = tiny["gemma3"]
+    window = backbone.model.config.sliding_window
+    generator = torch.Generator().manual_seed(0)
+    vocab = backbone.model.config.vocab_size
+    first = torch.randint(10, vocab, (1, window + 20), generator=generator)
+    rest = torch.randint(10, vocab, (1, 5), generator=generator)
+    keys, values = text_prefix(backbone.model, first)
+    assert keys.shape[2] == values.shape[2] == window + 20
+    with torch.no_grad():
+        via_prefix = prefix_forward(backbone.model, keys, values, rest, torch.ones_like(rest))
+        full = backbone.model(input_ids=torch.cat([first, rest], dim=1)).logits
+    torch.testing.assert_close(via_prefix[0], full[0, first.shape[1] :], atol=1e-5, rtol=1e-4)
+
+
 @pytest.mark.parametrize("family", CAUSAL)
 def test_training_forward_equals_generation(tiny, family):
     backbone = tiny[family]

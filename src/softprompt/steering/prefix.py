@@ -91,8 +91,10 @@ def keep_cache_when_checkpointing(model: nn.Module) -> None:
 @torch.no_grad()
 def text_prefix(model: nn.Module, input_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """The frozen model's own keys/values for a text ([layers, kv_heads, L, head_dim]): the
-    `text` initialisation of a prefix."""
-    cache = DynamicCache(config=model.config)
+    `text` initialisation of a prefix, and a document put in front. A cache built without the
+    config keeps every position of every layer (one from the config keeps only the window of a
+    sliding-window layer, which a prefix longer than the window needs whole)."""
+    cache = DynamicCache()
     model(input_ids=input_ids, past_key_values=cache, use_cache=True)
     keys = torch.stack([layer.keys[0] for layer in cache.layers])
     values = torch.stack([layer.values[0] for layer in cache.layers])
