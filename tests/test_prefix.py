@@ -54,6 +54,29 @@ def test_text_prefix_keeps_a_text_longer_than_the_sliding_window(tiny):
     torch.testing.assert_close(via_prefix[0], full[0, first.shape[1] :], atol=1e-5, rtol=1e-4)
 
 
+def test_a_document_longer_than_the_window_in_front_of_packed_rows(tiny):
+    """The whole-document condition scores short rows packed after a long document prefix:
+    each row's logits must be those of document + row run at once."""
+    from softprompt.steering.prefix import PrefixKV
+
+    backbone = tiny["gemma3"]
+    window = backbone.model.config.sliding_window
+    generator = torch.Generator().manual_seed(1)
+    vocab = backbone.model.config.vocab_size
+    document = torch.randint(10, vocab, (1, window + 30), generator=generator)
+    rows = torch.randint(10, vocab, (3, 4), generator=generator)
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
+    prefix = PrefixKV(*text_prefix(backbone.model, document))
+    with torch.no_grad():
+        hidden, _ = prefix.hidden(backbone, rows * mask, mask)
+        for row in range(3):
+            length = int(mask[row].sum())
+            ids = torch.cat([document, rows[row : row + 1, :length]], dim=1)
+            full = backbone.model(input_ids=ids).logits[0, -length:]
+            got = backbone.head_logits(hidden[row, :length])
+            torch.testing.assert_close(got, full.float(), atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("family", CAUSAL)
 def test_training_forward_equals_generation(tiny, family):
     backbone = tiny[family]

@@ -57,10 +57,15 @@ def prefix_cache(
     """A DynamicCache holding the prefix ([layers, kv_heads, L, head_dim] each) for a batch,
     or one prefix per row ([layers, batch, kv_heads, L, head_dim]).
 
-    `frozen=True` (training): every forward sees exactly the prefix, however often a layer runs.
+    `frozen=True` (training, scoring): every forward sees exactly the prefix, however often a
+    layer runs; every layer holds it whole, also a sliding-window one (whose generation cache
+    keeps only its window), since the attention is handed the prefix's every position.
     `frozen=False` (generation): the cache grows with the generated tokens as usual.
     """
-    cache = DynamicCache(config=model.config)
+    if frozen:
+        cache = DynamicCache(ddp_cache_data=[(None, None)] * keys.shape[0])  # plain layers
+    else:
+        cache = DynamicCache(config=model.config)
     dtype = model.get_input_embeddings().weight.dtype
     per_row = keys.ndim == 5
     for index, layer in enumerate(cache.layers):
