@@ -465,3 +465,24 @@ def test_too_few_texts_to_hold_some_out_are_refused(models, source_prompt, tmp_p
     with pytest.raises(DataError, match="too few"):
         migrate(source_prompt, str(models["target"]), data, out=tmp_path / "n.safetensors")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["two.jsonl"]
+
+
+def test_the_teacher_continues_the_starts_the_suffix_rate_is_measured_on():
+    """A generation migration's starts follow the suffix rate's rule, also in a language
+    written without spaces: each long enough sentence's first characters, not the document."""
+    from softprompt.data import Example
+    from softprompt.migration.generate import starts
+    from softprompt.tasks.suffix import START_CHARACTERS
+
+    first, second = (
+        "今朝は久しぶりに早起きをして散歩に出かけた。",
+        "空気がひんやりしていて、とても気持ちがよかった。",
+    )
+    english = "I woke up early today and went out. It was cold."
+    found = starts([Example(first + second), Example(english), Example("短い。")])
+    assert found == [
+        first[:START_CHARACTERS],
+        second[:START_CHARACTERS],
+        "I woke up early",
+        "短い。",  # no sentence long enough: the input itself
+    ]

@@ -22,7 +22,7 @@ from softprompt.steering.forward import as_steering
 from softprompt.tasks.base import special_tokens
 from softprompt.tasks.distill import input_key
 from softprompt.tasks.distill_text import TopK
-from softprompt.text.sentences import split_sentences
+from softprompt.tasks.suffix import sentence_starts
 
 INPUTS, TOPK = "inputs.jsonl", "teacher-topk.safetensors"
 START_WORDS = 4  # a start: a sentence's first words (the suffix rate is measured on such starts)
@@ -30,13 +30,12 @@ TOP_K = 20  # the teacher's alternatives kept per token (the Cartridges recipe's
 
 
 def starts(examples: list[Example]) -> list[str]:
-    """The start of every sentence of every input (its first START_WORDS words), or the input
-    itself where it has no sentence of more words."""
+    """The start of every sentence of every input, by the rule the suffix rate is measured
+    with (its first START_WORDS words; in a language written without spaces, its first
+    characters), or the input itself where it has no such sentence."""
     found = []
     for example in examples:
-        pieces = [s.split() for s in split_sentences(example.text)]
-        mine = [" ".join(p[:START_WORDS]) for p in pieces if len(p) > START_WORDS]
-        found += mine or [example.text.strip()]
+        found += sentence_starts([example.text], words=START_WORDS) or [example.text.strip()]
     return list(dict.fromkeys(found))
 
 

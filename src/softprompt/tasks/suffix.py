@@ -90,10 +90,10 @@ MIN_STARTS = 10  # fewer sentence starts than this give no rate worth reporting
 START_CHARACTERS = 8  # a start in a language written without spaces (Japanese, Chinese)
 
 
-def sentence_starts(texts: list[str], count: int, words: int = 4) -> list[str]:
+def sentence_starts(texts: list[str], count: int | None = None, words: int = 4) -> list[str]:
     """Held-out sentence starts: the first `words` words of each sentence that has more; in a
     sentence written without spaces, its first START_CHARACTERS characters when it has at
-    least twice as many."""
+    least twice as many (the first `count`, or all)."""
     starts = []
     for text in texts:
         for sentence in split_sentences(text):
