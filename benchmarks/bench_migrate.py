@@ -189,19 +189,10 @@ def run_suffix(args, emit) -> None:
         texts = texts if count == "all" else texts[: int(count)]
         inputs = work / f"documents-{count}.jsonl"
         inputs.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-        started = time.perf_counter()
-        result = migrate(
-            teacher,
-            backbones[target],
-            inputs,
-            out=work / f"migrated-{count}.safetensors",
-            source=backbones[source],
-            config=config,
-            steps=args.steps,
-            seed=args.seed,
-            progress=False,
+        out = work / f"migrated-{count}.safetensors"
+        result, seconds = timed_migrate(
+            args, teacher, backbones, source, target, inputs, out, config
         )
-        seconds = time.perf_counter() - started
         on_target = rates(result["path"], target)
         distillation = result["student_start"]["distillation"]
         row(
@@ -249,20 +240,27 @@ def _rows(emit, args, direction: str):
 
 def _migrate(args, backbones, prompts, source, target, recipe, count, config, work):
     weight, reference, own = RECIPES[recipe]
+    out = work / f"{Path(source).name}-{Path(target).name}-{recipe}-{count}.safetensors"
+    inputs = inputs_file(args.task, count, work)
+    objective = {"shift_weight": weight, "reference": reference, "own_weight": own}
+    teacher = prompts[source][0]
+    return timed_migrate(args, teacher, backbones, source, target, inputs, out, config, objective)
+
+
+def timed_migrate(args, teacher, backbones, source, target, inputs, out, config, objective=None):
+    """`migrate` of `teacher` from `source` to `target`: its summary and wall seconds."""
     started = time.perf_counter()
     result = migrate(
-        prompts[source][0],
+        teacher,
         backbones[target],
-        inputs_file(args.task, count, work),
-        out=work / f"{Path(source).name}-{Path(target).name}-{recipe}-{count}.safetensors",
+        inputs,
+        out=out,
         source=backbones[source],
         config=config,
         steps=args.steps,
         seed=args.seed,
-        shift_weight=weight,
-        reference=reference,
-        own_weight=own,
         progress=False,
+        **(objective or {}),
     )
     return result, time.perf_counter() - started
 

@@ -16,6 +16,13 @@ def random_prefix(model, length, seed=0):
     return torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
 
 
+def random_ids(backbone, shapes, seed=0):
+    """Token ids drawn from the model's vocabulary (past its first special ids), per shape."""
+    generator = torch.Generator().manual_seed(seed)
+    vocab = backbone.model.config.vocab_size
+    return [torch.randint(10, vocab, shape, generator=generator) for shape in shapes]
+
+
 def test_geometry_uses_key_value_heads(tiny):
     assert prefix_geometry(tiny["llama"].model) == (2, 2, 8)  # 4 query heads, 2 KV heads
     assert prefix_geometry(tiny["gpt2"].model) == (2, 4, 8)
@@ -42,10 +49,7 @@ def test_text_prefix_keeps_a_text_longer_than_the_sliding_window(tiny):
     layer, and continuing from it must still equal the full forward."""
     backbone = tiny["gemma3"]
     window = backbone.model.config.sliding_window
-    generator = torch.Generator().manual_seed(0)
-    vocab = backbone.model.config.vocab_size
-    first = torch.randint(10, vocab, (1, window + 20), generator=generator)
-    rest = torch.randint(10, vocab, (1, 5), generator=generator)
+    first, rest = random_ids(backbone, [(1, window + 20), (1, 5)])
     keys, values = text_prefix(backbone.model, first)
     assert keys.shape[2] == values.shape[2] == window + 20
     with torch.no_grad():
@@ -61,10 +65,7 @@ def test_a_document_longer_than_the_window_in_front_of_packed_rows(tiny):
 
     backbone = tiny["gemma3"]
     window = backbone.model.config.sliding_window
-    generator = torch.Generator().manual_seed(1)
-    vocab = backbone.model.config.vocab_size
-    document = torch.randint(10, vocab, (1, window + 30), generator=generator)
-    rows = torch.randint(10, vocab, (3, 4), generator=generator)
+    document, rows = random_ids(backbone, [(1, window + 30), (3, 4)], seed=1)
     mask = torch.tensor([[1, 1, 1, 1], [1, 1, 0, 0], [1, 0, 0, 0]])
     prefix = PrefixKV(*text_prefix(backbone.model, document))
     with torch.no_grad():
