@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -295,6 +296,41 @@ def auto_table(cells: dict) -> list[str]:
     return lines
 
 
+def seed_mean_table(cells: dict) -> list[str]:
+    """auto against the sweep over seeds: per model, task and method, the mean accuracy of
+    the auto runs against the mean at each fixed rate (the best rate chosen on the means), on
+    the seeds that have both; one seed's 20-step run moves by more than the 2-point target."""
+    groups: dict[tuple, list[dict]] = {}
+    for (model, task, method, _seed), cell in sorted(cells.items()):
+        auto = cell.get("auto")
+        if auto is not None and "error" not in auto:
+            groups.setdefault((model, task, method), []).append(cell)
+    lines = [
+        "| model | task | method | seeds | zero-shot | sweep worst mean (lr) "
+        "| sweep best mean (lr) | auto mean | auto - best |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    near = above = 0
+    for (model, task, method), group in groups.items():
+        rates = set.intersection(*(set(c["sweep"]) for c in group))
+        means = {lr: statistics.mean(c["sweep"][lr]["accuracy"] for c in group) for lr in rates}
+        best, worst = max(means, key=means.get), min(means, key=means.get)
+        auto = statistics.mean(c["auto"]["accuracy"] for c in group)
+        zero = group[0]["zero_shot"]
+        near += auto >= means[best] - 0.02 - 1e-9
+        above += auto >= zero - 1e-9
+        lines.append(
+            f"| {model} | {task} | {method} | {len(group)} | {zero:.3f} "
+            f"| {means[worst]:.3f} ({worst:g}) | {means[best]:.3f} ({best:g}) | {auto:.3f} "
+            f"| {auto - means[best]:+.3f} |"
+        )
+    lines.append(
+        f"\nover seeds: auto within 2 points of the best rate's mean: {near}/{len(groups)}; "
+        f"not below zero-shot: {above}/{len(groups)}"
+    )
+    return lines
+
+
 def sources(cell: dict) -> list[tuple[str, dict]]:
     """(search steps, each rule's pick) from the cell's recorded curves, else from its auto
     run's search (summary.json's alternatives)."""
@@ -415,7 +451,8 @@ def report(args) -> None:
     if args.choose:
         print(choose(cells, f"{args.search_steps} cycled"))
         return
-    print("\n".join([*auto_table(cells), "", *sweep_table(cells), "", *rule_table(cells)]))
+    tables = [*auto_table(cells), "", *seed_mean_table(cells), "", *sweep_table(cells)]
+    print("\n".join([*tables, "", *rule_table(cells)]))
     print("\n".join(["", *cost_lines(rows), "", *example_table(rows)]))
 
 
