@@ -412,6 +412,64 @@ def cost_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
+def normal_cdf(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def chance_within(sigma: float, margin: float = 0.02, rates: int = 5) -> tuple[float, float]:
+    """The chance that one run lands within `margin` of the best of a `rates`-rate sweep when
+    every run's accuracy carries independent noise of sd `sigma` (the rule assumed perfect):
+    where one sweep rate is far above the rest (its one run against auto's) and where all
+    `rates` are equally good (the best of `rates` draws against one)."""
+    if sigma <= 0:
+        return 1.0, 1.0
+    peaked = normal_cdf(margin / (sigma * math.sqrt(2)))
+    grid = [i / 100 for i in range(-800, 801)]
+    flat = (
+        sum(
+            math.exp(-x * x / 2) / math.sqrt(2 * math.pi) * normal_cdf(x + margin / sigma) ** rates
+            for x in grid
+        )
+        / 100
+    )
+    return peaked, flat
+
+
+def noise_lines(rows: list[dict]) -> list[str]:
+    """How much one 20-step run's accuracy moves when the rate moves by a few percent (runs at
+    rates within 10% of each other, --noise log), and what that noise allows of the 2-point
+    target even for a rule that always finds the best rate."""
+    cells: dict[tuple, dict[float, float]] = {}
+    for row in rows:
+        if row["kind"] == "fixed" and "error" not in row:
+            cells.setdefault(tuple(row[name] for name in CELL), {})[row["lr"]] = row["accuracy"]
+    lines, deviations = [], []
+    for name, runs in sorted(cells.items()):
+        if len(runs) < 3:
+            continue
+        values = [runs[lr] for lr in sorted(runs)]
+        deviations.append(statistics.stdev(values))
+        spread = (max(values) - min(values)) * 100
+        lines.append(
+            f"{' '.join(map(str, name))}: rates {min(runs):g}-{max(runs):g}: "
+            + " ".join(f"{v:.3f}" for v in values)
+            + f" (sd {deviations[-1] * 100:.1f} points, range {spread:.0f})"
+        )
+    if not deviations:
+        return lines
+    sigma = math.sqrt(statistics.mean(d * d for d in deviations))
+    for seeds in (1, 3):
+        peaked, flat = chance_within(sigma / math.sqrt(seeds))
+        lines.append(
+            f"pooled sd {sigma * 100:.1f} points; over the mean of {seeds} seed(s), a perfect rule "
+            f"lands within 2 points of the sweep's best with chance {peaked:.0%} (one rate far "
+            f"best) to {flat:.0%} (five rates equally good)"
+        )
+    need = 0.02 / (math.sqrt(2) * 1.2816)
+    lines.append(f"90% needs an sd of at most {need * 100:.1f} points per mean (one rate far best)")
+    return lines
+
+
 def choose(cells: dict, source: str) -> str:
     """The rule whose picks from the `source` curves ("20 cycled") land on a sweep rate within 2
     points of the sweep's best in the most cells (ties: the first in lr_finder.RULES)."""
@@ -454,6 +512,8 @@ def report(args) -> None:
     tables = [*auto_table(cells), "", *seed_mean_table(cells), "", *sweep_table(cells)]
     print("\n".join([*tables, "", *rule_table(cells)]))
     print("\n".join(["", *cost_lines(rows), "", *example_table(rows)]))
+    if args.noise:
+        print("\n".join(["", *noise_lines(read_log([Path(args.noise)]))]))
 
 
 def main() -> None:
@@ -477,6 +537,7 @@ def main() -> None:
     parser.add_argument("--lr-modes", nargs="+", default=["config", "auto"], help="examples phase")
     parser.add_argument("--rule", choices=list(lr_finder.RULES), help="auto, examples: the rule")
     parser.add_argument("--choose", action="store_true", help="report: print the best rule only")
+    parser.add_argument("--noise", help="report: a sweep log of rates within 10%% of each other")
     args = parser.parse_args()
     lr_finder.RULE = args.rule or lr_finder.RULE
     started = time.perf_counter()
