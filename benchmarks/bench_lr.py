@@ -389,6 +389,41 @@ def rule_table(cells: dict) -> list[str]:
     return lines
 
 
+def regret_lines(cells: dict) -> list[str]:
+    """Per model and seed: how far under each cell's best sweep rate each way of choosing a rate
+    lands, on average over the cells: every fixed rate of the sweep, each rule (the sweep's
+    accuracy at the rate nearest its pick, from the cycled 20-step curve) and the trained auto
+    runs. A fixed rate that does as well as the rules says the curve adds nothing there."""
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    counts: dict[tuple, int] = {}
+    for (model, _task, _method, seed), cell in sorted(cells.items()):
+        sweep = {lr: r["accuracy"] for lr, r in cell["sweep"].items() if "error" not in r}
+        if len(sweep) < 5:
+            continue
+        best, losses = max(sweep.values()), groups.setdefault((model, seed), {})
+        counts[model, seed] = counts.get((model, seed), 0) + 1
+        for lr, accuracy in sorted(sweep.items()):
+            losses.setdefault(f"fixed {lr:g}", []).append(best - accuracy)
+        found = dict(sources(cell)).get("20 cycled", {})
+        for rule, rate in found.items():
+            losses.setdefault(rule, []).append(best - sweep[nearest(sweep, rate)])
+        auto = cell.get("auto")
+        if auto is not None and "error" not in auto:
+            losses.setdefault("auto, trained", []).append(best - auto["accuracy"])
+    present = {name for losses in groups.values() for name in losses}
+    fixed = sorted((n for n in present if n.startswith("fixed")), key=lambda n: float(n[6:]))
+    names = fixed + [n for n in [*lr_finder.RULES, "auto, trained"] if n in present]
+    lines = [
+        "| model | seed | cells | " + " | ".join(names) + " |",
+        "| --- | --- | --- |" + " --- |" * len(names),
+    ]
+    for (model, seed), losses in sorted(groups.items()):
+        texts = [f"{statistics.mean(losses[n]) * 100:.1f}" if n in losses else "-" for n in names]
+        lines.append(f"| {model} | {seed} | {counts[model, seed]} | " + " | ".join(texts) + " |")
+    lines.append("\n(points of accuracy under the sweep's best, mean over the cells)")
+    return lines
+
+
 def cost_lines(rows: list[dict]) -> list[str]:
     """The search's seconds against a run's, per model, search length and run length."""
     runs, searches = {}, {}
@@ -510,7 +545,7 @@ def report(args) -> None:
         print(choose(cells, f"{args.search_steps} cycled"))
         return
     tables = [*auto_table(cells), "", *seed_mean_table(cells), "", *sweep_table(cells)]
-    print("\n".join([*tables, "", *rule_table(cells)]))
+    print("\n".join([*tables, "", *rule_table(cells), "", *regret_lines(cells)]))
     print("\n".join(["", *cost_lines(rows), "", *example_table(rows)]))
     if args.noise:
         print("\n".join(["", *noise_lines(read_log([Path(args.noise)]))]))
