@@ -13,8 +13,10 @@ be split into commands of a few minutes and a report made from what finished:
   sweep   per cell: the range test alone (its curve at each of --curves steps, nothing trained),
           then one run at each rate of --lrs; per model and task the zero-shot accuracy
   auto    per cell: one run with `lr: auto` (the search included, as a user runs it)
-  report  the table from --log: auto against the sweep, and what each rule of
-          lr_finder.RULES would pick from the recorded curves
+  report  the tables from --log (its --models and --seeds): auto against the sweep, what each
+          rule of lr_finder.RULES would pick from the recorded curves, each way of choosing a
+          rate's loss against the best (regret), with --noise how far a run moves when its
+          rate moves by a few percent
 
 Run: .venv/bin/python benchmarks/bench_lr.py {sweep,auto,report} --log FILE
      [--models smollm2-135m gemma3-270m] [--tasks sentiment emotion]
@@ -539,7 +541,11 @@ def example_table(rows: list[dict]) -> list[str]:
 
 
 def report(args) -> None:
-    rows = read_log([Path(path) for path in args.log.split(",")])
+    rows = [
+        row
+        for row in read_log([Path(path) for path in args.log.split(",")])
+        if row["model"] in args.models and row.get("seed", args.seeds[0]) in args.seeds
+    ]
     cells = gather(rows, args.steps)
     if args.choose:
         print(choose(cells, f"{args.search_steps} cycled"))
