@@ -420,7 +420,14 @@ def regret_lines(cells: dict) -> list[str]:
         "| model | seed | cells | " + " | ".join(names) + " |",
         "| --- | --- | --- |" + " --- |" * len(names),
     ]
-    for (model, seed), losses in sorted(groups.items()):
+    for model in sorted({model for model, _seed in groups}):
+        merged: dict[str, list[float]] = {}
+        for (name, _seed), losses in list(groups.items()):
+            for n, values in losses.items() if name == model else ():
+                merged.setdefault(n, []).extend(values)
+        groups[model, "all"] = merged
+        counts[model, "all"] = sum(c for (name, _s), c in counts.items() if name == model)
+    for (model, seed), losses in sorted(groups.items(), key=lambda item: str(item[0])):
         texts = [f"{statistics.mean(losses[n]) * 100:.1f}" if n in losses else "-" for n in names]
         lines.append(f"| {model} | {seed} | {counts[model, seed]} | " + " | ".join(texts) + " |")
     lines.append("\n(points of accuracy under the sweep's best, mean over the cells)")
