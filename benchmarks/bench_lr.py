@@ -575,6 +575,7 @@ def report(args) -> None:
         row
         for row in read_log([Path(path) for path in args.log.split(",")])
         if row["model"] in args.models and row.get("seed", args.seeds[0]) in args.seeds
+        if row["kind"] != "auto" or not args.rule or row.get("rule", args.rule) == args.rule
     ]
     cells = gather(rows, args.steps)
     if args.choose:
@@ -606,7 +607,9 @@ def main() -> None:
     )
     parser.add_argument("--configs", nargs="+", default=EXAMPLES, help="examples phase")
     parser.add_argument("--lr-modes", nargs="+", default=["config", "auto"], help="examples phase")
-    parser.add_argument("--rule", choices=list(lr_finder.RULES), help="auto, examples: the rule")
+    parser.add_argument(
+        "--rule", choices=list(lr_finder.RULES), help="auto, examples: the rule; report: its runs"
+    )
     parser.add_argument("--choose", action="store_true", help="report: print the best rule only")
     parser.add_argument("--noise", help="report: a sweep log of rates within 10%% of each other")
     args = parser.parse_args()
