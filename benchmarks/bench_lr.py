@@ -403,16 +403,17 @@ def regret_lines(cells: dict) -> list[str]:
         sweep = {lr: r["accuracy"] for lr, r in cell["sweep"].items() if "error" not in r}
         if len(sweep) < 5:
             continue
-        best, losses = max(sweep.values()), groups.setdefault((model, seed), {})
-        counts[model, seed] = counts.get((model, seed), 0) + 1
-        for lr, accuracy in sorted(sweep.items()):
-            losses.setdefault(f"fixed {lr:g}", []).append(best - accuracy)
-        found = dict(sources(cell)).get("20 cycled", {})
-        for rule, rate in found.items():
-            losses.setdefault(rule, []).append(best - sweep[nearest(sweep, rate)])
+        best = max(sweep.values())
+        losses = {f"fixed {lr:g}": best - accuracy for lr, accuracy in sweep.items()}
+        for rule, rate in dict(sources(cell)).get("20 cycled", {}).items():
+            losses[rule] = best - sweep[nearest(sweep, rate)]
         auto = cell.get("auto")
         if auto is not None and "error" not in auto:
-            losses.setdefault("auto, trained", []).append(best - auto["accuracy"])
+            losses["auto, trained"] = best - auto["accuracy"]
+        for group in ((model, seed), (model, "all")):  # each seed, and the model over all seeds
+            counts[group] = counts.get(group, 0) + 1
+            for name, loss in losses.items():
+                groups.setdefault(group, {}).setdefault(name, []).append(loss)
     present = {name for losses in groups.values() for name in losses}
     fixed = sorted((n for n in present if n.startswith("fixed")), key=lambda n: float(n[6:]))
     names = fixed + [n for n in [*lr_finder.RULES, "auto, trained"] if n in present]
@@ -420,13 +421,6 @@ def regret_lines(cells: dict) -> list[str]:
         "| model | seed | cells | " + " | ".join(names) + " |",
         "| --- | --- | --- |" + " --- |" * len(names),
     ]
-    for model in sorted({model for model, _seed in groups}):
-        merged: dict[str, list[float]] = {}
-        for (name, _seed), losses in list(groups.items()):
-            for n, values in losses.items() if name == model else ():
-                merged.setdefault(n, []).extend(values)
-        groups[model, "all"] = merged
-        counts[model, "all"] = sum(c for (name, _s), c in counts.items() if name == model)
     for (model, seed), losses in sorted(groups.items(), key=lambda item: str(item[0])):
         texts = [f"{statistics.mean(losses[n]) * 100:.1f}" if n in losses else "-" for n in names]
         lines.append(f"| {model} | {seed} | {counts[model, seed]} | " + " | ".join(texts) + " |")
