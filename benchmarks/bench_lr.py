@@ -451,10 +451,6 @@ def cost_lines(rows: list[dict]) -> list[str]:
     return lines
 
 
-def normal_cdf(x: float) -> float:
-    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
-
-
 def chance_within(sigma: float, margin: float = 0.02, rates: int = 5) -> tuple[float, float]:
     """The chance that one run lands within `margin` of the best of a `rates`-rate sweep when
     every run's accuracy carries independent noise of sd `sigma` (the rule assumed perfect):
@@ -462,15 +458,10 @@ def chance_within(sigma: float, margin: float = 0.02, rates: int = 5) -> tuple[f
     `rates` are equally good (the best of `rates` draws against one)."""
     if sigma <= 0:
         return 1.0, 1.0
-    peaked = normal_cdf(margin / (sigma * math.sqrt(2)))
+    normal = statistics.NormalDist()
+    peaked = normal.cdf(margin / (sigma * math.sqrt(2)))
     grid = [i / 100 for i in range(-800, 801)]
-    flat = (
-        sum(
-            math.exp(-x * x / 2) / math.sqrt(2 * math.pi) * normal_cdf(x + margin / sigma) ** rates
-            for x in grid
-        )
-        / 100
-    )
+    flat = sum(normal.pdf(x) * normal.cdf(x + margin / sigma) ** rates for x in grid) / 100
     return peaked, flat
 
 
